@@ -1,0 +1,780 @@
+"""The replication connection and its COPY BOTH stream.
+
+:class:`ReplicationConnection` opens a ``replication=database`` connection
+with psycopg2 (so every libpq connection feature works) and runs the
+replication commands that return rows as ordinary queries.
+:meth:`ReplicationConnection.start` issues ``START_REPLICATION`` and hands
+back a :class:`ReplicationStream`, which drives the COPY BOTH protocol
+through :mod:`replicant.libpq` on the same ``PGconn``.
+
+Thread rules for a stream: :meth:`ReplicationStream.read` and
+:meth:`ReplicationStream.stop` belong to one reader at a time;
+:meth:`ReplicationStream.send_status` may be called from any other thread
+while a read is under way. libpq forbids two threads in one ``PGconn`` at
+once, so every libpq call happens under one lock, and nothing waits while
+holding it: waiting is ``select()`` on the socket, outside the lock, with the
+connection in non-blocking mode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import select
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NoReturn
+
+import psycopg2
+import psycopg2.extensions
+
+from replicant import libpq
+from replicant.errors import (
+    ConnectionLost,
+    ReplicantError,
+    ServerError,
+    SlotError,
+)
+from replicant.lsn import LSN
+from replicant.protocol import (
+    Frame,
+    create_slot_command,
+    drop_slot_command,
+    encode_status_update,
+    identify_system_command,
+    parse_frame,
+    start_replication_command,
+    validate_slot_name,
+)
+
+__all__ = [
+    "CreatedSlot",
+    "ReplicationConnection",
+    "ReplicationStream",
+    "SlotState",
+    "SystemInfo",
+    "mask_dsn",
+]
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What ``IDENTIFY_SYSTEM`` reports."""
+
+    system_id: str
+    timeline: int
+    xlogpos: LSN
+    dbname: str | None
+
+
+@dataclass(frozen=True)
+class CreatedSlot:
+    """What ``CREATE_REPLICATION_SLOT`` reports.
+
+    ``snapshot_name`` is set only when the snapshot was exported; it stays
+    importable (``SET TRANSACTION SNAPSHOT``) until the connection runs its
+    next command.
+    """
+
+    name: str
+    consistent_point: LSN
+    snapshot_name: str | None
+    plugin: str
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What the server knows of a replication slot (``pg_replication_slots``).
+
+    Fields the server version does not have are ``None``.
+    """
+
+    name: str
+    slot_type: str
+    plugin: str | None
+    database: str | None
+    temporary: bool
+    active: bool
+    active_pid: int | None
+    restart_lsn: LSN | None
+    confirmed_flush_lsn: LSN | None
+    wal_status: str | None
+    safe_wal_size: int | None
+    two_phase: bool | None
+
+
+# --- errors -----------------------------------------------------------------
+
+# SQLSTATEs that mean the connection is gone or going, whatever the message:
+# class 08 (connection exception) and the shutdown codes of class 57.
+_CONNECTION_STATES = {"57P01", "57P02", "57P03"}
+_SLOT_STATES = {"42704", "42710", "55006", "55000", "22023", "42602"}
+_SLOT_WORDS = re.compile(r"replication slot|\bslot\b", re.IGNORECASE)
+
+
+def classify_server_error(
+    message: str,
+    sqlstate: str | None,
+    detail: str | None = None,
+    hint: str | None = None,
+) -> ReplicantError:
+    """The exception of our hierarchy for an error the server reported."""
+    if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _CONNECTION_STATES):
+        return ConnectionLost(message, sqlstate=sqlstate)
+    if sqlstate in _SLOT_STATES and _SLOT_WORDS.search(message):
+        return SlotError(message, sqlstate=sqlstate, detail=detail, hint=hint)
+    return ServerError(message, sqlstate=sqlstate, detail=detail, hint=hint)
+
+
+# libpq reports these on a connection that broke; there is no SQLSTATE then.
+_LOST_WORDS = re.compile(
+    r"server closed the connection|connection (?:to server )?(?:was )?(?:lost|closed|reset)|"
+    r"could not (?:receive|send) data|SSL SYSCALL|EOF detected|no connection to the server|"
+    r"terminating connection|Connection refused|could not connect|timeout expired|"
+    r"Broken pipe|the database system is (?:shutting down|starting up|in recovery)",
+    re.IGNORECASE,
+)
+
+
+def _from_psycopg2(error: psycopg2.Error, action: str) -> ReplicantError:
+    """Translate a psycopg2 exception raised while doing ``action``."""
+    message = (error.diag.message_primary if error.pgcode else None) or str(error).strip()
+    if error.pgcode:
+        return classify_server_error(
+            f"{action}: {message}",
+            error.pgcode,
+            error.diag.message_detail,
+            error.diag.message_hint,
+        )
+    if isinstance(error, psycopg2.InterfaceError) or _LOST_WORDS.search(message):
+        return ConnectionLost(f"{action}: {message}")
+    return ServerError(f"{action}: {message}")
+
+
+# Connection refusals that a retry cannot fix, by the words libpq reports
+# (it gives no SQLSTATE before the connection is up).
+_REFUSALS = (
+    ("28P01", re.compile(r"password authentication failed|no password supplied|"
+                         r"password must be supplied|SCRAM|authentication failed", re.I)),
+    ("28000", re.compile(r"pg_hba\.conf|not permitted to log in|role .* does not exist", re.I)),
+    ("3D000", re.compile(r"database .* does not exist", re.I)),
+    ("08006", re.compile(r"certificate|SSL error|server does not support SSL|sslmode", re.I)),
+)
+
+
+def _connect_error(error: psycopg2.Error) -> ReplicantError:
+    """Translate a failure to connect.
+
+    A server that cannot be reached (or is starting or stopping) is a
+    :class:`ConnectionLost` a caller may retry; a refusal that a retry cannot
+    fix (authentication, a missing database or role, TLS verification) is a
+    :class:`ServerError`.
+    """
+    message = str(error).strip()
+    for sqlstate, words in _REFUSALS:
+        if words.search(message):
+            return ServerError(f"could not connect: {message}", sqlstate=sqlstate)
+    return ConnectionLost(f"could not connect: {message}")
+
+
+# --- DSN handling -------------------------------------------------------------
+
+_SECRET_KEYS = ("password", "sslpassword")
+
+
+def mask_dsn(dsn: str | None = None, **params: Any) -> str:
+    """The connection string with every secret replaced by ``***``.
+
+    Safe to log or put in an exception message. Accepts what
+    :meth:`ReplicationConnection.connect` accepts.
+    """
+    try:
+        parsed = psycopg2.extensions.parse_dsn(dsn or "")
+    except psycopg2.Error:
+        return "<unparsable connection string>"
+    parsed.update({key: value for key, value in params.items() if value is not None})
+    for key in _SECRET_KEYS:
+        if key in parsed:
+            parsed[key] = "***"
+    return " ".join(f"{key}={_dsn_value(str(value))}" for key, value in parsed.items())
+
+
+def _dsn_value(value: str) -> str:
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --- the connection -----------------------------------------------------------
+
+
+class ReplicationConnection:
+    """A ``replication=database`` connection to one database.
+
+    Use :meth:`connect` to open one; it is a context manager that closes the
+    connection on exit. Replication commands run through psycopg2 while no
+    stream is open; :meth:`start` opens the stream.
+    """
+
+    def __init__(self, raw: psycopg2.extensions.connection, *, description: str = "") -> None:
+        self._raw = raw
+        self._raw.autocommit = True
+        self._description = description
+        self._stream: ReplicationStream | None = None
+        self._in_snapshot_transaction = False
+
+    @classmethod
+    def connect(cls, dsn: str | None = None, **params: Any) -> ReplicationConnection:
+        """Open a logical replication connection.
+
+        Takes anything psycopg2 takes: a URI or key/value ``dsn``, keyword
+        parameters (which win over the DSN), and the ``PG*`` environment
+        variables, ``.pgpass`` and service files that libpq reads itself.
+        Raises :class:`ConnectionLost` when the server cannot be reached and
+        :class:`ServerError` when it refuses (authentication, missing
+        database).
+        """
+        params = {key: value for key, value in params.items() if value is not None}
+        params["replication"] = "database"
+        try:
+            raw = psycopg2.connect(dsn or "", **params)
+        except psycopg2.Error as error:
+            raise _connect_error(error) from None
+        return cls(raw, description=mask_dsn(dsn, **params))
+
+    # -- properties
+
+    @property
+    def raw(self) -> psycopg2.extensions.connection:
+        """The underlying psycopg2 connection. Do not use it while streaming."""
+        return self._raw
+
+    @property
+    def server_version(self) -> int:
+        """The server's version as an integer, e.g. ``150004``."""
+        return int(self._raw.server_version)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (by us or because it broke)."""
+        return bool(self._raw.closed)
+
+    @property
+    def streaming(self) -> bool:
+        """True while a stream from :meth:`start` is open."""
+        return self._stream is not None and not self._stream.ended
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "streaming" if self.streaming else "idle"
+        return f"<ReplicationConnection {self._description!r} {state}>"
+
+    # -- queries
+
+    def execute(self, command: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one command (replication command or SQL) and return its rows.
+
+        Commands that return no rows give an empty list.
+        """
+        self._check_idle()
+        try:
+            with self._raw.cursor() as cursor:
+                cursor.execute(command, params)
+                if cursor.description is None:
+                    return []
+                return list(cursor.fetchall())
+        except psycopg2.Error as error:
+            raise _from_psycopg2(error, command.split(None, 1)[0]) from None
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            raise ConnectionLost("the connection is closed")
+        if self.streaming:
+            raise ReplicantError("the connection is streaming: stop the stream first")
+
+    def identify_system(self) -> SystemInfo:
+        """``IDENTIFY_SYSTEM``: system id, timeline, current WAL position, database."""
+        rows = self.execute(identify_system_command())
+        system_id, timeline, xlogpos, dbname = rows[0]
+        return SystemInfo(str(system_id), int(timeline), LSN.parse(xlogpos), dbname)
+
+    def create_slot(
+        self,
+        name: str,
+        plugin: str = "pgoutput",
+        *,
+        temporary: bool = False,
+        snapshot: str = "nothing",
+        two_phase: bool = False,
+    ) -> CreatedSlot:
+        """Create a logical replication slot.
+
+        ``snapshot``: ``"nothing"`` (no snapshot), ``"export"`` (export one for
+        other sessions to import; ``snapshot_name`` names it), or ``"use"``
+        (this connection opens a ``REPEATABLE READ`` transaction and reads
+        with the slot's snapshot: query it with :meth:`execute`, then call
+        :meth:`commit`). A temporary slot is dropped when the connection
+        closes. Raises :class:`SlotError` if the slot exists.
+        """
+        command = create_slot_command(
+            name,
+            plugin,
+            server_version=self.server_version,
+            temporary=temporary,
+            snapshot=snapshot,
+            two_phase=two_phase,
+        )
+        if snapshot == "use" and not self._in_snapshot_transaction:
+            self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            self._in_snapshot_transaction = True
+        rows = self.execute(command)
+        slot_name, consistent_point, snapshot_name, output_plugin = rows[0]
+        return CreatedSlot(slot_name, LSN.parse(consistent_point), snapshot_name, output_plugin)
+
+    def commit(self) -> None:
+        """End the transaction that ``create_slot(snapshot="use")`` opened."""
+        if self._in_snapshot_transaction:
+            self.execute("COMMIT")
+            self._in_snapshot_transaction = False
+
+    def read_slot(self, name: str) -> SlotState | None:
+        """What the server knows of slot ``name``, or ``None`` if it has none."""
+        validate_slot_name(name)
+        version = self.server_version
+        wal = "wal_status, safe_wal_size" if version >= 130000 else "NULL, NULL"
+        two_phase = "two_phase" if version >= 140000 else "NULL"
+        rows = self.execute(
+            "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
+            " restart_lsn::text, confirmed_flush_lsn::text,"
+            f" {wal}, {two_phase} FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+            (name,),
+        )
+        if not rows:
+            return None
+        (slot_name, slot_type, plugin, database, temporary, active, pid,
+         restart, confirmed, wal_status, safe_size, has_two_phase) = rows[0]
+        return SlotState(
+            name=slot_name,
+            slot_type=slot_type,
+            plugin=plugin,
+            database=database,
+            temporary=bool(temporary),
+            active=bool(active),
+            active_pid=pid,
+            restart_lsn=LSN.parse(restart) if restart else None,
+            confirmed_flush_lsn=LSN.parse(confirmed) if confirmed else None,
+            wal_status=wal_status,
+            safe_wal_size=None if safe_size is None else int(safe_size),
+            two_phase=has_two_phase,
+        )
+
+    def drop_slot(self, name: str, *, wait: bool = False) -> None:
+        """Drop slot ``name``. With ``wait``, wait while another connection uses it.
+
+        Raises :class:`SlotError` if it does not exist or (without ``wait``)
+        is in use.
+        """
+        self.execute(drop_slot_command(name, wait=wait))
+
+    # -- streaming
+
+    def start(
+        self,
+        slot: str,
+        start_lsn: int | str | None = None,
+        options: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        *,
+        plugin: str | None = None,
+        timeout: float = 60.0,
+    ) -> ReplicationStream:
+        """``START_REPLICATION`` on a logical slot; returns the open stream.
+
+        ``start_lsn`` ``None`` (or 0) resumes from the slot's confirmed
+        position. ``options`` go to the output plugin. With ``plugin``, the
+        slot's plugin is checked first and a slot of another plugin is a
+        :class:`SlotError` rather than a confusing option error.
+        ``timeout`` bounds the wait for the server to accept.
+        """
+        self._check_idle()
+        lsn = LSN(0) if start_lsn is None else LSN(start_lsn)
+        command = start_replication_command(slot, lsn, options)
+        state = self.read_slot(slot)
+        if state is None:
+            raise SlotError(f'replication slot "{slot}" does not exist', sqlstate="42704")
+        if state.slot_type != "logical":
+            raise SlotError(f'replication slot "{slot}" is a {state.slot_type} slot, not logical')
+        if plugin is not None and state.plugin != plugin:
+            raise SlotError(
+                f'replication slot "{slot}" uses plugin {state.plugin!r}, not {plugin!r}; '
+                "drop it or pick another slot name"
+            )
+        if state.database is not None and state.database != self._raw.info.dbname:
+            raise SlotError(
+                f'replication slot "{slot}" belongs to database {state.database!r}, '
+                f"not {self._raw.info.dbname!r}"
+            )
+        stream = ReplicationStream(self, command, timeout=timeout)
+        self._stream = stream
+        return stream
+
+    def _stream_closed(self, stream: ReplicationStream) -> None:
+        if self._stream is stream:
+            self._stream = None
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Close the connection (abandoning any open stream). Idempotent."""
+        stream = self._stream
+        if stream is not None:
+            stream._abandon()
+        self._stream = None
+        if not self._raw.closed:
+            self._raw.close()
+
+    def __enter__(self) -> ReplicationConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- the stream -----------------------------------------------------------------
+
+
+class ReplicationStream:
+    """An open COPY BOTH replication stream.
+
+    Made by :meth:`ReplicationConnection.start`. :meth:`read` returns parsed
+    frames; :meth:`send_status` reports progress (from any thread);
+    :meth:`stop` ends the stream and leaves the connection usable.
+    """
+
+    # Frames pulled per lock acquisition at most, so that a status update
+    # from another thread never waits behind a long drain.
+    MAX_BATCH = 512
+
+    def __init__(self, connection: ReplicationConnection, command: str, *, timeout: float) -> None:
+        self._connection = connection
+        raw = connection.raw
+        self._pgconn = ctypes.c_void_p(raw.pgconn_ptr)
+        self._socket = int(libpq.lib.PQsocket(self._pgconn))
+        self._lock = threading.Lock()  # every libpq call on this PGconn
+        self._read_lock = threading.Lock()  # one reader (read/stop) at a time
+        self._buffer = ctypes.POINTER(ctypes.c_char)()
+        self._buffer_ref = ctypes.byref(self._buffer)
+        self._ended = False  # the COPY is over (either side ended it, or it broke)
+        self._stop_requested = False  # we sent CopyDone
+        self._abandoned = False  # the PGconn is gone: touch nothing
+        self._begin(command, timeout)
+
+    # -- setup
+
+    def _begin(self, command: str, timeout: float) -> None:
+        lib = libpq.lib
+        with self._lock:
+            if not lib.PQsendQuery(self._pgconn, command.encode()):
+                self._fail_connection("could not send START_REPLICATION")
+            # Non-blocking from here on: no libpq call may wait while we hold
+            # the lock (a status update from the other thread would stall).
+            if lib.PQsetnonblocking(self._pgconn, 1) != 0:
+                self._fail_connection("could not switch the connection to non-blocking mode")
+        deadline = time.monotonic() + timeout
+        error: ReplicantError | None = None
+        while True:
+            self._wait_not_busy(deadline, "waiting for START_REPLICATION")
+            with self._lock:
+                result = lib.PQgetResult(self._pgconn)
+                if not result:
+                    break
+                status = lib.PQresultStatus(result)
+                if status == libpq.PGRES_COPY_BOTH:
+                    lib.PQclear(result)
+                    return
+                if error is None:
+                    error = self._result_error(result, "START_REPLICATION failed")
+                lib.PQclear(result)
+        self._ended = True
+        self._restore_blocking()
+        self._connection._stream_closed(self)
+        raise error or ConnectionLost("START_REPLICATION ended without starting a stream")
+
+    def _wait_not_busy(self, deadline: float, doing: str) -> None:
+        """Read input until a whole result is buffered (PQisBusy false)."""
+        lib = libpq.lib
+        while True:
+            with self._lock:
+                if not lib.PQconsumeInput(self._pgconn):
+                    self._fail_connection(doing)
+                if not lib.PQisBusy(self._pgconn):
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionLost(f"timed out {doing}")
+            self._wait_readable(remaining)
+
+    # -- reading
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream is over (stopped, ended by the server, or broken)."""
+        return self._ended
+
+    def fileno(self) -> int:
+        """The socket, for ``select()``."""
+        return self._socket
+
+    def read(self, timeout: float | None = None) -> list[Frame]:
+        """Every frame available now, waiting up to ``timeout`` seconds for one.
+
+        Returns an empty list when the timeout passes with nothing to read
+        (``None`` waits as long as it takes). Raises :class:`ConnectionLost`
+        when the connection breaks or the server ends the stream,
+        :class:`ServerError` (or :class:`SlotError`) when the server reports
+        an error, :class:`ProtocolError` for a malformed frame.
+        """
+        with self._read_lock:
+            self._check_open()
+            frames = self._drain()
+            if frames or timeout == 0:
+                return frames
+            # libpq may already hold buffered bytes (TLS records, or input a
+            # status update pulled in while flushing): drained above, so the
+            # socket is the only place left to wait on.
+            if self._wait_readable(timeout):
+                frames = self._drain()
+            return frames
+
+    def _drain(self) -> list[Frame]:
+        """Pull every complete frame out of libpq, reading the socket once."""
+        lib = libpq.lib
+        frames: list[Frame] = []
+        payloads: list[bytes] = []
+        end_of_copy = False
+        with self._lock:
+            if self._abandoned:
+                raise ConnectionLost("the connection was closed")
+            if not lib.PQconsumeInput(self._pgconn):
+                self._fail_connection("reading the replication stream")
+            get, buffer, ref = lib.PQgetCopyData, self._buffer, self._buffer_ref
+            conn, free, string_at = self._pgconn, lib.PQfreemem, ctypes.string_at
+            for _ in range(self.MAX_BATCH):
+                size = get(conn, ref, 1)
+                if size > 0:
+                    payloads.append(string_at(buffer, size))
+                    free(buffer)
+                elif size == 0:
+                    break
+                elif size == -1:
+                    end_of_copy = True
+                    break
+                else:
+                    self._fail_connection("reading the replication stream")
+        for payload in payloads:
+            frames.append(parse_frame(payload))
+        if end_of_copy:
+            self._finish_copy()
+        return frames
+
+    def _wait_readable(self, timeout: float | None) -> bool:
+        try:
+            readable, _, _ = select.select([self._socket], [], [], timeout)
+        except (OSError, ValueError) as error:  # the socket was closed under us
+            raise ConnectionLost(f"waiting for the server: {error}") from None
+        return bool(readable)
+
+    def _wait_writable(self, timeout: float | None) -> bool:
+        try:
+            _, writable, _ = select.select([], [self._socket], [], timeout)
+        except (OSError, ValueError) as error:
+            raise ConnectionLost(f"waiting to send to the server: {error}") from None
+        return bool(writable)
+
+    # -- writing
+
+    def send_status(
+        self,
+        written: int,
+        flushed: int,
+        applied: int,
+        *,
+        reply: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        """Send a Standby Status Update. Safe while another thread reads.
+
+        ``written``/``flushed``/``applied`` are LSNs; ``reply`` asks the
+        server for a keepalive back. Raises :class:`ConnectionLost` if the
+        connection is broken or the update cannot be sent within ``timeout``
+        seconds.
+        """
+        message = encode_status_update(written, flushed, applied, reply=reply)
+        self._send(message, timeout, "sending a status update")
+
+    def _send(self, message: bytes, timeout: float, doing: str) -> None:
+        lib = libpq.lib
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._check_open()
+                queued = lib.PQputCopyData(self._pgconn, message, len(message))
+                if queued < 0:
+                    self._fail_connection(doing)
+                pending = lib.PQflush(self._pgconn) if queued else 1
+                if pending < 0:
+                    self._fail_connection(doing)
+            if queued and pending == 0:
+                return
+            if queued:
+                self._flush_until(deadline, doing)
+                return
+            # libpq's output buffer is full: wait until the socket takes more.
+            self._wait_until_writable(deadline, doing)
+
+    def _flush_until(self, deadline: float, doing: str) -> None:
+        lib = libpq.lib
+        while True:
+            self._wait_until_writable(deadline, doing)
+            with self._lock:
+                if self._abandoned:
+                    raise ConnectionLost("the connection was closed")
+                pending = lib.PQflush(self._pgconn)
+            if pending < 0:
+                with self._lock:
+                    self._fail_connection(doing)
+            if pending == 0:
+                return
+
+    def _wait_until_writable(self, deadline: float, doing: str) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._wait_writable(remaining):
+            raise ConnectionLost(f"timed out {doing}: the server is not reading")
+
+    # -- ending
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the stream gracefully and leave the connection usable.
+
+        Sends CopyDone, discards whatever the server still sends until its
+        own CopyDone, and reads the final results. Frames discarded here
+        were never acknowledged, so the server sends them again next time.
+        If the server does not finish within ``timeout`` seconds the
+        connection is closed and :class:`ConnectionLost` raised.
+        """
+        lib = libpq.lib
+        deadline = time.monotonic() + timeout
+        with self._read_lock:
+            if self.ended:
+                return
+            self._stop_requested = True
+            while True:
+                with self._lock:
+                    self._check_open()
+                    sent = lib.PQputCopyEnd(self._pgconn, None)
+                    if sent < 0:
+                        self._fail_connection("sending CopyDone")
+                if sent:
+                    break
+                self._wait_until_writable(deadline, "sending CopyDone")
+            try:
+                self._flush_until_done(deadline)
+                while True:
+                    # Frames still arriving were never acknowledged, so the
+                    # server sends them again next time: drop them.
+                    self._drain()
+                    if self._ended:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ConnectionLost("timed out waiting for the server to end the stream")
+                    self._wait_readable(remaining)
+            except ConnectionLost:
+                self._connection.close()
+                raise
+
+    def _flush_until_done(self, deadline: float) -> None:
+        with self._lock:
+            pending = libpq.lib.PQflush(self._pgconn)
+            if pending < 0:
+                self._fail_connection("sending CopyDone")
+        if pending:
+            self._flush_until(deadline, "sending CopyDone")
+
+    def _finish_copy(self) -> None:
+        """The COPY is over: collect the final results and restore the connection.
+
+        Raises the server's error if it sent one, or :class:`ConnectionLost`
+        if the server ended a stream we did not stop.
+        """
+        lib = libpq.lib
+        error: ReplicantError | None = None
+        deadline = time.monotonic() + 30.0
+        while True:
+            self._wait_not_busy(deadline, "finishing the replication stream")
+            with self._lock:
+                result = lib.PQgetResult(self._pgconn)
+                if not result:
+                    break
+                status = lib.PQresultStatus(result)
+                if status not in (libpq.PGRES_COMMAND_OK, libpq.PGRES_TUPLES_OK) and error is None:
+                    error = self._result_error(result, "replication stream failed")
+                lib.PQclear(result)
+        self._ended = True
+        self._restore_blocking()
+        self._connection._stream_closed(self)
+        if error is not None:
+            raise error
+        if not self._stop_requested:
+            # A CopyDone we did not ask for: the server is shutting down.
+            raise ConnectionLost("the server ended the replication stream")
+
+    def _restore_blocking(self) -> None:
+        with self._lock:
+            if not self._abandoned:
+                libpq.lib.PQsetnonblocking(self._pgconn, 0)
+
+    def _abandon(self) -> None:
+        """The connection is about to close: never touch the PGconn again."""
+        with self._lock:
+            self._abandoned = True
+            self._ended = True
+
+    # -- helpers
+
+    def _check_open(self) -> None:
+        if self._abandoned:
+            raise ConnectionLost("the connection was closed")
+        if self._ended:
+            raise ReplicantError("the replication stream has ended")
+
+    def _fail_connection(self, doing: str) -> NoReturn:
+        """Raise ConnectionLost with libpq's message. Call with the lock held."""
+        message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
+        self._ended = True
+        raise ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
+
+    @staticmethod
+    def _result_error(result: int, doing: str) -> ReplicantError:
+        lib = libpq.lib
+
+        def field(code: int) -> str | None:
+            value = lib.PQresultErrorField(result, code)
+            return None if value is None else bytes(value).decode("utf-8", "replace")
+
+        message = field(libpq.PG_DIAG_MESSAGE_PRIMARY)
+        if message is None:
+            raw = lib.PQresultErrorMessage(result) or b""
+            message = bytes(raw).decode("utf-8", "replace").strip() or "unknown error"
+        return classify_server_error(
+            f"{doing}: {message}",
+            field(libpq.PG_DIAG_SQLSTATE),
+            field(libpq.PG_DIAG_MESSAGE_DETAIL),
+            field(libpq.PG_DIAG_MESSAGE_HINT),
+        )
