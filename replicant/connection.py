@@ -157,8 +157,14 @@ def _from_psycopg2(error: psycopg2.Error, action: str) -> ReplicantError:
 # Connection refusals that a retry cannot fix, by the words libpq reports
 # (it gives no SQLSTATE before the connection is up).
 _REFUSALS = (
-    ("28P01", re.compile(r"password authentication failed|no password supplied|"
-                         r"password must be supplied|SCRAM|authentication failed", re.I)),
+    (
+        "28P01",
+        re.compile(
+            r"password authentication failed|no password supplied|"
+            r"password must be supplied|SCRAM|authentication failed",
+            re.I,
+        ),
+    ),
     ("28000", re.compile(r"pg_hba\.conf|not permitted to log in|role .* does not exist", re.I)),
     ("3D000", re.compile(r"database .* does not exist", re.I)),
     ("08006", re.compile(r"certificate|SSL error|server does not support SSL|sslmode", re.I)),
@@ -224,6 +230,7 @@ class ReplicationConnection:
         self._raw.autocommit = True
         self._description = description
         self._stream: ReplicationStream | None = None
+        self._streamed = False
         self._in_snapshot_transaction = False
 
     @classmethod
@@ -313,7 +320,7 @@ class ReplicationConnection:
 
         ``snapshot``: ``"nothing"`` (no snapshot), ``"export"`` (export one for
         other sessions to import; ``snapshot_name`` names it), or ``"use"``
-        (this connection opens a ``REPEATABLE READ`` transaction and reads
+        (this connection opens a read-only ``REPEATABLE READ`` transaction and reads
         with the slot's snapshot: query it with :meth:`execute`, then call
         :meth:`commit`). A temporary slot is dropped when the connection
         closes. Raises :class:`SlotError` if the slot exists.
@@ -327,7 +334,7 @@ class ReplicationConnection:
             two_phase=two_phase,
         )
         if snapshot == "use" and not self._in_snapshot_transaction:
-            self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             self._in_snapshot_transaction = True
         rows = self.execute(command)
         slot_name, consistent_point, snapshot_name, output_plugin = rows[0]
@@ -353,8 +360,20 @@ class ReplicationConnection:
         )
         if not rows:
             return None
-        (slot_name, slot_type, plugin, database, temporary, active, pid,
-         restart, confirmed, wal_status, safe_size, has_two_phase) = rows[0]
+        (
+            slot_name,
+            slot_type,
+            plugin,
+            database,
+            temporary,
+            active,
+            pid,
+            restart,
+            confirmed,
+            wal_status,
+            safe_size,
+            has_two_phase,
+        ) = rows[0]
         return SlotState(
             name=slot_name,
             slot_type=slot_type,
@@ -398,6 +417,13 @@ class ReplicationConnection:
         ``timeout`` bounds the wait for the server to accept.
         """
         self._check_idle()
+        if self._streamed:
+            # The walsender ends a second logical stream on one connection
+            # at once (seen on 15 and 16): say so instead of a ConnectionLost.
+            raise ReplicantError(
+                "this connection already streamed once; PostgreSQL needs a new "
+                "connection for another logical stream"
+            )
         lsn = LSN(0) if start_lsn is None else LSN(start_lsn)
         command = start_replication_command(slot, lsn, options)
         state = self.read_slot(slot)
@@ -417,6 +443,7 @@ class ReplicationConnection:
             )
         stream = ReplicationStream(self, command, timeout=timeout)
         self._stream = stream
+        self._streamed = True
         return stream
 
     def _stream_closed(self, stream: ReplicationStream) -> None:
@@ -472,6 +499,7 @@ class ReplicationStream:
         self._buffer_ref = ctypes.byref(self._buffer)
         self._ended = False  # the COPY is over (either side ended it, or it broke)
         self._stop_requested = False  # we sent CopyDone
+        self._lost: str | None = None  # why the stream broke, if it did
         self._abandoned = False  # the PGconn is gone: touch nothing
         self._begin(command, timeout)
 
@@ -729,11 +757,12 @@ class ReplicationStream:
         self._ended = True
         self._restore_blocking()
         self._connection._stream_closed(self)
-        if error is not None:
-            raise error
-        if not self._stop_requested:
+        if error is None and not self._stop_requested:
             # A CopyDone we did not ask for: the server is shutting down.
-            raise ConnectionLost("the server ended the replication stream")
+            error = ConnectionLost("the server ended the replication stream")
+        if error is not None:
+            self._lost = str(error)
+            raise error
 
     def _restore_blocking(self) -> None:
         with self._lock:
@@ -751,6 +780,8 @@ class ReplicationStream:
     def _check_open(self) -> None:
         if self._abandoned:
             raise ConnectionLost("the connection was closed")
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
         if self._ended:
             raise ReplicantError("the replication stream has ended")
 
@@ -758,7 +789,8 @@ class ReplicationStream:
         """Raise ConnectionLost with libpq's message. Call with the lock held."""
         message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
         self._ended = True
-        raise ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
+        self._lost = f"{doing}: {message.strip() or 'connection lost'}"
+        raise ConnectionLost(self._lost)
 
     @staticmethod
     def _result_error(result: int, doing: str) -> ReplicantError:
