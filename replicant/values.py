@@ -1,0 +1,656 @@
+"""Column values: PostgreSQL's text and binary representations to Python objects.
+
+A converter is chosen once per column (by type OID, when a relation is
+described) and called only when somebody reads the value, so a column that
+nobody reads costs nothing beyond keeping its bytes.
+
+Text representations go through psycopg2's own typecasters, so a value comes
+out exactly as psycopg2 would return it from a ``SELECT``: ``int``,
+``float``, ``Decimal`` for numeric, ``bool``, ``str``, ``bytes`` for bytea,
+``date``/``time``/``datetime``/``timedelta``, parsed JSON, ``uuid.UUID``,
+``ipaddress`` objects for inet and cidr (as ``psycopg2.extras.register_ipaddress``
+gives them), and lists for arrays of these. Any other type (enums, domains,
+extension types, ...) gives the server's text as ``str``.
+
+Binary representations (pgoutput with ``binary 'true'``) are read from each
+type's send format with :mod:`struct` for the same set of types and give the
+same Python values. A type without a binary reader gives a
+:class:`BinaryValue` carrying its OID and the bytes as sent.
+
+Every converter raises :class:`~replicant.errors.DecodeError` when the input
+is malformed or out of Python's range (for example a date before year 1).
+
+psycopg2's C typecasters write into the cursor they are given and read its
+``tzinfo_factory``; called with ``None`` they corrupt memory or crash the
+process. They are therefore always called with a real cursor object, built
+on a connection object that is allocated but never connected (it owns no
+socket and no libpq handle).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import json
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import psycopg2
+import psycopg2.extensions
+
+from replicant.errors import DecodeError
+
+# psycopg2's stubs leave out several of its typecaster objects (PYDATETIME,
+# BINARYARRAY, ...); the module is used untyped here.
+_ext: Any = psycopg2.extensions
+_BYTEA_CASTER: Any = psycopg2.BINARY  # the DB-API type object is bytea's typecaster
+
+__all__ = [
+    "OID",
+    "BinaryValue",
+    "Converter",
+    "binary_converter",
+    "decode_binary",
+    "decode_text",
+    "register_type",
+    "text_converter",
+]
+
+Converter = Callable[[Any], Any]
+"""A function from one representation (``bytes``, or ``str`` for text) to a value."""
+
+
+class OID:
+    """Type OIDs of the built-in types that have converters."""
+
+    BOOL: Final = 16
+    BYTEA: Final = 17
+    CHAR: Final = 18
+    NAME: Final = 19
+    INT8: Final = 20
+    INT2: Final = 21
+    INT4: Final = 23
+    TEXT: Final = 25
+    OID: Final = 26
+    JSON: Final = 114
+    JSON_ARRAY: Final = 199
+    CIDR: Final = 650
+    CIDR_ARRAY: Final = 651
+    FLOAT4: Final = 700
+    FLOAT8: Final = 701
+    UNKNOWN: Final = 705
+    INET: Final = 869
+    BOOL_ARRAY: Final = 1000
+    BYTEA_ARRAY: Final = 1001
+    CHAR_ARRAY: Final = 1002
+    NAME_ARRAY: Final = 1003
+    INT2_ARRAY: Final = 1005
+    INT4_ARRAY: Final = 1007
+    TEXT_ARRAY: Final = 1009
+    BPCHAR_ARRAY: Final = 1014
+    VARCHAR_ARRAY: Final = 1015
+    INT8_ARRAY: Final = 1016
+    FLOAT4_ARRAY: Final = 1021
+    FLOAT8_ARRAY: Final = 1022
+    OID_ARRAY: Final = 1028
+    INET_ARRAY: Final = 1041
+    BPCHAR: Final = 1042
+    VARCHAR: Final = 1043
+    DATE: Final = 1082
+    TIME: Final = 1083
+    TIMESTAMP: Final = 1114
+    TIMESTAMP_ARRAY: Final = 1115
+    DATE_ARRAY: Final = 1182
+    TIME_ARRAY: Final = 1183
+    TIMESTAMPTZ: Final = 1184
+    TIMESTAMPTZ_ARRAY: Final = 1185
+    INTERVAL: Final = 1186
+    INTERVAL_ARRAY: Final = 1187
+    NUMERIC_ARRAY: Final = 1231
+    TIMETZ: Final = 1266
+    TIMETZ_ARRAY: Final = 1270
+    NUMERIC: Final = 1700
+    UUID: Final = 2950
+    UUID_ARRAY: Final = 2951
+    JSONB: Final = 3802
+    JSONB_ARRAY: Final = 3807
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryValue:
+    """A value sent in binary format for a type replicant cannot read.
+
+    ``data`` is the type's send representation exactly as the server sent it.
+    """
+
+    type_oid: int
+    data: bytes
+
+
+# --- text representations -------------------------------------------------------
+
+# A cursor on a connection object that is allocated but never connected: what
+# psycopg2's typecasters need to be called safely outside a query. The
+# casters keep the GIL for their whole run and only use the cursor to record
+# the caster in use and to find tzinfo_factory, so one shared instance serves
+# every thread.
+_CURSOR: Final = _ext.cursor(_ext.connection.__new__(_ext.connection))
+
+
+def _as_str(value: str | bytes) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"text value is not valid UTF-8: {exc}") from exc
+
+
+def _cast_with(caster: Any, name: str) -> Converter:
+    """Wrap a psycopg2 typecaster as a converter that raises only DecodeError."""
+    cursor = _CURSOR
+
+    def convert(value: str | bytes) -> Any:
+        try:
+            return caster(value, cursor)
+        except Exception as exc:  # casters raise DataError, ValueError, ...: all mean bad input
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            raise DecodeError(f"cannot read {name} value {text[:80]!r}: {exc}") from exc
+
+    convert.__qualname__ = convert.__name__ = f"text_{name.lower()}"
+    return convert
+
+
+def _py_caster(name: str, oid: int, array_oid: int, func: Callable[[str], Any]) -> tuple[Any, Any]:
+    """Make psycopg2 typecasters (scalar and array) from a Python parse function."""
+
+    def cast(value: str | None, cursor: Any) -> Any:
+        return None if value is None else func(value)
+
+    scalar = _ext.new_type((oid,), name, cast)
+    return scalar, _ext.new_array_type((array_oid,), f"{name}ARRAY", scalar)
+
+
+def _bytea_text(value: str | bytes) -> bytes:
+    # PostgreSQL's default bytea_output is hex ("\x00ff"): read it directly;
+    # the escape format goes through psycopg2's caster.
+    if isinstance(value, bytes):
+        if value.startswith(b"\\x"):
+            return _from_hex(value[2:].decode("ascii", errors="replace"))
+    elif value.startswith("\\x"):
+        return _from_hex(value[2:])
+    return bytes(_BYTEA_CAST(value))
+
+
+def _from_hex(digits: str) -> bytes:
+    try:
+        return bytes.fromhex(digits)
+    except ValueError as exc:
+        raise DecodeError(f"cannot read bytea value: {exc}") from exc
+
+
+_BYTEA_CAST: Final = _cast_with(_BYTEA_CASTER, "BYTEA")
+
+
+def _bytea_array(caster: Converter) -> Converter:
+    def convert(value: str | bytes) -> Any:
+        return _map_nested(caster(value), lambda v: bytes(v))
+
+    return convert
+
+
+def _map_nested(value: Any, func: Callable[[Any], Any]) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_map_nested(item, func) for item in value]
+    return func(value)
+
+
+_JSON, _JSON_ARRAY = _py_caster("JSON", OID.JSON, OID.JSON_ARRAY, json.loads)
+_JSONB, _JSONB_ARRAY = _py_caster("JSONB", OID.JSONB, OID.JSONB_ARRAY, json.loads)
+_UUID, _UUID_ARRAY = _py_caster("UUID", OID.UUID, OID.UUID_ARRAY, uuid.UUID)
+_INET, _INET_ARRAY = _py_caster("INET", OID.INET, OID.INET_ARRAY, ipaddress.ip_interface)
+_CIDR, _CIDR_ARRAY = _py_caster("CIDR", OID.CIDR, OID.CIDR_ARRAY, ipaddress.ip_network)
+
+_TEXT_CASTERS: Final[dict[int, tuple[Any, str]]] = {
+    OID.BOOL: (_ext.BOOLEAN, "BOOL"),
+    OID.INT8: (_ext.LONGINTEGER, "INT8"),
+    OID.INT2: (_ext.INTEGER, "INT2"),
+    OID.INT4: (_ext.INTEGER, "INT4"),
+    OID.OID: (_ext.LONGINTEGER, "OID"),
+    OID.FLOAT4: (_ext.FLOAT, "FLOAT4"),
+    OID.FLOAT8: (_ext.FLOAT, "FLOAT8"),
+    OID.NUMERIC: (_ext.DECIMAL, "NUMERIC"),
+    OID.DATE: (_ext.PYDATE, "DATE"),
+    OID.TIME: (_ext.PYTIME, "TIME"),
+    OID.TIMETZ: (_ext.PYTIME, "TIMETZ"),
+    OID.TIMESTAMP: (_ext.PYDATETIME, "TIMESTAMP"),
+    OID.TIMESTAMPTZ: (_ext.PYDATETIMETZ, "TIMESTAMPTZ"),
+    OID.INTERVAL: (_ext.PYINTERVAL, "INTERVAL"),
+    OID.JSON: (_JSON, "JSON"),
+    OID.JSONB: (_JSONB, "JSONB"),
+    OID.UUID: (_UUID, "UUID"),
+    OID.INET: (_INET, "INET"),
+    OID.CIDR: (_CIDR, "CIDR"),
+    OID.BOOL_ARRAY: (_ext.BOOLEANARRAY, "BOOL[]"),
+    OID.INT2_ARRAY: (_ext.INTEGERARRAY, "INT2[]"),
+    OID.INT4_ARRAY: (_ext.INTEGERARRAY, "INT4[]"),
+    OID.INT8_ARRAY: (_ext.LONGINTEGERARRAY, "INT8[]"),
+    OID.OID_ARRAY: (_ext.LONGINTEGERARRAY, "OID[]"),
+    OID.FLOAT4_ARRAY: (_ext.FLOATARRAY, "FLOAT4[]"),
+    OID.FLOAT8_ARRAY: (_ext.FLOATARRAY, "FLOAT8[]"),
+    OID.NUMERIC_ARRAY: (_ext.DECIMALARRAY, "NUMERIC[]"),
+    OID.TEXT_ARRAY: (_ext.UNICODEARRAY, "TEXT[]"),
+    OID.VARCHAR_ARRAY: (_ext.UNICODEARRAY, "VARCHAR[]"),
+    OID.BPCHAR_ARRAY: (_ext.UNICODEARRAY, "BPCHAR[]"),
+    OID.NAME_ARRAY: (_ext.UNICODEARRAY, "NAME[]"),
+    OID.CHAR_ARRAY: (_ext.UNICODEARRAY, "CHAR[]"),
+    OID.DATE_ARRAY: (_ext.PYDATEARRAY, "DATE[]"),
+    OID.TIME_ARRAY: (_ext.PYTIMEARRAY, "TIME[]"),
+    OID.TIMETZ_ARRAY: (_ext.PYTIMEARRAY, "TIMETZ[]"),
+    OID.TIMESTAMP_ARRAY: (_ext.PYDATETIMEARRAY, "TIMESTAMP[]"),
+    OID.TIMESTAMPTZ_ARRAY: (_ext.PYDATETIMETZARRAY, "TIMESTAMPTZ[]"),
+    OID.INTERVAL_ARRAY: (_ext.PYINTERVALARRAY, "INTERVAL[]"),
+    OID.JSON_ARRAY: (_JSON_ARRAY, "JSON[]"),
+    OID.JSONB_ARRAY: (_JSONB_ARRAY, "JSONB[]"),
+    OID.UUID_ARRAY: (_UUID_ARRAY, "UUID[]"),
+    OID.INET_ARRAY: (_INET_ARRAY, "INET[]"),
+    OID.CIDR_ARRAY: (_CIDR_ARRAY, "CIDR[]"),
+}
+
+_TEXT: dict[int, Converter] = {oid: _cast_with(c, name) for oid, (c, name) in _TEXT_CASTERS.items()}
+for _oid in (OID.TEXT, OID.VARCHAR, OID.BPCHAR, OID.NAME, OID.CHAR, OID.UNKNOWN):
+    _TEXT[_oid] = _as_str
+_TEXT[OID.BYTEA] = _bytea_text
+_TEXT[OID.BYTEA_ARRAY] = _bytea_array(_cast_with(_ext.BINARYARRAY, "BYTEA[]"))
+
+
+def text_converter(type_oid: int) -> Converter:
+    """The converter for ``type_oid``'s text representation (``str`` or UTF-8 ``bytes``).
+
+    Types without a converter give the text itself as ``str``.
+    """
+    return _TEXT.get(type_oid, _as_str)
+
+
+def decode_text(type_oid: int, value: str | bytes | None) -> Any:
+    """Convert one value from its text representation; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    return text_converter(type_oid)(value)
+
+
+# --- binary representations -----------------------------------------------------
+
+_INT2 = struct.Struct(">h")
+_INT4 = struct.Struct(">i")
+_INT8 = struct.Struct(">q")
+_UINT4 = struct.Struct(">I")
+_FLOAT4 = struct.Struct(">f")
+_FLOAT8 = struct.Struct(">d")
+_NUMERIC_HEAD = struct.Struct(">hhHh")
+_TIMETZ = struct.Struct(">qi")
+_INTERVAL = struct.Struct(">qii")
+_ARRAY_HEAD = struct.Struct(">iiI")
+_ARRAY_DIM = struct.Struct(">ii")
+
+_PG_EPOCH_DATE: Final = _dt.date(2000, 1, 1)
+_PG_EPOCH: Final = _dt.datetime(2000, 1, 1)
+_PG_EPOCH_UTC: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_DATE_INFINITY: Final = 0x7FFFFFFF
+_DATE_NINFINITY: Final = -0x80000000
+_TS_INFINITY: Final = 0x7FFFFFFFFFFFFFFF
+_TS_NINFINITY: Final = -0x8000000000000000
+_MAX_UTC: Final = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
+_MIN_UTC: Final = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+_NUMERIC_NEG: Final = 0x4000
+_NUMERIC_SPECIAL: Final = {
+    0xC000: Decimal("NaN"),
+    0xD000: Decimal("Infinity"),
+    0xF000: Decimal("-Infinity"),
+}
+
+
+def _fixed(unpacker: struct.Struct, name: str) -> Converter:
+    unpack = unpacker.unpack
+    size = unpacker.size
+
+    def convert(data: bytes) -> Any:
+        if len(data) != size:
+            raise DecodeError(f"binary {name} value has {len(data)} bytes, expected {size}")
+        return unpack(data)[0]
+
+    return convert
+
+
+def _bool_bin(data: bytes) -> bool:
+    if len(data) != 1:
+        raise DecodeError(f"binary bool value has {len(data)} bytes, expected 1")
+    return data != b"\x00"
+
+
+def _text_bin(data: bytes) -> str:
+    return _as_str(data)
+
+
+def _json_bin(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise DecodeError(f"cannot read json value: {exc}") from exc
+
+
+def _jsonb_bin(data: bytes) -> Any:
+    if data[:1] != b"\x01":
+        raise DecodeError("binary jsonb value does not start with format version 1")
+    return _json_bin(data[1:])
+
+
+def _numeric_bin(data: bytes) -> Decimal:
+    if len(data) < 8:
+        raise DecodeError(f"binary numeric value has only {len(data)} bytes")
+    ndigits, weight, sign, dscale = _NUMERIC_HEAD.unpack_from(data)
+    if sign in _NUMERIC_SPECIAL:
+        return _NUMERIC_SPECIAL[sign]
+    if ndigits < 0 or dscale < 0 or len(data) != 8 + 2 * ndigits or sign not in (0, _NUMERIC_NEG):
+        raise DecodeError("malformed binary numeric value")
+    digits = struct.unpack_from(f">{ndigits}H", data, 8)
+    if any(d > 9999 for d in digits):
+        raise DecodeError("malformed binary numeric value (digit above 9999)")
+    # The value is 0.DDDD... (base 10000) scaled by weight; express it as an
+    # integer number of units of 10**-dscale, the scale the text form shows.
+    mantissa = int("".join(f"{d:04d}" for d in digits) or "0")
+    shift = 4 * (weight + 1 - ndigits) + dscale
+    mantissa = mantissa * 10**shift if shift >= 0 else mantissa // 10**-shift
+    text = f"{'-' if sign == _NUMERIC_NEG else ''}{mantissa}e-{dscale}"
+    return Decimal(text)
+
+
+_read_date = _fixed(_INT4, "date")
+_read_time = _fixed(_INT8, "time")
+_read_timestamp = _fixed(_INT8, "timestamp")
+
+
+def _date_bin(data: bytes) -> _dt.date:
+    days = _read_date(data)
+    if days == _DATE_INFINITY:
+        return _dt.date.max
+    if days == _DATE_NINFINITY:
+        return _dt.date.min
+    try:
+        return _PG_EPOCH_DATE + _dt.timedelta(days=days)
+    except OverflowError as exc:
+        raise DecodeError(f"date out of Python's range ({days} days from 2000-01-01)") from exc
+
+
+def _time_from_micros(micros: int, tz: _dt.tzinfo | None) -> _dt.time:
+    if not 0 <= micros <= 86_400_000_000:
+        raise DecodeError(f"binary time value out of range: {micros}")
+    # 24:00:00 is a valid PostgreSQL time; psycopg2 reads it as midnight.
+    micros %= 86_400_000_000
+    seconds, us = divmod(micros, 1_000_000)
+    minutes, s = divmod(seconds, 60)
+    h, m = divmod(minutes, 60)
+    return _dt.time(h, m, s, us, tzinfo=tz)
+
+
+def _time_bin(data: bytes) -> _dt.time:
+    return _time_from_micros(_read_time(data), None)
+
+
+def _timetz_bin(data: bytes) -> _dt.time:
+    if len(data) != 12:
+        raise DecodeError(f"binary timetz value has {len(data)} bytes, expected 12")
+    micros, zone = _TIMETZ.unpack(data)
+    # The zone is sent in seconds west of UTC; Python counts east.
+    try:
+        tz = _dt.timezone(_dt.timedelta(seconds=-zone))
+    except ValueError as exc:
+        raise DecodeError(f"binary timetz zone out of range: {zone}") from exc
+    return _time_from_micros(micros, tz)
+
+
+def _timestamp_bin(data: bytes) -> _dt.datetime:
+    micros = _read_timestamp(data)
+    if micros == _TS_INFINITY:
+        return _dt.datetime.max
+    if micros == _TS_NINFINITY:
+        return _dt.datetime.min
+    try:
+        return _PG_EPOCH + _dt.timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise DecodeError(f"timestamp out of Python's range ({micros} us from 2000)") from exc
+
+
+def _timestamptz_bin(data: bytes) -> _dt.datetime:
+    micros = _read_timestamp(data)
+    if micros == _TS_INFINITY:
+        return _MAX_UTC
+    if micros == _TS_NINFINITY:
+        return _MIN_UTC
+    try:
+        return _PG_EPOCH_UTC + _dt.timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise DecodeError(f"timestamptz out of Python's range ({micros} us from 2000)") from exc
+
+
+def _interval_bin(data: bytes) -> _dt.timedelta:
+    if len(data) != 16:
+        raise DecodeError(f"binary interval value has {len(data)} bytes, expected 16")
+    micros, days, months = _INTERVAL.unpack(data)
+    # psycopg2 reads "1 year 2 mons" as 365 + 2 * 30 days; do the same so the
+    # text and binary formats give equal values.
+    years = abs(months) // 12 * (1 if months >= 0 else -1)
+    months -= years * 12
+    try:
+        return _dt.timedelta(days=years * 365 + months * 30 + days, microseconds=micros)
+    except OverflowError as exc:
+        raise DecodeError("interval out of Python's range") from exc
+
+
+def _uuid_bin(data: bytes) -> uuid.UUID:
+    if len(data) != 16:
+        raise DecodeError(f"binary uuid value has {len(data)} bytes, expected 16")
+    return uuid.UUID(bytes=data)
+
+
+def _inet_parts(data: bytes) -> str:
+    if len(data) < 4:
+        raise DecodeError("binary inet value too short")
+    family, bits, _is_cidr, size = data[0], data[1], data[2], data[3]
+    address = data[4:]
+    if family == 2 and size == 4 and len(address) == 4 and bits <= 32:
+        return f"{ipaddress.IPv4Address(address)}/{bits}"
+    if family == 3 and size == 16 and len(address) == 16 and bits <= 128:
+        return f"{ipaddress.IPv6Address(address)}/{bits}"
+    raise DecodeError("malformed binary inet value")
+
+
+def _inet_bin(data: bytes) -> Any:
+    return ipaddress.ip_interface(_inet_parts(data))
+
+
+def _cidr_bin(data: bytes) -> Any:
+    try:
+        return ipaddress.ip_network(_inet_parts(data))
+    except ValueError as exc:
+        raise DecodeError(f"malformed binary cidr value: {exc}") from exc
+
+
+def _array_bin(data: bytes) -> list[Any]:
+    end = len(data)
+    if end < 12:
+        raise DecodeError("binary array value too short")
+    ndim, _flags, element_oid = _ARRAY_HEAD.unpack_from(data)
+    if ndim == 0:
+        return []
+    if not 0 < ndim <= 6 or end < 12 + 8 * ndim:
+        raise DecodeError(f"binary array value with bad dimension count {ndim}")
+    dims = [_ARRAY_DIM.unpack_from(data, 12 + 8 * i)[0] for i in range(ndim)]
+    if any(d < 0 for d in dims):
+        raise DecodeError("binary array value with a negative dimension")
+    convert = binary_converter(element_oid)
+    pos = 12 + 8 * ndim
+    unpack_len = _INT4.unpack_from
+
+    def read(level: int) -> list[Any]:
+        nonlocal pos
+        items: list[Any] = []
+        for _ in range(dims[level]):
+            if level + 1 < ndim:
+                items.append(read(level + 1))
+                continue
+            if pos + 4 > end:
+                raise DecodeError("binary array value truncated")
+            (length,) = unpack_len(data, pos)
+            pos += 4
+            if length == -1:
+                items.append(None)
+                continue
+            if length < 0 or pos + length > end:
+                raise DecodeError("binary array element truncated")
+            items.append(convert(data[pos : pos + length]))
+            pos += length
+        return items
+
+    result = read(0)
+    if pos != end:
+        raise DecodeError("binary array value has trailing bytes")
+    return result
+
+
+_BINARY: dict[int, Converter] = {
+    OID.BOOL: _bool_bin,
+    OID.BYTEA: bytes,
+    OID.CHAR: _text_bin,
+    OID.NAME: _text_bin,
+    OID.TEXT: _text_bin,
+    OID.VARCHAR: _text_bin,
+    OID.BPCHAR: _text_bin,
+    OID.UNKNOWN: _text_bin,
+    OID.INT2: _fixed(_INT2, "int2"),
+    OID.INT4: _fixed(_INT4, "int4"),
+    OID.INT8: _fixed(_INT8, "int8"),
+    OID.OID: _fixed(_UINT4, "oid"),
+    OID.FLOAT4: _fixed(_FLOAT4, "float4"),
+    OID.FLOAT8: _fixed(_FLOAT8, "float8"),
+    OID.NUMERIC: _numeric_bin,
+    OID.DATE: _date_bin,
+    OID.TIME: _time_bin,
+    OID.TIMETZ: _timetz_bin,
+    OID.TIMESTAMP: _timestamp_bin,
+    OID.TIMESTAMPTZ: _timestamptz_bin,
+    OID.INTERVAL: _interval_bin,
+    OID.JSON: _json_bin,
+    OID.JSONB: _jsonb_bin,
+    OID.UUID: _uuid_bin,
+    OID.INET: _inet_bin,
+    OID.CIDR: _cidr_bin,
+}
+for _oid in (
+    OID.BOOL_ARRAY,
+    OID.BYTEA_ARRAY,
+    OID.CHAR_ARRAY,
+    OID.NAME_ARRAY,
+    OID.INT2_ARRAY,
+    OID.INT4_ARRAY,
+    OID.TEXT_ARRAY,
+    OID.BPCHAR_ARRAY,
+    OID.VARCHAR_ARRAY,
+    OID.INT8_ARRAY,
+    OID.FLOAT4_ARRAY,
+    OID.FLOAT8_ARRAY,
+    OID.OID_ARRAY,
+    OID.INET_ARRAY,
+    OID.CIDR_ARRAY,
+    OID.DATE_ARRAY,
+    OID.TIME_ARRAY,
+    OID.TIMETZ_ARRAY,
+    OID.TIMESTAMP_ARRAY,
+    OID.TIMESTAMPTZ_ARRAY,
+    OID.INTERVAL_ARRAY,
+    OID.NUMERIC_ARRAY,
+    OID.UUID_ARRAY,
+    OID.JSON_ARRAY,
+    OID.JSONB_ARRAY,
+):
+    _BINARY[_oid] = _array_bin
+
+
+def _guarded(func: Converter, name: str) -> Converter:
+    """Make sure a binary reader raises only DecodeError, whatever the bytes."""
+
+    def convert(data: bytes) -> Any:
+        try:
+            return func(data)
+        except DecodeError:
+            raise
+        except (struct.error, ValueError, OverflowError, IndexError) as exc:
+            raise DecodeError(f"malformed binary {name} value: {exc}") from exc
+
+    return convert
+
+
+_BINARY = {oid: _guarded(func, str(oid)) for oid, func in _BINARY.items()}
+
+
+def binary_converter(type_oid: int) -> Converter:
+    """The converter for ``type_oid``'s binary (send) representation.
+
+    Types without a binary reader give a :class:`BinaryValue`.
+    """
+    func = _BINARY.get(type_oid)
+    if func is not None:
+        return func
+
+    def unknown(data: bytes) -> BinaryValue:
+        return BinaryValue(type_oid, bytes(data))
+
+    return unknown
+
+
+def decode_binary(type_oid: int, data: bytes | None) -> Any:
+    """Convert one value from its binary representation; ``None`` stays ``None``."""
+    if data is None:
+        return None
+    return binary_converter(type_oid)(data)
+
+
+def register_type(
+    type_oid: int,
+    *,
+    text: Callable[[str], Any] | None = None,
+    binary: Callable[[bytes], Any] | None = None,
+) -> None:
+    """Use ``text`` (and ``binary``) to read values of ``type_oid`` from now on.
+
+    For an extension's or the user's own types (whose OIDs differ per
+    database). Relations described after the call use the new converters.
+    An exception from ``text``/``binary`` comes out as a DecodeError.
+    """
+    if text is not None:
+        parse_text = text
+
+        def from_text(value: str | bytes) -> Any:
+            string = _as_str(value)
+            try:
+                return parse_text(string)
+            except Exception as exc:  # a user's parser: any failure is bad input
+                raise DecodeError(f"cannot read value of type {type_oid}: {exc}") from exc
+
+        _TEXT[type_oid] = from_text
+    if binary is not None:
+        parse_binary = binary
+
+        def from_binary(data: bytes) -> Any:
+            try:
+                return parse_binary(data)
+            except Exception as exc:  # a user's parser: any failure is bad input
+                raise DecodeError(f"cannot read binary value of type {type_oid}: {exc}") from exc
+
+        _BINARY[type_oid] = from_binary
