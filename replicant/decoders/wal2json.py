@@ -1,0 +1,533 @@
+"""wal2json, format-version 1 (a JSON document per transaction) and 2 (one per action).
+
+Both formats give the same event classes, with values typed the same way, as
+:mod:`replicant.decoders.pgoutput` gives for the same changes, so a callback
+does not care which plugin feeds it. The decoder asks wal2json for what it
+needs to get there (``include-xids``, ``include-timestamp``,
+``include-type-oids``, ``include-pk``, ``include-lsn``; format 2 also
+``include-transaction``); options passed by the user override these.
+
+What wal2json does not say, and how the decoder fills the gap:
+
+* It has no relation messages. A row event's ``relation`` is built from the
+  columns the row carries (type modifiers unknown: -1; ``relid`` 0;
+  ``replica_identity`` ``"unknown"``), and no :class:`Relation` event is
+  produced. Key flags are the primary key's columns, or the columns the
+  server sent as the old row's identity once one has been seen.
+* It leaves out a column whose value is an unchanged TOASTed datum. The
+  decoder remembers each table's columns from its last Insert (which always
+  has them all) and marks the missing ones :data:`~replicant.changes.UNCHANGED`
+  in an Update; before any Insert of that table on this stream it cannot,
+  and the row simply lacks the column.
+* It always gives an Update's old identity, computed from the new row when
+  the server logged none. The decoder reports ``old=None`` when the identity
+  equals the new row's values, as pgoutput does when no old row was logged.
+* Format 1 leaves NULL columns out of an old identity row; for a table whose
+  identity is not its primary key (REPLICA IDENTITY FULL) the decoder puts
+  them back as ``None`` from the table's known columns.
+* Format 1 carries no position per change: events inside a transaction get
+  the end of the previous transaction this decoder saw (see
+  :mod:`replicant.changes` on why that is safe to acknowledge). Format 1
+  does not report TRUNCATE; format 2 reports one record per table, which the
+  decoder merges back into one :class:`Truncate` per statement (emitted with
+  the next record). Neither reports its CASCADE/RESTART IDENTITY flags, nor
+  replication origins, nor streamed or two-phase transactions.
+* wal2json writes numeric NaN and infinities as ``null`` (2.5); with
+  ``numeric-data-types-as-string`` (2.6 and later) they are read exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from replicant import values as _values
+from replicant.changes import (
+    UNCHANGED,
+    Begin,
+    Column,
+    Commit,
+    Event,
+    Message,
+    Relation,
+    Row,
+    RowLayout,
+    Truncate,
+    new_delete,
+    new_insert,
+    new_update,
+)
+from replicant.errors import ConfigurationError, DecodeError
+from replicant.lsn import LSN
+
+__all__ = ["Wal2JsonDecoder"]
+
+_Json = dict[str, Any]
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+def _bool(value: Any) -> Any:
+    # wal2json writes booleans as JSON true/false; accept text too.
+    if value is True or value is False:
+        return value
+    return _values.decode_text(_values.OID.BOOL, str(value))
+
+
+def _bytea(value: Any) -> bytes:
+    # wal2json writes bytea as its hex digits without the leading "\x".
+    if not isinstance(value, str):
+        raise DecodeError(f"bytea value is not a string: {value!r}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise DecodeError(f"cannot read bytea value from wal2json: {exc}") from exc
+
+
+def _converter(type_oid: int) -> _values.Converter:
+    if type_oid == _values.OID.BOOL:
+        return _bool
+    if type_oid == _values.OID.BYTEA:
+        return _bytea
+    text = _values.text_converter(type_oid)
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):
+            raise DecodeError(f"unexpected JSON value {value!r} for a column of type {type_oid}")
+        return text(value)
+
+    return convert
+
+
+def _lsn(text: Any) -> LSN:
+    if not isinstance(text, str):
+        raise DecodeError(f"wal2json LSN is not a string: {text!r}")
+    try:
+        return LSN.parse(text)
+    except ValueError as exc:
+        raise DecodeError(f"wal2json sent a malformed LSN {text!r}") from exc
+
+
+def _int(value: Any, what: str) -> int:
+    # Numbers are parsed as text (see _loads) so that numeric values keep
+    # every digit; the few integer fields are converted here.
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise DecodeError(f"wal2json {what} is not an integer: {value!r}")
+
+
+def _loads(document: bytes | str) -> Any:
+    try:
+        return json.loads(document, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"wal2json payload is not JSON: {exc}") from exc
+
+
+def _obj(value: Any, what: str) -> _Json:
+    if not isinstance(value, dict):
+        raise DecodeError(f"wal2json {what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DecodeError(f"wal2json {what} is not a list")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise DecodeError(f"wal2json {what} is not a string: {value!r}")
+    return value
+
+
+class _Table:
+    """What the decoder learned about one table from the rows it has seen."""
+
+    __slots__ = ("identity", "layouts", "pk", "relation", "signature")
+
+    def __init__(self) -> None:
+        self.pk: tuple[str, ...] | None = None
+        self.identity: tuple[str, ...] | None = None
+        self.signature: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # from Insert
+        self.relation: Relation | None = None
+        self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
+
+
+class Wal2JsonDecoder:
+    """Decodes wal2json payloads (format-version 1 or 2) into events.
+
+    ``options`` are wal2json's own (``add-tables``, ``filter-msg-prefixes``,
+    ``include-typmod``, ...); they are passed through and override the
+    defaults this decoder sets. ``decode_values=False`` gives rows whose
+    values stay as wal2json wrote them (text, or ``bool``).
+    """
+
+    plugin = "wal2json"
+
+    def __init__(
+        self,
+        *,
+        format_version: int = 2,
+        options: Mapping[str, str] | None = None,
+        decode_values: bool = True,
+    ) -> None:
+        options = dict(options or {})
+        if "format-version" in options:
+            try:
+                format_version = int(options.pop("format-version"))
+            except ValueError as exc:
+                raise ConfigurationError("wal2json format-version must be 1 or 2") from exc
+        if format_version not in (1, 2):
+            raise ConfigurationError(
+                f"wal2json format-version must be 1 or 2, not {format_version}"
+            )
+        if options.get("write-in-chunks", "0").lower() in ("1", "t", "true", "on", "yes", "y"):
+            raise ConfigurationError(
+                "wal2json write-in-chunks splits documents across messages; it is not supported"
+            )
+        self.format_version = format_version
+        self.extra_options = options
+        self.decode_values = decode_values
+        self.reset()
+
+    # -- Decoder interface --------------------------------------------------------------------
+
+    def start_options(self, server_version: int) -> dict[str, str]:
+        """START_REPLICATION options: format, the metadata the decoder needs, the user's."""
+        options = {
+            "format-version": str(self.format_version),
+            "include-xids": "1",
+            "include-timestamp": "1",
+            "include-type-oids": "1",
+            "include-pk": "1",
+            "include-lsn": "1",
+        }
+        if self.format_version == 2:
+            options["include-transaction"] = "1"
+        options.update(self.extra_options)
+        return options
+
+    def reset(self) -> None:
+        """Forget what was learned about tables and any open transaction."""
+        self._tables: dict[tuple[str, str], _Table] = {}
+        self._in_transaction = False
+        self._xid: int | None = None
+        self._last_end = LSN.from_int(0)
+        self._truncate: list[Any] = []  # format 2: [lsn, xid, relations...] being merged
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between a transaction's Begin and Commit records (format 2).
+
+        A format 1 document holds a whole transaction, so between two
+        payloads no transaction is open.
+        """
+        return self._in_transaction
+
+    def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
+        """Decode one wal2json payload. Raises DecodeError for anything malformed."""
+        document = _obj(_loads(data), "document")
+        try:
+            if self.format_version == 1:
+                return self._document(document, wal_start)
+            return self._record(document, wal_start)
+        except DecodeError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DecodeError(f"malformed wal2json document: {exc!r}") from exc
+
+    # -- shared ------------------------------------------------------------------------------------
+
+    def _table(self, schema: str, table: str) -> _Table:
+        state = self._tables.get((schema, table))
+        if state is None:
+            state = self._tables[(schema, table)] = _Table()
+        return state
+
+    def _relation(
+        self, state: _Table, schema: str, table: str, names: tuple[str, ...], oids: tuple[int, ...]
+    ) -> Relation:
+        key = state.identity if state.identity is not None else (state.pk or ())
+        relation = state.relation
+        if (
+            relation is not None
+            and tuple(c.name for c in relation.columns) == names
+            and tuple(c.type_oid for c in relation.columns) == oids
+            and relation.key_columns == tuple(n for n in names if n in key)
+        ):
+            return relation
+        columns = tuple(
+            Column(name, oid, -1, name in key) for name, oid in zip(names, oids, strict=True)
+        )
+        relation = Relation(self._last_end, self._xid, 0, schema, table, columns, "unknown")
+        state.relation = relation
+        return relation
+
+    def _layout(self, state: _Table, names: tuple[str, ...], oids: tuple[int, ...]) -> RowLayout:
+        layout = state.layouts.get((names, oids))
+        if layout is None:
+            if self.decode_values:
+                converters = [_converter(oid) for oid in oids]
+            else:
+                converters = [_keep] * len(oids)
+            layout = RowLayout(names, oids, converters, converters)
+            if len(state.layouts) > 64:  # a table whose shape keeps changing: start over
+                state.layouts.clear()
+            state.layouts[(names, oids)] = layout
+        return layout
+
+    def _row(self, state: _Table, names: list[Any], oids: list[Any], values: list[Any]) -> Row:
+        if not (len(names) == len(oids) == len(values)):
+            raise DecodeError("wal2json column names, types and values differ in number")
+        name_tuple = tuple(_str(n, "column name") for n in names)
+        oid_tuple = tuple(_int(o, "type OID") for o in oids)
+        layout = self._layout(state, name_tuple, oid_tuple)
+        return Row(layout, values, layout.text)
+
+    def _with_missing(self, state: _Table, row: Row, fill: Any) -> Row:
+        """``row`` widened to the table's known columns, absent ones set to ``fill``."""
+        if state.signature is None:
+            return row
+        names, oids = state.signature
+        present = row._layout.index
+        if len(present) >= len(names) or not all(n in names for n in present):
+            return row
+        raw = [row._raw[present[n]] if n in present else fill for n in names]
+        layout = self._layout(state, names, oids)
+        return Row(layout, raw, layout.text)
+
+    def _event_for(
+        self,
+        kind: str,
+        lsn: LSN,
+        xid: int | None,
+        schema: str,
+        table: str,
+        new: tuple[list[Any], list[Any], list[Any]] | None,
+        old: tuple[list[Any], list[Any], list[Any]] | None,
+        pk: list[str] | None,
+    ) -> Event:
+        state = self._table(schema, table)
+        if pk is not None:
+            state.pk = tuple(pk)
+        new_row = self._row(state, *new) if new is not None else None
+        old_row = self._row(state, *old) if old is not None else None
+        if kind == "insert":
+            if new_row is None:
+                raise DecodeError("wal2json insert without columns")
+            state.signature = (new_row.columns, tuple(new_row._layout.type_oids))
+            relation = self._relation(state, schema, table, *state.signature)
+            return new_insert(lsn, xid, relation, new_row)
+        if old_row is not None:
+            old_row = self._identity(state, old_row)
+        if kind == "update":
+            if new_row is None:
+                raise DecodeError("wal2json update without columns")
+            new_row = self._with_missing(state, new_row, UNCHANGED)
+            if old_row is not None and all(
+                n in new_row and new_row.raw(n) == old_row.raw(n) for n in old_row.columns
+            ):
+                old_row = None  # the server logged no old row; wal2json used the new one
+            relation = self._relation(
+                state, schema, table, new_row.columns, new_row._layout.type_oids
+            )
+            return new_update(lsn, xid, relation, new_row, old_row)
+        if kind == "delete":
+            if old_row is None:
+                raise DecodeError("wal2json delete without an old identity")
+            names, oids = state.signature or (old_row.columns, old_row._layout.type_oids)
+            relation = self._relation(state, schema, table, names, oids)
+            return new_delete(lsn, xid, relation, old_row)
+        raise DecodeError(f"unknown wal2json change kind {kind!r}")
+
+    def _identity(self, state: _Table, old: Row) -> Row:
+        """Learn the identity columns from an old row; put back left-out NULLs (format 1)."""
+        names = old.columns
+        pk = state.pk or ()
+        if state.pk is None or any(n not in pk for n in names):
+            # Not (only) the primary key: REPLICA IDENTITY FULL (or an index).
+            if self.format_version == 1:
+                old = self._with_missing(state, old, None)
+            state.identity = old.columns
+        elif names == pk:
+            state.identity = None
+        return old
+
+    @staticmethod
+    def _time(value: Any) -> _dt.datetime | None:
+        if value is None:
+            return None
+        result = _values.decode_text(_values.OID.TIMESTAMPTZ, _str(value, "timestamp"))
+        return result if isinstance(result, _dt.datetime) else None
+
+    def _xid_of(self, obj: _Json) -> int | None:
+        xid = obj.get("xid")
+        return None if xid is None else _int(xid, "xid")
+
+    def _message(self, change: _Json, lsn: LSN, xid: int | None) -> Message:
+        content = _str(change["content"], "message content")
+        transactional = change.get("transactional") is True
+        return Message(
+            lsn,
+            xid if transactional else None,
+            _str(change["prefix"], "message prefix"),
+            content.encode(),
+            transactional,
+        )
+
+    # -- format 1 ----------------------------------------------------------------------------------
+
+    def _document(self, document: _Json, wal_start: int) -> list[Event]:
+        changes = _list(document.get("change", []), "change list")
+        if "nextlsn" not in document:
+            # Not a transaction: non-transactional messages come alone.
+            lsn = LSN.from_int(wal_start) if wal_start else self._last_end
+            return [self._change_v1(_obj(c, "change"), lsn, None) for c in changes]
+        end = _lsn(document["nextlsn"])
+        xid = self._xid_of(document)
+        when = self._time(document.get("timestamp"))
+        position = self._last_end
+        self._xid = xid
+        events: list[Event] = [Begin(position, xid, None, when)]
+        for change in changes:
+            events.append(self._change_v1(_obj(change, "change"), position, xid))
+        if end > self._last_end:
+            self._last_end = end
+        self._xid = None
+        events.append(Commit(end, xid, None, when))
+        return events
+
+    def _change_v1(self, change: _Json, lsn: LSN, xid: int | None) -> Event:
+        kind = change.get("kind")
+        if kind == "message":
+            return self._message(change, lsn, xid)
+        schema = _str(change.get("schema", ""), "schema")
+        table = _str(change["table"], "table")
+        new = None
+        if "columnnames" in change:
+            new = (
+                _list(change["columnnames"], "columnnames"),
+                _list(change.get("columntypeoids", []), "columntypeoids"),
+                _list(change["columnvalues"], "columnvalues"),
+            )
+            if not new[1]:
+                new = (new[0], [0] * len(new[0]), new[2])
+        old = None
+        if "oldkeys" in change:
+            keys = _obj(change["oldkeys"], "oldkeys")
+            old = (
+                _list(keys["keynames"], "keynames"),
+                _list(keys.get("keytypeoids", []), "keytypeoids"),
+                _list(keys["keyvalues"], "keyvalues"),
+            )
+            if not old[1]:
+                old = (old[0], [0] * len(old[0]), old[2])
+        pk = None
+        if "pk" in change:
+            pk = [_str(n, "pk name") for n in _list(_obj(change["pk"], "pk")["pknames"], "pknames")]
+        elif "columnnames" in change or self._table(schema, table).pk is not None:
+            # include-pk leaves "pk" out for a table without a primary key.
+            pk = []
+        return self._event_for(_str(kind, "kind"), lsn, xid, schema, table, new, old, pk)
+
+    # -- format 2 ----------------------------------------------------------------------------------
+
+    def _record(self, record: _Json, wal_start: int) -> list[Event]:
+        action = record.get("action")
+        events: list[Event] = []
+        if self._truncate and (action != "T" or record.get("lsn") != self._truncate[0]):
+            events.append(self._flush_truncate())
+        if action == "B":
+            xid = self._xid_of(record)
+            self._xid = xid
+            self._in_transaction = True
+            final = record.get("lsn")
+            position = LSN.from_int(wal_start) if wal_start else self._last_end
+            events.append(
+                Begin(
+                    position,
+                    xid,
+                    _lsn(final) if final is not None else None,
+                    self._time(record.get("timestamp")),
+                )
+            )
+        elif action == "C":
+            xid = self._xid_of(record)
+            end = record.get("nextlsn")
+            commit = record.get("lsn")
+            lsn = _lsn(end) if end is not None else LSN.from_int(wal_start)
+            if lsn > self._last_end:
+                self._last_end = lsn
+            self._xid = None
+            self._in_transaction = False
+            events.append(
+                Commit(
+                    lsn,
+                    xid,
+                    _lsn(commit) if commit is not None else None,
+                    self._time(record.get("timestamp")),
+                )
+            )
+        elif action in ("I", "U", "D"):
+            events.append(self._row_v2(record, action, wal_start))
+        elif action == "T":
+            self._add_truncate(record, wal_start)
+        elif action == "M":
+            lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
+            events.append(self._message(record, lsn, self._xid_of(record)))
+        else:
+            raise DecodeError(f"unknown wal2json action {action!r}")
+        return events
+
+    def _change_lsn(self, wal_start: int) -> LSN:
+        return LSN.from_int(wal_start) if wal_start else self._last_end
+
+    def _columns(self, items: Any, what: str) -> tuple[list[Any], list[Any], list[Any]]:
+        names: list[Any] = []
+        oids: list[Any] = []
+        values: list[Any] = []
+        for item in _list(items, what):
+            column = _obj(item, what)
+            names.append(column["name"])
+            oids.append(column.get("typeoid", "0"))
+            values.append(column.get("value"))
+        return names, oids, values
+
+    def _row_v2(self, record: _Json, action: str, wal_start: int) -> Event:
+        lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
+        new = self._columns(record["columns"], "columns") if "columns" in record else None
+        old = self._columns(record["identity"], "identity") if "identity" in record else None
+        pk = None
+        if "pk" in record:
+            pk = [_str(_obj(c, "pk")["name"], "pk name") for c in _list(record["pk"], "pk")]
+        kind = {"I": "insert", "U": "update", "D": "delete"}[action]
+        schema = _str(record.get("schema", ""), "schema")
+        table = _str(record["table"], "table")
+        return self._event_for(kind, lsn, self._xid_of(record), schema, table, new, old, pk)
+
+    def _add_truncate(self, record: _Json, wal_start: int) -> None:
+        schema = _str(record.get("schema", ""), "schema")
+        table = _str(record["table"], "table")
+        state = self._table(schema, table)
+        if state.relation is not None:
+            relation = state.relation
+        else:
+            relation = Relation(self._last_end, self._xid, 0, schema, table, (), "unknown")
+        if not self._truncate:
+            lsn = record.get("lsn")
+            self._truncate = [lsn, self._xid_of(record), wal_start]
+        self._truncate.append(relation)
+
+    def _flush_truncate(self) -> Truncate:
+        lsn_text, xid, wal_start, *relations = self._truncate
+        self._truncate = []
+        lsn = _lsn(lsn_text) if lsn_text is not None else self._change_lsn(wal_start)
+        return Truncate(lsn, xid, tuple(relations), False, False)
