@@ -136,34 +136,35 @@ class Column:
 class RowLayout:
     """The shape rows of one relation share: names, their index, converters.
 
-    Built once per relation description by a decoder; not part of the public
-    API. ``text``/``binary`` hold one converter per column for each
-    representation.
+    Built once per relation description by a decoder (one layout per value
+    representation); not part of the public API. ``convert`` holds one
+    converter per column; it may raise any exception for malformed input,
+    which the row reports as DecodeError.
     """
 
-    __slots__ = ("binary", "index", "names", "text", "type_oids")
+    __slots__ = ("convert", "index", "names", "type_oids")
 
     def __init__(
-        self,
-        names: Sequence[str],
-        type_oids: Sequence[int],
-        text: Sequence[Converter],
-        binary: Sequence[Converter],
+        self, names: Sequence[str], type_oids: Sequence[int], convert: Sequence[Converter]
     ) -> None:
         self.names: tuple[str, ...] = tuple(names)
         self.type_oids: tuple[int, ...] = tuple(type_oids)
         self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
-        self.text: tuple[Converter, ...] = tuple(text)
-        self.binary: tuple[Converter, ...] = tuple(binary)
+        self.convert: tuple[Converter, ...] = tuple(convert)
+        if not len(self.names) == len(self.type_oids) == len(self.convert):
+            raise ValueError("a row layout needs one type and one converter per column")
 
     def subset(self, positions: Sequence[int]) -> RowLayout:
         """The layout of the columns at ``positions`` (for key-only rows)."""
         return RowLayout(
             [self.names[i] for i in positions],
             [self.type_oids[i] for i in positions],
-            [self.text[i] for i in positions] if self.text else (),
-            [self.binary[i] for i in positions] if self.binary else (),
+            [self.convert[i] for i in positions],
         )
+
+    def with_converters(self, convert: Sequence[Converter]) -> RowLayout:
+        """The same columns with other converters."""
+        return RowLayout(self.names, self.type_oids, convert)
 
 
 class Row(Mapping[str, Any]):
@@ -177,12 +178,11 @@ class Row(Mapping[str, Any]):
     its representation.
     """
 
-    __slots__ = ("_convert", "_layout", "_raw", "_values")
+    __slots__ = ("_layout", "_raw", "_values")
 
-    def __init__(self, layout: RowLayout, raw: list[Any], convert: Sequence[Converter]) -> None:
+    def __init__(self, layout: RowLayout, raw: list[Any]) -> None:
         self._layout = layout
         self._raw = raw
-        self._convert = convert
         self._values: list[Any] | None = None
 
     def __getitem__(self, name: str) -> Any:
@@ -192,10 +192,23 @@ class Row(Mapping[str, Any]):
             values = self._values = [_PENDING] * len(self._raw)
         value = values[i]
         if value is _PENDING:
-            raw = self._raw[i]
-            value = raw if raw is None or raw is UNCHANGED else self._convert[i](raw)
+            value = self._raw[i]
+            if value is not None and value is not UNCHANGED:
+                try:
+                    value = self._layout.convert[i](value)
+                except Exception as exc:  # converters raise their parsers' errors: bad input
+                    raise self._error(name, exc) from exc
             values[i] = value
         return value
+
+    def _error(self, name: str, exc: Exception) -> DecodeError:
+        detail = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+        shown = self.raw(name)
+        if isinstance(shown, (bytes, str)) and len(shown) > 80:
+            shown = shown[:80]
+        return DecodeError(
+            f"cannot read column {name!r} (type {self.type_oid(name)}) from {shown!r}: {detail}"
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._layout.names)
@@ -241,8 +254,7 @@ class Row(Mapping[str, Any]):
         positions = [index[n] for n in self._layout.names if n in wanted]
         if len(positions) == len(self._raw):
             return self
-        layout = self._layout.subset(positions)
-        return Row(layout, [self._raw[i] for i in positions], [self._convert[i] for i in positions])
+        return Row(self._layout.subset(positions), [self._raw[i] for i in positions])
 
     def to_dict(self) -> dict[str, Any]:
         """Every column converted to its JSON form (see :func:`json_value`)."""

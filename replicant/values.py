@@ -54,10 +54,12 @@ __all__ = [
     "BinaryValue",
     "Converter",
     "binary_converter",
+    "binary_reader",
     "decode_binary",
     "decode_text",
     "register_type",
     "text_converter",
+    "text_reader",
 ]
 
 Converter = Callable[[Any], Any]
@@ -142,27 +144,17 @@ _CURSOR: Final = _ext.cursor(_ext.connection.__new__(_ext.connection))
 
 
 def _as_str(value: str | bytes) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"text value is not valid UTF-8: {exc}") from exc
+    return value if isinstance(value, str) else value.decode()
 
 
-def _cast_with(caster: Any, name: str) -> Converter:
-    """Wrap a psycopg2 typecaster as a converter that raises only DecodeError."""
+def _cast_with(caster: Any) -> Converter:
+    """A psycopg2 typecaster as a one-argument reader."""
     cursor = _CURSOR
 
-    def convert(value: str | bytes) -> Any:
-        try:
-            return caster(value, cursor)
-        except Exception as exc:  # casters raise DataError, ValueError, ...: all mean bad input
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            raise DecodeError(f"cannot read {name} value {text[:80]!r}: {exc}") from exc
+    def read(value: str | bytes) -> Any:
+        return caster(value, cursor)
 
-    convert.__qualname__ = convert.__name__ = f"text_{name.lower()}"
-    return convert
+    return read
 
 
 def _py_caster(name: str, oid: int, array_oid: int, func: Callable[[str], Any]) -> tuple[Any, Any]:
@@ -175,30 +167,23 @@ def _py_caster(name: str, oid: int, array_oid: int, func: Callable[[str], Any]) 
     return scalar, _ext.new_array_type((array_oid,), f"{name}ARRAY", scalar)
 
 
+_BYTEA_CAST: Final = _cast_with(_BYTEA_CASTER)
+
+
 def _bytea_text(value: str | bytes) -> bytes:
     # PostgreSQL's default bytea_output is hex ("\x00ff"): read it directly;
     # the escape format goes through psycopg2's caster.
     if isinstance(value, bytes):
         if value.startswith(b"\\x"):
-            return _from_hex(value[2:].decode("ascii", errors="replace"))
+            return bytes.fromhex(value[2:].decode("ascii"))
     elif value.startswith("\\x"):
-        return _from_hex(value[2:])
+        return bytes.fromhex(value[2:])
     return bytes(_BYTEA_CAST(value))
 
 
-def _from_hex(digits: str) -> bytes:
-    try:
-        return bytes.fromhex(digits)
-    except ValueError as exc:
-        raise DecodeError(f"cannot read bytea value: {exc}") from exc
-
-
-_BYTEA_CAST: Final = _cast_with(_BYTEA_CASTER, "BYTEA")
-
-
-def _bytea_array(caster: Converter) -> Converter:
+def _bytea_array(read: Converter) -> Converter:
     def convert(value: str | bytes) -> Any:
-        return _map_nested(caster(value), lambda v: bytes(v))
+        return _map_nested(read(value), bytes)
 
     return convert
 
@@ -217,65 +202,100 @@ _UUID, _UUID_ARRAY = _py_caster("UUID", OID.UUID, OID.UUID_ARRAY, uuid.UUID)
 _INET, _INET_ARRAY = _py_caster("INET", OID.INET, OID.INET_ARRAY, ipaddress.ip_interface)
 _CIDR, _CIDR_ARRAY = _py_caster("CIDR", OID.CIDR, OID.CIDR_ARRAY, ipaddress.ip_network)
 
-_TEXT_CASTERS: Final[dict[int, tuple[Any, str]]] = {
-    OID.BOOL: (_ext.BOOLEAN, "BOOL"),
-    OID.INT8: (_ext.LONGINTEGER, "INT8"),
-    OID.INT2: (_ext.INTEGER, "INT2"),
-    OID.INT4: (_ext.INTEGER, "INT4"),
-    OID.OID: (_ext.LONGINTEGER, "OID"),
-    OID.FLOAT4: (_ext.FLOAT, "FLOAT4"),
-    OID.FLOAT8: (_ext.FLOAT, "FLOAT8"),
-    OID.NUMERIC: (_ext.DECIMAL, "NUMERIC"),
-    OID.DATE: (_ext.PYDATE, "DATE"),
-    OID.TIME: (_ext.PYTIME, "TIME"),
-    OID.TIMETZ: (_ext.PYTIME, "TIMETZ"),
-    OID.TIMESTAMP: (_ext.PYDATETIME, "TIMESTAMP"),
-    OID.TIMESTAMPTZ: (_ext.PYDATETIMETZ, "TIMESTAMPTZ"),
-    OID.INTERVAL: (_ext.PYINTERVAL, "INTERVAL"),
-    OID.JSON: (_JSON, "JSON"),
-    OID.JSONB: (_JSONB, "JSONB"),
-    OID.UUID: (_UUID, "UUID"),
-    OID.INET: (_INET, "INET"),
-    OID.CIDR: (_CIDR, "CIDR"),
-    OID.BOOL_ARRAY: (_ext.BOOLEANARRAY, "BOOL[]"),
-    OID.INT2_ARRAY: (_ext.INTEGERARRAY, "INT2[]"),
-    OID.INT4_ARRAY: (_ext.INTEGERARRAY, "INT4[]"),
-    OID.INT8_ARRAY: (_ext.LONGINTEGERARRAY, "INT8[]"),
-    OID.OID_ARRAY: (_ext.LONGINTEGERARRAY, "OID[]"),
-    OID.FLOAT4_ARRAY: (_ext.FLOATARRAY, "FLOAT4[]"),
-    OID.FLOAT8_ARRAY: (_ext.FLOATARRAY, "FLOAT8[]"),
-    OID.NUMERIC_ARRAY: (_ext.DECIMALARRAY, "NUMERIC[]"),
-    OID.TEXT_ARRAY: (_ext.UNICODEARRAY, "TEXT[]"),
-    OID.VARCHAR_ARRAY: (_ext.UNICODEARRAY, "VARCHAR[]"),
-    OID.BPCHAR_ARRAY: (_ext.UNICODEARRAY, "BPCHAR[]"),
-    OID.NAME_ARRAY: (_ext.UNICODEARRAY, "NAME[]"),
-    OID.CHAR_ARRAY: (_ext.UNICODEARRAY, "CHAR[]"),
-    OID.DATE_ARRAY: (_ext.PYDATEARRAY, "DATE[]"),
-    OID.TIME_ARRAY: (_ext.PYTIMEARRAY, "TIME[]"),
-    OID.TIMETZ_ARRAY: (_ext.PYTIMEARRAY, "TIMETZ[]"),
-    OID.TIMESTAMP_ARRAY: (_ext.PYDATETIMEARRAY, "TIMESTAMP[]"),
-    OID.TIMESTAMPTZ_ARRAY: (_ext.PYDATETIMETZARRAY, "TIMESTAMPTZ[]"),
-    OID.INTERVAL_ARRAY: (_ext.PYINTERVALARRAY, "INTERVAL[]"),
-    OID.JSON_ARRAY: (_JSON_ARRAY, "JSON[]"),
-    OID.JSONB_ARRAY: (_JSONB_ARRAY, "JSONB[]"),
-    OID.UUID_ARRAY: (_UUID_ARRAY, "UUID[]"),
-    OID.INET_ARRAY: (_INET_ARRAY, "INET[]"),
-    OID.CIDR_ARRAY: (_CIDR_ARRAY, "CIDR[]"),
+# psycopg2's casters by type. Integers, floats and booleans are read without
+# them: its casters for these are plain int()/float()/"t" tests, and calling
+# the builtins directly saves a Python frame per value.
+_TEXT_CASTERS: Final[dict[int, Any]] = {
+    OID.NUMERIC: _ext.DECIMAL,
+    OID.DATE: _ext.PYDATE,
+    OID.TIME: _ext.PYTIME,
+    OID.TIMETZ: _ext.PYTIME,
+    OID.TIMESTAMP: _ext.PYDATETIME,
+    OID.TIMESTAMPTZ: _ext.PYDATETIMETZ,
+    OID.INTERVAL: _ext.PYINTERVAL,
+    OID.JSON: _JSON,
+    OID.JSONB: _JSONB,
+    OID.UUID: _UUID,
+    OID.INET: _INET,
+    OID.CIDR: _CIDR,
+    OID.BOOL_ARRAY: _ext.BOOLEANARRAY,
+    OID.INT2_ARRAY: _ext.INTEGERARRAY,
+    OID.INT4_ARRAY: _ext.INTEGERARRAY,
+    OID.INT8_ARRAY: _ext.LONGINTEGERARRAY,
+    OID.OID_ARRAY: _ext.LONGINTEGERARRAY,
+    OID.FLOAT4_ARRAY: _ext.FLOATARRAY,
+    OID.FLOAT8_ARRAY: _ext.FLOATARRAY,
+    OID.NUMERIC_ARRAY: _ext.DECIMALARRAY,
+    OID.TEXT_ARRAY: _ext.UNICODEARRAY,
+    OID.VARCHAR_ARRAY: _ext.UNICODEARRAY,
+    OID.BPCHAR_ARRAY: _ext.UNICODEARRAY,
+    OID.NAME_ARRAY: _ext.UNICODEARRAY,
+    OID.CHAR_ARRAY: _ext.UNICODEARRAY,
+    OID.DATE_ARRAY: _ext.PYDATEARRAY,
+    OID.TIME_ARRAY: _ext.PYTIMEARRAY,
+    OID.TIMETZ_ARRAY: _ext.PYTIMEARRAY,
+    OID.TIMESTAMP_ARRAY: _ext.PYDATETIMEARRAY,
+    OID.TIMESTAMPTZ_ARRAY: _ext.PYDATETIMETZARRAY,
+    OID.INTERVAL_ARRAY: _ext.PYINTERVALARRAY,
+    OID.JSON_ARRAY: _JSON_ARRAY,
+    OID.JSONB_ARRAY: _JSONB_ARRAY,
+    OID.UUID_ARRAY: _UUID_ARRAY,
+    OID.INET_ARRAY: _INET_ARRAY,
+    OID.CIDR_ARRAY: _CIDR_ARRAY,
 }
 
-_TEXT: dict[int, Converter] = {oid: _cast_with(c, name) for oid, (c, name) in _TEXT_CASTERS.items()}
-for _oid in (OID.TEXT, OID.VARCHAR, OID.BPCHAR, OID.NAME, OID.CHAR, OID.UNKNOWN):
-    _TEXT[_oid] = _as_str
+_TEXT_TYPES: Final = frozenset((OID.TEXT, OID.VARCHAR, OID.BPCHAR, OID.NAME, OID.CHAR, OID.UNKNOWN))
+_BOOL_TEXT: Final = {b"t": True, b"f": False, "t": True, "f": False}
+
+_TEXT: dict[int, Converter] = {oid: _cast_with(c) for oid, c in _TEXT_CASTERS.items()}
+_TEXT.update(dict.fromkeys((OID.INT2, OID.INT4, OID.INT8, OID.OID), int))
+_TEXT.update(dict.fromkeys((OID.FLOAT4, OID.FLOAT8), float))
+_TEXT[OID.BOOL] = _BOOL_TEXT.__getitem__
 _TEXT[OID.BYTEA] = _bytea_text
-_TEXT[OID.BYTEA_ARRAY] = _bytea_array(_cast_with(_ext.BINARYARRAY, "BYTEA[]"))
+_TEXT[OID.BYTEA_ARRAY] = _bytea_array(_cast_with(_ext.BINARYARRAY))
+
+
+def _keep_str(value: str) -> str:
+    return value
+
+
+def text_reader(type_oid: int, *, from_str: bool = False) -> Converter:
+    """The fast reader of ``type_oid``'s text representation, unguarded.
+
+    It takes UTF-8 ``bytes`` (as pgoutput sends them), or ``str`` when
+    ``from_str`` (as a JSON plugin gives them). On malformed input it raises
+    whatever the parser raises (ValueError, psycopg2.DataError, ...):
+    :class:`~replicant.changes.Row` turns that into DecodeError naming the
+    column. Use :func:`text_converter` for a reader that raises only
+    DecodeError.
+    """
+    if type_oid in _TEXT_TYPES:
+        return _keep_str if from_str else _as_str
+    return _TEXT.get(type_oid, _keep_str if from_str else _as_str)
+
+
+def _guard(read: Converter, what: str) -> Converter:
+    def convert(value: Any) -> Any:
+        try:
+            return read(value)
+        except DecodeError:
+            raise
+        except Exception as exc:  # any parser failure means the input was bad
+            shown = value if isinstance(value, str) else bytes(value[:80])
+            raise DecodeError(f"cannot read {what} value {shown!r}: {exc}") from exc
+
+    return convert
 
 
 def text_converter(type_oid: int) -> Converter:
     """The converter for ``type_oid``'s text representation (``str`` or UTF-8 ``bytes``).
 
-    Types without a converter give the text itself as ``str``.
+    Types without a converter give the text itself as ``str``. Malformed
+    input raises DecodeError.
     """
-    return _TEXT.get(type_oid, _as_str)
+    if type_oid in _TEXT_TYPES or type_oid not in _TEXT:
+        return _guard(_as_str, f"type {type_oid}")
+    return _guard(_TEXT[type_oid], f"type {type_oid}")
 
 
 def decode_text(type_oid: int, value: str | bytes | None) -> Any:
@@ -355,20 +375,30 @@ def _numeric_bin(data: bytes) -> Decimal:
     if len(data) < 8:
         raise DecodeError(f"binary numeric value has only {len(data)} bytes")
     ndigits, weight, sign, dscale = _NUMERIC_HEAD.unpack_from(data)
-    if sign in _NUMERIC_SPECIAL:
-        return _NUMERIC_SPECIAL[sign]
+    special = _NUMERIC_SPECIAL.get(sign)
+    if special is not None:
+        return special
     if ndigits < 0 or dscale < 0 or len(data) != 8 + 2 * ndigits or sign not in (0, _NUMERIC_NEG):
         raise DecodeError("malformed binary numeric value")
     digits = struct.unpack_from(f">{ndigits}H", data, 8)
-    if any(d > 9999 for d in digits):
-        raise DecodeError("malformed binary numeric value (digit above 9999)")
-    # The value is 0.DDDD... (base 10000) scaled by weight; express it as an
-    # integer number of units of 10**-dscale, the scale the text form shows.
-    mantissa = int("".join(f"{d:04d}" for d in digits) or "0")
-    shift = 4 * (weight + 1 - ndigits) + dscale
-    mantissa = mantissa * 10**shift if shift >= 0 else mantissa // 10**-shift
-    text = f"{'-' if sign == _NUMERIC_NEG else ''}{mantissa}e-{dscale}"
-    return Decimal(text)
+    if ndigits and max(digits) > 9999:
+        raise DecodeError("malformed binary numeric value (a digit above 9999)")
+    # The value is 0.DDDD... in base 10000 (four decimal digits per DDDD)
+    # times 10000**(weight + 1). Build its text with dscale fraction digits,
+    # as numeric_out would, with string operations only: no int conversion,
+    # so no limit on the number of digits and no rounding.
+    text = ("%04d" * ndigits) % digits
+    point = 4 * (weight + 1)
+    if point <= 0:
+        text = "0" * -point + text
+        point = 0
+    elif point > len(text):
+        text += "0" * (point - len(text))
+    whole = text[:point].lstrip("0") or "0"
+    if dscale:
+        fraction = text[point : point + dscale]
+        whole = f"{whole}.{fraction}{'0' * (dscale - len(fraction))}"
+    return Decimal("-" + whole if sign == _NUMERIC_NEG else whole)
 
 
 _read_date = _fixed(_INT4, "date")
@@ -582,36 +612,30 @@ for _oid in (
     _BINARY[_oid] = _array_bin
 
 
-def _guarded(func: Converter, name: str) -> Converter:
-    """Make sure a binary reader raises only DecodeError, whatever the bytes."""
+def binary_reader(type_oid: int) -> Converter:
+    """The fast reader of ``type_oid``'s binary (send) representation, unguarded.
 
-    def convert(data: bytes) -> Any:
-        try:
-            return func(data)
-        except DecodeError:
-            raise
-        except (struct.error, ValueError, OverflowError, IndexError) as exc:
-            raise DecodeError(f"malformed binary {name} value: {exc}") from exc
-
-    return convert
-
-
-_BINARY = {oid: _guarded(func, str(oid)) for oid, func in _BINARY.items()}
-
-
-def binary_converter(type_oid: int) -> Converter:
-    """The converter for ``type_oid``'s binary (send) representation.
-
-    Types without a binary reader give a :class:`BinaryValue`.
+    Types without a binary reader give a :class:`BinaryValue`. On malformed
+    input it may raise struct.error, ValueError, ... besides DecodeError (see
+    :func:`text_reader`); :func:`binary_converter` raises only DecodeError.
     """
-    func = _BINARY.get(type_oid)
-    if func is not None:
-        return func
+    read = _BINARY.get(type_oid)
+    if read is not None:
+        return read
 
     def unknown(data: bytes) -> BinaryValue:
         return BinaryValue(type_oid, bytes(data))
 
     return unknown
+
+
+def binary_converter(type_oid: int) -> Converter:
+    """The converter for ``type_oid``'s binary (send) representation.
+
+    Types without a binary reader give a :class:`BinaryValue`. Malformed
+    input raises DecodeError.
+    """
+    return _guard(binary_reader(type_oid), f"binary type {type_oid}")
 
 
 def decode_binary(type_oid: int, data: bytes | None) -> Any:
@@ -630,27 +654,15 @@ def register_type(
     """Use ``text`` (and ``binary``) to read values of ``type_oid`` from now on.
 
     For an extension's or the user's own types (whose OIDs differ per
-    database). Relations described after the call use the new converters.
-    An exception from ``text``/``binary`` comes out as a DecodeError.
+    database). Relations described after the call use the new readers. An
+    exception from ``text``/``binary`` comes out as a DecodeError.
     """
     if text is not None:
         parse_text = text
 
         def from_text(value: str | bytes) -> Any:
-            string = _as_str(value)
-            try:
-                return parse_text(string)
-            except Exception as exc:  # a user's parser: any failure is bad input
-                raise DecodeError(f"cannot read value of type {type_oid}: {exc}") from exc
+            return parse_text(_as_str(value))
 
         _TEXT[type_oid] = from_text
     if binary is not None:
-        parse_binary = binary
-
-        def from_binary(data: bytes) -> Any:
-            try:
-                return parse_binary(data)
-            except Exception as exc:  # a user's parser: any failure is bad input
-                raise DecodeError(f"cannot read binary value of type {type_oid}: {exc}") from exc
-
-        _BINARY[type_oid] = from_binary
+        _BINARY[type_oid] = binary

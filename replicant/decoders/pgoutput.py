@@ -72,9 +72,13 @@ _ROLLBACK_PREPARED = struct.Struct(">BQQqqI")  # flags, prepare_end, rollback_en
 _MESSAGE = struct.Struct(">BQ")  # flags, lsn
 _TRUNCATE = struct.Struct(">IB")  # nrelids, flags
 _ATTR = struct.Struct(">Ii")  # type oid, type modifier
+_ROW_HEAD = struct.Struct(">IBH")  # relid, tuple marker, its column count
+_STREAM_ROW_HEAD = struct.Struct(">IIBH")  # xid, relid, tuple marker, its column count
+_MARK_COUNT = struct.Struct(">BH")  # tuple marker, its column count
 _KIND_LEN = struct.Struct(">BI")  # a tuple column's kind byte and (for 't'/'b') its length
 _PAD: Final = b"\x00\x00\x00\x00"  # lets _KIND_LEN read past a final 'n'/'u' column
 
+_lsn = int.__new__  # _lsn(LSN, n): LSN.from_int without the method call, for the hot path
 _PG_EPOCH: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
 _IDENTITY: Final = {b"d"[0]: "default", b"n"[0]: "nothing", b"f"[0]: "full", b"i"[0]: "index"}
 _TEXT, _BINARY, _NULL, _TOAST = b"t"[0], b"b"[0], b"n"[0], b"u"[0]
@@ -137,21 +141,32 @@ def quote_publication_names(publication: str | Sequence[str]) -> str:
 class _Table:
     """What the decoder keeps per relation: the event and the row shapes."""
 
-    __slots__ = ("key_layout", "key_positions", "layout", "ncolumns", "relation")
+    __slots__ = (
+        "binary",
+        "key_binary",
+        "key_positions",
+        "key_text",
+        "ncolumns",
+        "relation",
+        "text",
+    )
 
     def __init__(self, relation: Relation, decode_values: bool) -> None:
         columns = relation.columns
+        names = [c.name for c in columns]
         oids = [c.type_oid for c in columns]
         if decode_values:
-            text = [_values.text_converter(oid) for oid in oids]
-            binary = [_values.binary_converter(oid) for oid in oids]
+            text = [_values.text_reader(oid) for oid in oids]
+            binary = [_values.binary_reader(oid) for oid in oids]
         else:
             text = binary = [_keep] * len(columns)
         self.relation = relation
         self.ncolumns = len(columns)
-        self.layout = RowLayout([c.name for c in columns], oids, text, binary)
+        self.text = RowLayout(names, oids, text)
+        self.binary = RowLayout(names, oids, binary)
         self.key_positions = [i for i, c in enumerate(columns) if c.key]
-        self.key_layout = self.layout.subset(self.key_positions)
+        self.key_text = self.text.subset(self.key_positions)
+        self.key_binary = self.binary.subset(self.key_positions)
 
 
 def _keep(value: Any) -> Any:
@@ -374,76 +389,94 @@ class PgOutputDecoder:
     def _table(self, relid: int, pos: int) -> _Table:
         table = self._tables.get(relid)
         if table is None:
-            raise DecodeError(
-                f"change for relation {relid}, which this stream has not described", position=pos
-            )
+            raise self._unknown_relation(relid, pos)
         return table
 
-    def _tuple(self, data: bytes, pos: int, table: _Table) -> tuple[Row, int]:
-        """Read TupleData at ``pos``: a row and the position after it."""
+    @staticmethod
+    def _unknown_relation(relid: int, pos: int) -> DecodeError:
+        return DecodeError(
+            f"change for relation {relid}, which this stream has not described", position=pos
+        )
+
+    @staticmethod
+    def _tuple(data: bytes, pos: int, count: int, table: _Table) -> tuple[Row, int]:
+        """Read the columns of TupleData at ``pos`` (its column count already read).
+
+        Returns the row and the position after it. This is the hot loop of
+        the decoder: one struct call per column reads its kind and length.
+        """
+        if count != table.ncolumns:
+            relation = table.relation
+            raise DecodeError(
+                f"tuple has {count} columns, relation {relation.schema}.{relation.table}"
+                f" has {table.ncolumns}",
+                position=pos - 2,
+            )
+        start_pos = pos
         end = len(data)
         buf = data + _PAD
-        (count,) = _U16.unpack_from(data, pos)
-        if count != table.ncolumns:
-            raise DecodeError(
-                f"tuple has {count} columns, relation {table.relation.schema}."
-                f"{table.relation.table} has {table.ncolumns}",
-                position=pos,
-            )
-        pos += 2
         raw: list[Any] = []
         append = raw.append
         read = _KIND_LEN.unpack_from
-        binary: list[int] | None = None
-        for i in range(count):
+        binary = special = 0  # how many 'b' columns, how many 'n'/'u'
+        for _ in range(count):
             # Reading past the end finds the zero padding: kind 0, handled below.
             kind, length = read(buf, pos)
             if kind == 116:  # 't'
                 start = pos + 5
                 pos = start + length
                 if pos > end:
-                    raise DecodeError(
-                        "column value runs past the end of the message", position=start
-                    )
+                    raise DecodeError("column value runs past the message's end", position=start)
                 append(buf[start:pos])
             elif kind == 110:  # 'n'
                 append(None)
                 pos += 1
+                special += 1
             elif kind == 117:  # 'u'
                 append(UNCHANGED)
                 pos += 1
+                special += 1
             elif kind == 98:  # 'b'
                 start = pos + 5
                 pos = start + length
                 if pos > end:
-                    raise DecodeError(
-                        "column value runs past the end of the message", position=start
-                    )
+                    raise DecodeError("column value runs past the message's end", position=start)
                 append(buf[start:pos])
-                if binary is None:
-                    binary = []
-                binary.append(i)
+                binary += 1
             elif pos >= end:
                 raise DecodeError("tuple data truncated", position=pos)
             else:
                 raise DecodeError(f"unknown tuple column kind {kind!r}", position=pos)
-        layout = table.layout
-        if binary is None:
-            convert: Sequence[Any] = layout.text
-        elif len(binary) == count - raw.count(None) - raw.count(UNCHANGED):
-            convert = layout.binary
-        else:
-            # Binary mode still sends text for types without a send function.
-            is_binary = set(binary)
-            convert = [(layout.binary if i in is_binary else layout.text)[i] for i in range(count)]
-        return Row(layout, raw, convert), pos
+        if not binary:
+            return Row(table.text, raw), pos
+        if binary + special == count:
+            return Row(table.binary, raw), pos
+        return Row(PgOutputDecoder._mixed_layout(data, start_pos, count, table), raw), pos
 
-    def _key_row(self, row: Row, table: _Table) -> Row:
+    @staticmethod
+    def _mixed_layout(data: bytes, pos: int, count: int, table: _Table) -> RowLayout:
+        """Converters for a tuple with both text and binary columns.
+
+        Binary mode still sends text for a type without a send function.
+        Rare, so the tuple's kinds are simply read again.
+        """
+        convert = []
+        for i in range(count):
+            kind, length = _KIND_LEN.unpack_from(data + _PAD, pos)
+            convert.append((table.binary if kind == 98 else table.text).convert[i])
+            pos += 5 + length if kind in (98, 116) else 1
+        return table.text.with_converters(convert)
+
+    @staticmethod
+    def _key_row(row: Row, table: _Table) -> Row:
         """The identity columns of a 'K' old tuple (the rest are NULL placeholders)."""
         positions = table.key_positions
-        raw = row._raw
-        convert = row._convert
-        return Row(table.key_layout, [raw[i] for i in positions], [convert[i] for i in positions])
+        raw = [row._raw[i] for i in positions]
+        if row._layout is table.text:
+            return Row(table.key_text, raw)
+        if row._layout is table.binary:
+            return Row(table.key_binary, raw)
+        return Row(row._layout.subset(positions), raw)
 
     # -- transaction framing ------------------------------------------------------------------
 
@@ -510,55 +543,55 @@ class PgOutputDecoder:
     # -- rows -------------------------------------------------------------------------------------
 
     def _insert(self, data: bytes, wal_start: int) -> list[Event]:
+        # The hot path: one struct call for the fixed fields, then the tuple.
         if self._in_stream:
-            xid, relid = _TWO_U32.unpack_from(data, 1)
-            pos = 9
+            xid, relid, marker, count = _STREAM_ROW_HEAD.unpack_from(data, 1)
+            pos = 12
         else:
             xid = self._xid
-            (relid,) = _U32.unpack_from(data, 1)
-            pos = 5
-        table = self._table(relid, pos - 4)
-        if data[pos] != 78:  # 'N'
-            raise DecodeError(
-                f"Insert without a new tuple (got {data[pos : pos + 1]!r})", position=pos
-            )
-        new, pos = self._tuple(data, pos + 1, table)
+            relid, marker, count = _ROW_HEAD.unpack_from(data, 1)
+            pos = 8
+        table = self._tables.get(relid)
+        if table is None:
+            raise self._unknown_relation(relid, pos - 7)
+        if marker != 78:  # 'N'
+            raise DecodeError(f"Insert without a new tuple (marker {marker})", position=pos - 3)
+        new, pos = self._tuple(data, pos, count, table)
         if pos != len(data):
             self._finish(data, pos, "Insert")
-        lsn = LSN.from_int(wal_start) if wal_start else self._last_end
+        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
         return [new_insert(lsn, xid, table.relation, new)]
 
     def _update(self, data: bytes, wal_start: int) -> list[Event]:
         xid, pos = self._data_xid(data)
-        (relid,) = _U32.unpack_from(data, pos)
-        table = self._table(relid, pos)
-        pos += 4
-        marker = data[pos]
+        relid, marker, count = _ROW_HEAD.unpack_from(data, pos)
+        table = self._tables.get(relid)
+        if table is None:
+            raise self._unknown_relation(relid, pos)
+        pos += 7
         old: Row | None = None
         if marker == 75 or marker == 79:  # 'K' or 'O'
-            old, pos = self._tuple(data, pos + 1, table)
+            old, pos = self._tuple(data, pos, count, table)
             if marker == 75:
                 old = self._key_row(old, table)
-            marker = data[pos]
+            marker, count = _MARK_COUNT.unpack_from(data, pos)
+            pos += 3
         if marker != 78:  # 'N'
-            raise DecodeError(
-                f"Update without a new tuple (got {data[pos : pos + 1]!r})", position=pos
-            )
-        new, pos = self._tuple(data, pos + 1, table)
+            raise DecodeError(f"Update without a new tuple (marker {marker})", position=pos - 3)
+        new, pos = self._tuple(data, pos, count, table)
         self._finish(data, pos, "Update")
         return [new_update(self._position(wal_start), xid, table.relation, new, old)]
 
     def _delete(self, data: bytes, wal_start: int) -> list[Event]:
         xid, pos = self._data_xid(data)
-        (relid,) = _U32.unpack_from(data, pos)
-        table = self._table(relid, pos)
-        pos += 4
-        marker = data[pos]
+        relid, marker, count = _ROW_HEAD.unpack_from(data, pos)
+        table = self._tables.get(relid)
+        if table is None:
+            raise self._unknown_relation(relid, pos)
+        pos += 7
         if marker != 75 and marker != 79:  # 'K' or 'O'
-            raise DecodeError(
-                f"Delete without an old tuple (got {data[pos : pos + 1]!r})", position=pos
-            )
-        old, pos = self._tuple(data, pos + 1, table)
+            raise DecodeError(f"Delete without an old tuple (marker {marker})", position=pos - 3)
+        old, pos = self._tuple(data, pos, count, table)
         if marker == 75:
             old = self._key_row(old, table)
         self._finish(data, pos, "Delete")

@@ -75,32 +75,17 @@ def _bool(value: Any) -> Any:
     # wal2json writes booleans as JSON true/false; accept text too.
     if value is True or value is False:
         return value
-    return _values.decode_text(_values.OID.BOOL, str(value))
-
-
-def _bytea(value: Any) -> bytes:
-    # wal2json writes bytea as its hex digits without the leading "\x".
-    if not isinstance(value, str):
-        raise DecodeError(f"bytea value is not a string: {value!r}")
-    try:
-        return bytes.fromhex(value)
-    except ValueError as exc:
-        raise DecodeError(f"cannot read bytea value from wal2json: {exc}") from exc
+    return _values.text_reader(_values.OID.BOOL)(value)
 
 
 def _converter(type_oid: int) -> _values.Converter:
+    """The reader for a wal2json value of ``type_oid`` (text, or a JSON bool)."""
     if type_oid == _values.OID.BOOL:
         return _bool
     if type_oid == _values.OID.BYTEA:
-        return _bytea
-    text = _values.text_converter(type_oid)
-
-    def convert(value: Any) -> Any:
-        if not isinstance(value, str):
-            raise DecodeError(f"unexpected JSON value {value!r} for a column of type {type_oid}")
-        return text(value)
-
-    return convert
+        # wal2json writes bytea as its hex digits without the leading "\x".
+        return bytes.fromhex
+    return _values.text_reader(type_oid, from_str=True)
 
 
 def _lsn(text: Any) -> LSN:
@@ -123,11 +108,20 @@ def _int(value: Any, what: str) -> int:
     raise DecodeError(f"wal2json {what} is not an integer: {value!r}")
 
 
-def _loads(document: bytes | str) -> Any:
+# Numbers are kept as their text so numeric values keep every digit; the
+# column's type decides what they become.
+_PARSE = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str).raw_decode
+
+
+def _loads(document: bytes) -> Any:
     try:
-        return json.loads(document, parse_int=str, parse_float=str, parse_constant=str)
+        text = document.decode()
+        value, end = _PARSE(text)
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"wal2json payload is not JSON: {exc}") from exc
+    if end != len(text) and text[end:].strip():
+        raise DecodeError("wal2json payload has data after its JSON document", position=end)
+    return value
 
 
 def _obj(value: Any, what: str) -> _Json:
@@ -151,13 +145,17 @@ def _str(value: Any, what: str) -> str:
 class _Table:
     """What the decoder learned about one table from the rows it has seen."""
 
-    __slots__ = ("identity", "layouts", "pk", "relation", "signature")
+    __slots__ = ("identity", "last", "layouts", "pk", "relation", "relation_shape", "signature")
 
     def __init__(self) -> None:
+        # The names and OIDs lists of the last row read, and its layout: rows
+        # of one table usually look alike, and comparing two lists is cheap.
+        self.last: tuple[list[Any], list[Any], RowLayout] | None = None
         self.pk: tuple[str, ...] | None = None
         self.identity: tuple[str, ...] | None = None
         self.signature: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # from Insert
         self.relation: Relation | None = None
+        self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
 
 
@@ -257,18 +255,14 @@ class Wal2JsonDecoder:
     ) -> Relation:
         key = state.identity if state.identity is not None else (state.pk or ())
         relation = state.relation
-        if (
-            relation is not None
-            and tuple(c.name for c in relation.columns) == names
-            and tuple(c.type_oid for c in relation.columns) == oids
-            and relation.key_columns == tuple(n for n in names if n in key)
-        ):
+        if relation is not None and state.relation_shape == (names, oids, key):
             return relation
         columns = tuple(
             Column(name, oid, -1, name in key) for name, oid in zip(names, oids, strict=True)
         )
         relation = Relation(self._last_end, self._xid, 0, schema, table, columns, "unknown")
         state.relation = relation
+        state.relation_shape = (names, oids, key)
         return relation
 
     def _layout(self, state: _Table, names: tuple[str, ...], oids: tuple[int, ...]) -> RowLayout:
@@ -278,19 +272,24 @@ class Wal2JsonDecoder:
                 converters = [_converter(oid) for oid in oids]
             else:
                 converters = [_keep] * len(oids)
-            layout = RowLayout(names, oids, converters, converters)
+            layout = RowLayout(names, oids, converters)
             if len(state.layouts) > 64:  # a table whose shape keeps changing: start over
                 state.layouts.clear()
             state.layouts[(names, oids)] = layout
         return layout
 
     def _row(self, state: _Table, names: list[Any], oids: list[Any], values: list[Any]) -> Row:
-        if not (len(names) == len(oids) == len(values)):
+        last = state.last
+        if last is not None and names == last[0] and oids == last[1]:
+            layout = last[2]
+        else:
+            name_tuple = tuple(_str(n, "column name") for n in names)
+            oid_tuple = tuple(_int(o, "type OID") for o in oids)
+            layout = self._layout(state, name_tuple, oid_tuple)
+            state.last = (names, oids, layout)
+        if len(values) != len(layout.names):
             raise DecodeError("wal2json column names, types and values differ in number")
-        name_tuple = tuple(_str(n, "column name") for n in names)
-        oid_tuple = tuple(_int(o, "type OID") for o in oids)
-        layout = self._layout(state, name_tuple, oid_tuple)
-        return Row(layout, values, layout.text)
+        return Row(layout, values)
 
     def _with_missing(self, state: _Table, row: Row, fill: Any) -> Row:
         """``row`` widened to the table's known columns, absent ones set to ``fill``."""
@@ -301,8 +300,7 @@ class Wal2JsonDecoder:
         if len(present) >= len(names) or not all(n in names for n in present):
             return row
         raw = [row._raw[present[n]] if n in present else fill for n in names]
-        layout = self._layout(state, names, oids)
-        return Row(layout, raw, layout.text)
+        return Row(self._layout(state, names, oids), raw)
 
     def _event_for(
         self,
@@ -490,16 +488,15 @@ class Wal2JsonDecoder:
     def _change_lsn(self, wal_start: int) -> LSN:
         return LSN.from_int(wal_start) if wal_start else self._last_end
 
-    def _columns(self, items: Any, what: str) -> tuple[list[Any], list[Any], list[Any]]:
-        names: list[Any] = []
-        oids: list[Any] = []
-        values: list[Any] = []
-        for item in _list(items, what):
-            column = _obj(item, what)
-            names.append(column["name"])
-            oids.append(column.get("typeoid", "0"))
-            values.append(column.get("value"))
-        return names, oids, values
+    @staticmethod
+    def _columns(items: Any, what: str) -> tuple[list[Any], list[Any], list[Any]]:
+        # A non-list or a non-object item raises TypeError, reported by decode().
+        columns = _list(items, what)
+        return (
+            [c["name"] for c in columns],
+            [c.get("typeoid", "0") for c in columns],
+            [c.get("value") for c in columns],
+        )
 
     def _row_v2(self, record: _Json, action: str, wal_start: int) -> Event:
         lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
