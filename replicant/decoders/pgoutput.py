@@ -12,7 +12,7 @@ Message Formats". Notes on what the documentation leaves implicit:
   Message) starts with the xid of the (sub)transaction that made it. Outside
   a block it does not. The decoder tracks the block to know which.
 * Stream Abort carries the abort LSN and time only with protocol 4 and
-  ``streaming 'parallel'``; the decoder tells the two forms apart by length.
+  ``streaming 'parallel'``; the decoder expects them when it asked for that.
 * A key-only old tuple ('K') has every column, NULL where the column is not
   part of the replica identity; the decoder exposes only the identity
   columns, which is what the server means.
@@ -222,6 +222,7 @@ class PgOutputDecoder:
         self.origin = origin
         self.extra_options = dict(options or {})
         self.decode_values = decode_values
+        self._abort_info = self.extra_options.get("streaming", self.streaming) == "parallel"
         self._dispatch = self._make_dispatch()
         self.reset()
 
@@ -658,14 +659,18 @@ class PgOutputDecoder:
         ]
 
     def _stream_abort(self, data: bytes, wal_start: int) -> list[Event]:
-        if len(data) == 25:  # protocol 4 with streaming 'parallel'
+        # The abort LSN and time follow only with protocol 4 and streaming
+        # 'parallel', which this decoder asked for (or not).
+        if self._abort_info:
+            self._check_size(data, 25, "Stream Abort")
             xid, subxid, abort_lsn, abort_time = _STREAM_ABORT_4.unpack_from(data, 1)
+            lsn = LSN.from_int(abort_lsn)
             return [
                 StreamAbort(
-                    self._position(wal_start) if wal_start else LSN.from_int(abort_lsn),
+                    LSN.from_int(wal_start) if wal_start else lsn,
                     xid,
                     subxid,
-                    LSN.from_int(abort_lsn),
+                    lsn,
                     _time(abort_time),
                 )
             ]
