@@ -14,15 +14,21 @@ from replicant.errors import (
     SlotError,
 )
 from replicant.lsn import LSN
+from replicant.runtime import Consumer, Progress, Stats, WalProgress, run
 
 __all__ = [
     "LSN",
     "ConfigurationError",
     "ConnectionLost",
+    "Consumer",
     "DecodeError",
+    "Progress",
     "ProtocolError",
     "ReplicantError",
     "ServerError",
     "SlotError",
+    "Stats",
+    "WalProgress",
     "__version__",
+    "run",
 ]

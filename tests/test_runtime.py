@@ -1,0 +1,609 @@
+"""The consumer: run(), Consumer, the reader, keepalive and supervisor threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+import replicant
+from replicant import LSN, ConfigurationError, SlotError
+from replicant.changes import Commit, Event, Insert
+from replicant.runtime import Consumer, StatusTimer, WalProgress
+
+from .conftest import Database
+
+# --- pure parts
+
+
+def test_wal_progress_acknowledges_forward_only() -> None:
+    progress = WalProgress(LSN("0/100"))
+    progress.receive(LSN("0/500"))
+    assert progress.acknowledge(LSN("0/200")) == LSN("0/200")
+    assert progress.acknowledge(LSN("0/150")) == LSN("0/200")  # never backward
+    assert progress.acknowledge("0/300") == LSN("0/300")
+    assert progress.acknowledge(LSN("0/900")) == LSN("0/500")  # never above received
+    assert progress.position() == (LSN("0/500"), LSN("0/500"), LSN("0/500"))
+    with pytest.raises(ConfigurationError, match="return an LSN"):
+        progress.acknowledge(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        progress.acknowledge(True)
+
+
+def test_wal_progress_never_below_start() -> None:
+    progress = WalProgress(LSN("1/0"))
+    progress.receive(LSN("1/10"))
+    progress.acknowledge(LSN("0/10"))
+    assert progress.position().flushed == LSN("1/0")
+
+
+def test_wal_progress_idle_advance() -> None:
+    progress = WalProgress(LSN("0/100"))
+    progress.receive(LSN("0/200"))
+    # An event at 0/180 delivered but not acknowledged: no advance.
+    progress.keepalive(LSN("0/300"), in_transaction=False, last_delivered=LSN("0/180"))
+    assert progress.position().flushed == LSN("0/100")
+    progress.acknowledge(LSN("0/180"))
+    # Inside a transaction: no advance.
+    progress.keepalive(LSN("0/300"), in_transaction=True, last_delivered=LSN("0/180"))
+    assert progress.position().flushed == LSN("0/180")
+    # Everything acknowledged, no transaction open: follow the WAL end.
+    progress.keepalive(LSN("0/300"), in_transaction=False, last_delivered=LSN("0/180"))
+    assert progress.position() == (LSN("0/300"), LSN("0/300"), LSN("0/300"))
+
+
+def test_wal_progress_idle_advance_off() -> None:
+    progress = WalProgress(LSN("0/100"), idle_advance=False)
+    progress.keepalive(LSN("0/300"), in_transaction=False, last_delivered=0)
+    assert progress.position() == (LSN("0/300"), LSN("0/100"), LSN("0/100"))
+
+
+def test_status_timer_with_frozen_clock() -> None:
+    with freeze_time("2026-01-01 00:00:00") as frozen:
+        timer = StatusTimer(10.0, clock=time.time)
+        assert not timer.due() and timer.time_left() == pytest.approx(10.0)
+        frozen.tick(4)
+        assert timer.time_left() == pytest.approx(6.0)
+        frozen.tick(6)
+        assert timer.due() and timer.time_left() == 0
+        timer.sent()
+        assert not timer.due() and timer.time_left() == pytest.approx(10.0)
+    with pytest.raises(ConfigurationError):
+        StatusTimer(0)
+
+
+def test_arguments_checked_before_connecting() -> None:
+    with pytest.raises(ConfigurationError, match="publication"):
+        Consumer("host=nowhere", slot="s", callback=print)
+    with pytest.raises(ConfigurationError, match="slot name"):
+        Consumer("host=nowhere", slot="Bad-Name", callback=print, publication="p")
+    with pytest.raises(ConfigurationError, match="callable"):
+        Consumer("host=nowhere", slot="s", callback=None, publication="p")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="status_interval"):
+        Consumer("host=nowhere", slot="s", callback=print, publication="p", status_interval=0)
+
+
+# --- helpers for the server tests
+
+
+def replicant_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("replicant-")]
+
+
+def assert_no_threads_left() -> None:
+    deadline = time.monotonic() + 5
+    while replicant_threads():
+        assert time.monotonic() < deadline, f"threads left: {replicant_threads()}"
+        time.sleep(0.02)
+
+
+def confirmed_flush(db: Database, slot: str) -> LSN | None:
+    rows = db.query(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", slot
+    )
+    return LSN(rows[0][0]) if rows and rows[0][0] else None
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Recorder:
+    """A callback that records events and acknowledges each one."""
+
+    def __init__(self, stop_after: Callable[[Event], bool] | None = None) -> None:
+        self.events: list[Event] = []
+        self.acknowledged: LSN | None = None
+        self.consumer: Consumer | None = None
+        self._stop_after = stop_after
+
+    def __call__(self, event: Event) -> LSN:
+        self.events.append(event)
+        self.acknowledged = event.lsn
+        if self._stop_after is not None and self._stop_after(event) and self.consumer:
+            self.consumer._stop_requested.set()
+        return event.lsn
+
+    def inserted_ids(self) -> list[int]:
+        return [e.new["id"] for e in self.events if isinstance(e, Insert)]
+
+    def commits(self) -> list[Commit]:
+        return [e for e in self.events if isinstance(e, Commit)]
+
+
+@pytest.fixture
+def workload_db(db: Database) -> Database:
+    db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    db.execute("CREATE TABLE b (id int PRIMARY KEY, v text)")
+    db.execute("CREATE PUBLICATION pub_a FOR TABLE a")
+    return db
+
+
+def consumer_for(db: Database, callback: Any, **kwargs: Any) -> Consumer:
+    kwargs.setdefault("slot", "app")
+    kwargs.setdefault("publication", "pub_a")
+    kwargs.setdefault("status_interval", 0.5)
+    return Consumer(db.dsn, callback=callback, **kwargs)
+
+
+def create_slot(db: Database, slot: str = "app") -> None:
+    db.query("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
+
+
+# --- delivery and acknowledgement
+
+
+def test_events_in_order_and_acknowledged(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    for i in range(1, 51):
+        db.execute("INSERT INTO a VALUES (%s, %s)", i, f"row {i}")
+    db.execute("UPDATE a SET v = 'changed' WHERE id = 7")
+    db.execute("DELETE FROM a WHERE id = 8")
+    recorder = Recorder()
+    with consumer_for(db, recorder) as consumer:
+        wait_for(lambda: len(recorder.commits()) == 52, what="52 commits")
+        progress = consumer.progress
+        stats = consumer.stats
+    assert recorder.inserted_ids() == list(range(1, 51))
+    kinds = [type(e).__name__ for e in recorder.events]
+    assert kinds[:4] == ["Begin", "Relation", "Insert", "Commit"]
+    assert kinds[-6:] == ["Begin", "Update", "Commit", "Begin", "Delete", "Commit"]
+    lsns = [e.lsn for e in recorder.commits()]
+    assert lsns == sorted(lsns)
+    assert stats.transactions == 52 and stats.events == len(recorder.events)
+    assert stats.bytes > 0 and stats.frames >= stats.events - 1
+    assert progress.received >= recorder.commits()[-1].lsn
+    # stop() returned: the slot confirmed exactly the last acknowledged LSN.
+    assert confirmed_flush(db, "app") == recorder.commits()[-1].lsn
+    assert_no_threads_left()
+
+
+def test_run_stops_gracefully_on_ctrl_c(workload_db: Database) -> None:
+    db = workload_db
+    db.execute("INSERT INTO a VALUES (1, 'x')")  # before the slot: not delivered
+    events: list[Event] = []
+
+    def on_change(event: Event) -> LSN:
+        events.append(event)
+        if isinstance(event, Commit):
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C was pressed
+        return event.lsn
+
+    def writer() -> None:
+        wait_for(lambda: confirmed_flush(db, "app_run") is not None, what="slot")
+        db.execute("INSERT INTO a VALUES (2, 'y')")
+
+    thread = threading.Thread(target=writer, name="test-writer")
+    thread.start()
+    try:
+        replicant.run(
+            db.dsn, slot="app_run", publication="pub_a", callback=on_change, status_interval=0.5
+        )
+    finally:
+        thread.join()
+    assert [e.new["id"] for e in events if isinstance(e, Insert)] == [2]
+    assert confirmed_flush(db, "app_run") == events[-1].lsn
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert_no_threads_left()
+
+
+def test_restart_after_graceful_stop_repeats_nothing(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a SELECT g, 'first' FROM generate_series(1, 10) g")
+    first = Recorder()
+    with consumer_for(db, first):
+        wait_for(lambda: len(first.commits()) == 1)
+    db.execute("INSERT INTO a SELECT g, 'second' FROM generate_series(11, 20) g")
+    second = Recorder()
+    with consumer_for(db, second):
+        wait_for(lambda: len(second.commits()) == 1)
+    assert first.inserted_ids() == list(range(1, 11))
+    assert second.inserted_ids() == list(range(11, 21))
+
+
+def test_unacknowledged_events_are_delivered_again(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'one')")
+    db.execute("INSERT INTO a VALUES (2, 'two')")
+    seen: list[Event] = []
+
+    def acknowledge_first_only(event: Event) -> LSN | None:
+        seen.append(event)
+        commits = [e for e in seen if isinstance(e, Commit)]
+        return event.lsn if len(commits) <= 1 else None
+
+    with consumer_for(db, acknowledge_first_only):
+        wait_for(lambda: sum(isinstance(e, Commit) for e in seen) == 2)
+    again = Recorder()
+    with consumer_for(db, again):
+        wait_for(lambda: len(again.commits()) == 1)
+    assert again.inserted_ids() == [2]
+
+
+def test_callback_exception_comes_out_unchanged(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'ok')")
+    db.execute("INSERT INTO a VALUES (2, 'boom')")
+    failure = RuntimeError("boom")
+    acknowledged: list[LSN] = []
+
+    def callback(event: Event) -> LSN:
+        if isinstance(event, Insert) and event.new["v"] == "boom":
+            raise failure
+        acknowledged.append(event.lsn)
+        return event.lsn
+
+    with pytest.raises(RuntimeError) as info:
+        replicant.run(db.dsn, slot="app", publication="pub_a", callback=callback)
+    assert info.value is failure
+    assert_no_threads_left()
+    # Nothing after the last acknowledged LSN is confirmed: the first
+    # transaction's commit, and not a byte further.
+    wait_for(lambda: not db.query("SELECT active FROM pg_replication_slots")[0][0])
+    assert confirmed_flush(db, "app") == acknowledged[-1]
+    assert isinstance(info.value.__traceback__, object)
+
+
+def test_callback_returning_garbage_fails_clearly(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    with pytest.raises(ConfigurationError, match="return an LSN"):
+        replicant.run(db.dsn, slot="app", publication="pub_a", callback=lambda e: 1.5)
+    assert_no_threads_left()
+
+
+# --- slots
+
+
+def test_missing_slot_is_created(workload_db: Database) -> None:
+    db = workload_db
+    recorder = Recorder()
+    with consumer_for(db, recorder, slot="fresh"):
+        wait_for(lambda: confirmed_flush(db, "fresh") is not None, what="slot created")
+        db.execute("INSERT INTO a VALUES (1, 'x')")
+        wait_for(lambda: len(recorder.commits()) == 1)
+    assert db.query("SELECT temporary FROM pg_replication_slots WHERE slot_name = 'fresh'") == [
+        (False,)
+    ]
+
+
+def test_temporary_slot(workload_db: Database) -> None:
+    db = workload_db
+    recorder = Recorder()
+    with consumer_for(db, recorder, slot="temp", temporary=True):
+        wait_for(lambda: confirmed_flush(db, "temp") is not None, what="slot created")
+    wait_for(lambda: confirmed_flush(db, "temp") is None, what="temporary slot gone")
+
+
+def test_missing_slot_without_create(workload_db: Database) -> None:
+    with pytest.raises(SlotError, match="does not exist"):
+        replicant.run(
+            workload_db.dsn, slot="absent", publication="pub_a", callback=print, create_slot=False
+        )
+    assert_no_threads_left()
+
+
+def test_slot_of_another_plugin(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db, "other")
+    with pytest.raises(SlotError, match="pgoutput"):
+        replicant.run(db.dsn, slot="other", plugin="wal2json", callback=print)
+
+
+# --- the keepalive thread
+
+
+def test_slow_callback_keeps_the_connection(make_cluster: Callable[..., Any]) -> None:
+    cluster = make_cluster(settings={"wal_sender_timeout": "1s"})
+    cluster.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    cluster.execute("CREATE PUBLICATION pub_a FOR TABLE a")
+    cluster.execute("SELECT pg_create_logical_replication_slot('app', 'pgoutput')")
+    cluster.execute("INSERT INTO a VALUES (1, 'slow')")
+    cluster.execute("INSERT INTO a VALUES (2, 'after')")
+    seen: list[Event] = []
+
+    def slow(event: Event) -> LSN:
+        seen.append(event)
+        if isinstance(event, Insert) and event.new["id"] == 1:
+            time.sleep(3.0)  # three times wal_sender_timeout
+        return event.lsn
+
+    consumer = Consumer(
+        cluster.dsn, slot="app", publication="pub_a", callback=slow, status_interval=0.3
+    )
+    with consumer:
+        wait_for(lambda: sum(isinstance(e, Commit) for e in seen) == 2, timeout=30)
+        pids = cluster.execute("SELECT active_pid FROM pg_replication_slots")
+    assert consumer.stats.reconnects == 0
+    assert pids and pids[0][0] is not None
+    assert "terminating walsender" not in cluster.log_tail(200)
+
+
+def test_reply_requested_is_answered_at_once(make_cluster: Callable[..., Any]) -> None:
+    # The timer is far away (60 s); the server asks for a reply after half
+    # of wal_sender_timeout. Only answers to requests keep it alive.
+    cluster = make_cluster(settings={"wal_sender_timeout": "2s"})
+    cluster.execute("CREATE PUBLICATION pub_a FOR ALL TABLES")
+    recorder = Recorder()
+    consumer = Consumer(
+        cluster.dsn, slot="app", publication="pub_a", callback=recorder, status_interval=60
+    )
+    with consumer:
+        time.sleep(5)
+        stats = consumer.stats
+        assert consumer.running
+    assert stats.status_updates >= 2
+    assert stats.keepalives >= stats.status_updates
+    assert "terminating walsender" not in cluster.log_tail(200)
+
+
+def test_idle_stream_sends_few_updates(workload_db: Database) -> None:
+    recorder = Recorder()
+    consumer = consumer_for(workload_db, recorder, status_interval=1.0)
+    with consumer:
+        time.sleep(5)
+        stats = consumer.stats
+    # About 5 / status_interval timed updates (plus the final one), not a
+    # ping-pong of thousands.
+    assert 3 <= stats.status_updates <= 8, stats
+    assert stats.keepalives < 20, stats
+
+
+def test_filtered_writes_advance_the_slot(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    start = confirmed_flush(db, "app")
+    assert start is not None
+    recorder = Recorder()
+    with consumer_for(db, recorder, status_interval=0.2):
+        for i in range(20):
+            db.execute("INSERT INTO b VALUES (%s, 'not published')", i)
+        wait_for(lambda: (confirmed_flush(db, "app") or 0) > start, what="slot to advance")
+    assert not [e for e in recorder.events if isinstance(e, Insert)]
+
+
+def test_filtered_writes_do_not_advance_without_idle_advance(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    start = confirmed_flush(db, "app")
+    recorder = Recorder()
+    with consumer_for(db, recorder, status_interval=0.2, idle_advance=False) as consumer:
+        for i in range(20):
+            db.execute("INSERT INTO b VALUES (%s, 'not published')", i)
+        time.sleep(1.5)
+        assert consumer.stats.status_updates >= 3
+    assert confirmed_flush(db, "app") == start
+
+
+# --- stopping
+
+
+def test_stop_while_idle_is_prompt(workload_db: Database) -> None:
+    recorder = Recorder()
+    consumer = consumer_for(workload_db, recorder).start()
+    wait_for(
+        lambda: consumer.stats.keepalives > 0 or consumer.progress.received > 0,
+        what="stream to start",
+    )
+    time.sleep(0.3)
+    started = time.monotonic()
+    stopper = threading.Thread(target=consumer.stop, name="test-stopper")
+    stopper.start()
+    stopper.join()
+    assert time.monotonic() - started < 1.0
+    consumer.join()
+    assert not consumer.running
+    assert_no_threads_left()
+
+
+def test_stop_finishes_the_callback_in_flight(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    entered = threading.Event()
+    finished: list[LSN] = []
+
+    def slow(event: Event) -> LSN:
+        if isinstance(event, Insert):
+            entered.set()
+            time.sleep(1.0)
+        finished.append(event.lsn)
+        return event.lsn
+
+    consumer = consumer_for(db, slow).start()
+    assert entered.wait(20)
+    consumer.stop()
+    consumer.join()
+    # The insert's callback completed; the commit after it was never delivered.
+    assert confirmed_flush(db, "app") == finished[-1]
+    assert_no_threads_left()
+
+
+def test_join_before_start_and_double_start(workload_db: Database) -> None:
+    consumer = consumer_for(workload_db, Recorder())
+    with pytest.raises(replicant.ReplicantError):
+        consumer.join()
+    consumer.start()
+    with pytest.raises(replicant.ReplicantError):
+        consumer.start()
+    consumer.stop()
+    consumer.join()
+
+
+def test_end_lsn_stops_the_stream(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    (end,) = db.query("SELECT pg_current_wal_lsn()::text")[0]
+    db.execute("INSERT INTO a VALUES (2, 'y')")
+    recorder = Recorder()
+    Consumer(db.dsn, slot="app", publication="pub_a", callback=recorder, end_lsn=end).run()
+    assert recorder.inserted_ids() == [1]
+
+
+def test_sigterm_stops_run_gracefully(workload_db: Database, tmp_path: Path) -> None:
+    db = workload_db
+    create_slot(db)
+    script = tmp_path / "consume.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import faulthandler, signal, sys, replicant
+        faulthandler.register(signal.SIGUSR1)  # the test asks for stacks if we hang
+        def on_change(event):
+            print(type(event).__name__, event.lsn, flush=True)
+            return event.lsn
+        replicant.run({db.dsn!r}, slot="app", publication="pub_a", callback=on_change,
+                      status_interval=0.5)
+        print("clean exit", flush=True)
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    try:
+        db.execute("INSERT INTO a VALUES (1, 'x')")
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line.split())
+            if line.startswith("Commit"):
+                break
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"run() did not stop on SIGTERM; its threads:\n{err}")
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "clean exit" in out
+    assert confirmed_flush(db, "app") == LSN(lines[-1][1])
+
+
+# --- crash: killed while consuming
+
+
+CRASH_CONSUMER = """
+import json, os, sys, replicant
+from replicant.changes import Insert, Commit
+
+out = open(sys.argv[2], "a")
+
+def on_change(event):
+    if isinstance(event, Insert):
+        out.write(json.dumps({"id": event.new["id"], "xid": event.xid}) + "\\n")
+    elif isinstance(event, Commit):
+        out.write(json.dumps({"commit": str(event.lsn), "xid": event.xid}) + "\\n")
+    else:
+        return None
+    out.flush()
+    os.fsync(out.fileno())
+    return event.lsn
+
+replicant.run(sys.argv[1], slot="crash", publication="pub_a", callback=on_change,
+              status_interval=0.1)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_loses_nothing(workload_db: Database, tmp_path: Path) -> None:
+    db = workload_db
+    create_slot(db, "crash")
+    script = tmp_path / "crash_consumer.py"
+    script.write_text(CRASH_CONSUMER)
+    output = tmp_path / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    kills: list[LSN] = []  # the slot's confirmed position at each kill
+    next_id = 1
+    for _round in range(3):
+        process = subprocess.Popen([sys.executable, str(script), db.dsn, str(output)], env=env)
+        try:
+            for _ in range(30):
+                db.execute(
+                    "INSERT INTO a SELECT g, 'r' FROM generate_series(%s, %s) g",
+                    next_id,
+                    next_id + 9,
+                )
+                next_id += 10
+            time.sleep(0.3)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        wait_for(
+            lambda: (
+                not db.query("SELECT active FROM pg_replication_slots WHERE slot_name = 'crash'")[
+                    0
+                ][0]
+            )
+        )
+        kills.append(confirmed_flush(db, "crash") or LSN(0))
+    # A last run drains everything.
+    process = subprocess.Popen([sys.executable, str(script), db.dsn, str(output)], env=env)
+    try:
+        (end,) = db.query("SELECT pg_current_wal_lsn()::text")[0]
+        wait_for(
+            lambda: (confirmed_flush(db, "crash") or 0) >= LSN(end), timeout=60, what="final drain"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    ids = [r["id"] for r in records if "id" in r]
+    assert set(ids) == set(range(1, next_id)), "a committed row is missing"
+    # Repeats only of transactions not acknowledged when a kill came.
+    commits_by_xid: dict[int, list[LSN]] = {}
+    for record in records:
+        if "commit" in record:
+            commits_by_xid.setdefault(record["xid"], []).append(LSN(record["commit"]))
+    for xid, lsns in commits_by_xid.items():
+        if len(lsns) > 1:
+            assert any(lsns[0] > confirmed for confirmed in kills), (
+                f"transaction {xid} at {lsns[0]} repeated though acknowledged"
+            )
