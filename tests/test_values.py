@@ -1,0 +1,277 @@
+"""Column values: text and binary representations to Python objects.
+
+The server-backed tests ask PostgreSQL for each sample value's text output
+and its binary send() output, and check that both readers give the same,
+expected Python value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import math
+import subprocess
+import sys
+import textwrap
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from replicant import values
+from replicant.changes import Row, RowLayout
+from replicant.errors import DecodeError
+from replicant.values import OID, BinaryValue
+
+UTC = dt.timezone.utc
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same type; NaNs equal; Decimals with the same digits and scale."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, (dt.datetime, dt.time)) and a.tzinfo is not None:
+        return a == b and b.tzinfo is not None
+    return bool(a == b)
+
+
+# (type, SQL literal, expected Python value)
+SAMPLES: list[tuple[str, str, Any]] = [
+    ("int2", "-32768", -32768),
+    ("int4", "2147483647", 2147483647),
+    ("int8", "-9223372036854775808", -9223372036854775808),
+    ("oid", "4294967295", 4294967295),
+    ("float4", "1.5", 1.5),
+    ("float4", "'-Infinity'", -math.inf),
+    ("float8", "1e308", 1e308),
+    ("float8", "'NaN'", math.nan),
+    ("float8", "0.1", 0.1),
+    ("numeric", "12.50", Decimal("12.50")),
+    ("numeric", "0", Decimal("0")),
+    ("numeric", "0.00", Decimal("0.00")),
+    ("numeric", "-0.0000000500", Decimal("-0.0000000500")),
+    (
+        "numeric",
+        "123456789012345678901234567890.123",
+        Decimal("123456789012345678901234567890.123"),
+    ),
+    ("numeric", "1e100", Decimal("1" + "0" * 100)),
+    ("numeric", "'NaN'", Decimal("NaN")),
+    ("bool", "true", True),
+    ("bool", "false", False),
+    ("text", "'héllo ☃ \"q\" \\'", 'héllo ☃ "q" \\'),
+    ("text", "''", ""),
+    ("varchar(10)", "'ab'", "ab"),
+    ("bpchar(4)", "'ab'", "ab  "),
+    ("name", "'a name'", "a name"),
+    ('"char"', "'x'", "x"),
+    ("bytea", "'\\x00ff10'", b"\x00\xff\x10"),
+    ("bytea", "''", b""),
+    ("date", "'2024-02-29'", dt.date(2024, 2, 29)),
+    ("date", "'infinity'", dt.date.max),
+    ("date", "'-infinity'", dt.date.min),
+    ("time", "'23:59:59.999999'", dt.time(23, 59, 59, 999999)),
+    ("time", "'24:00:00'", dt.time(0, 0)),
+    (
+        "timetz",
+        "'12:34:56.5+05:30'",
+        dt.time(12, 34, 56, 500000, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    ),
+    ("timestamp", "'2024-01-01 00:00:00.000001'", dt.datetime(2024, 1, 1, 0, 0, 0, 1)),
+    ("timestamp", "'infinity'", dt.datetime.max),
+    ("timestamptz", "'2024-01-01 12:00+03'", dt.datetime(2024, 1, 1, 9, 0, tzinfo=UTC)),
+    ("timestamptz", "'1900-01-01 00:00:00+00'", dt.datetime(1900, 1, 1, tzinfo=UTC)),
+    ("timestamptz", "'-infinity'", dt.datetime.min.replace(tzinfo=UTC)),
+    (
+        "interval",
+        "'1 year 2 mons -3 days 04:05:06.5'",
+        dt.timedelta(days=422, hours=4, minutes=5, seconds=6, microseconds=500000),
+    ),
+    ("interval", "'-1 years -2 mons'", dt.timedelta(days=-425)),
+    ("interval", "'-00:00:01'", dt.timedelta(seconds=-1)),
+    ("json", '\'{"a": [1, 2.5, null, "é"]}\'', {"a": [1, 2.5, None, "é"]}),
+    ("jsonb", "'{\"a\": [1, 2.5, null]}'", {"a": [1, 2.5, None]}),
+    (
+        "uuid",
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+    ),
+    ("inet", "'192.168.0.1'", ipaddress.ip_interface("192.168.0.1/32")),
+    ("inet", "'10.1.2.3/8'", ipaddress.ip_interface("10.1.2.3/8")),
+    ("inet", "'::1'", ipaddress.ip_interface("::1/128")),
+    ("cidr", "'10.0.0.0/8'", ipaddress.ip_network("10.0.0.0/8")),
+    ("cidr", "'2001:db8::/32'", ipaddress.ip_network("2001:db8::/32")),
+    ("int4[]", "'{1,NULL,3}'", [1, None, 3]),
+    ("int4[]", "'{{1,2},{3,4}}'", [[1, 2], [3, 4]]),
+    ("int4[]", "'{}'", []),
+    ("int2[]", "'{1,2}'", [1, 2]),
+    ("int8[]", "'{9223372036854775807}'", [9223372036854775807]),
+    ("oid[]", "'{1,2}'", [1, 2]),
+    ("float4[]", "'{1.5}'", [1.5]),
+    ("float8[]", "'{NaN,1.5}'", [math.nan, 1.5]),
+    ("numeric[]", "'{1.50,NULL,NaN}'", [Decimal("1.50"), None, Decimal("NaN")]),
+    ("text[]", '\'{a,"b c",NULL,"NULL","é"}\'', ["a", "b c", None, "NULL", "é"]),
+    ("varchar[]", "'{a}'", ["a"]),
+    ("bpchar(2)[]", "'{a}'", ["a "]),
+    ("name[]", "'{a}'", ["a"]),
+    ('"char"[]', "'{x}'", ["x"]),
+    ("bool[]", "'{t,f,NULL}'", [True, False, None]),
+    ("bytea[]", "'{\"\\\\x00ff\",NULL}'", [b"\x00\xff", None]),
+    ("date[]", "'{2024-01-02}'", [dt.date(2024, 1, 2)]),
+    ("time[]", "'{12:00:00}'", [dt.time(12)]),
+    ("timetz[]", "'{12:00:00+01}'", [dt.time(12, tzinfo=dt.timezone(dt.timedelta(hours=1)))]),
+    ("timestamp[]", "'{\"2024-01-02 03:04:05\"}'", [dt.datetime(2024, 1, 2, 3, 4, 5)]),
+    (
+        "timestamptz[]",
+        "'{\"2024-01-02 03:04:05+00\"}'",
+        [dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)],
+    ),
+    ("interval[]", "'{\"1 day\"}'", [dt.timedelta(days=1)]),
+    ("json[]", "ARRAY['{\"a\": 1}'::json]", [{"a": 1}]),
+    ("jsonb[]", "ARRAY['[1, 2]'::jsonb]", [[1, 2]]),
+    (
+        "uuid[]",
+        "'{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'",
+        [uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")],
+    ),
+    ("inet[]", "'{192.168.0.1/24}'", [ipaddress.ip_interface("192.168.0.1/24")]),
+    ("cidr[]", "'{10.0.0.0/8}'", [ipaddress.ip_network("10.0.0.0/8")]),
+]
+
+
+@pytest.fixture
+def samples(db: Any) -> list[tuple[str, int, str, bytes, Any]]:
+    """(type, OID, text output, binary send output, expected) for every sample, from the server."""
+    db.execute("SET TIME ZONE 'Europe/Paris'")  # text output in a zone that is not UTC
+    out = []
+    for type_name, literal, expected in SAMPLES:
+        ((oid, output, send),) = db.query(
+            "SELECT oid::int, typoutput::text, typsend::text FROM pg_type WHERE oid = %s::regtype",
+            type_name,
+        )
+        # The type's output and send functions: what pgoutput sends in text and binary.
+        value = f"({literal})::{type_name}"
+        ((text, binary),) = db.query(f"SELECT {output}({value})::text, {send}({value})")
+        out.append((type_name, oid, text, bytes(binary), expected))
+    return out
+
+
+def test_text_and_binary_representations_give_the_same_value(
+    samples: list[tuple[str, int, str, bytes, Any]],
+) -> None:
+    for type_name, oid, text, binary, expected in samples:
+        from_text = values.text_converter(oid)(text.encode())
+        from_str = values.text_reader(oid, from_str=True)(text)
+        from_binary = values.binary_converter(oid)(binary)
+        assert same(from_text, expected), (type_name, text, from_text)
+        assert same(from_str, expected), (type_name, text, from_str)
+        assert same(from_binary, expected), (type_name, binary, from_binary)
+
+
+def test_every_reader_runs_safely_in_a_fresh_process(
+    samples: list[tuple[str, int, str, bytes, Any]],
+) -> None:
+    # psycopg2's casters crash the process when misused (no cursor); run all
+    # of them, from a clean interpreter, where a crash cannot take pytest down.
+    cases = [(oid, text, binary.hex()) for _, oid, text, binary, _ in samples]
+    script = textwrap.dedent(
+        f"""
+        from replicant import values
+        for oid, text, binary in {cases!r}:
+            values.text_reader(oid)(text.encode())
+            values.text_reader(oid, from_str=True)(text)
+            values.binary_reader(oid)(bytes.fromhex(binary))
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("oid", "text"),
+    [
+        (OID.DATE, "2024-01-02 BC"),
+        (OID.TIMESTAMP, "10000-01-01 00:00:00"),
+        (OID.INT4, "twelve"),
+        (OID.NUMERIC, "1.2.3"),
+        (OID.BOOL, "maybe"),
+        (OID.JSON, "{"),
+        (OID.UUID, "not-a-uuid"),
+        (OID.INET, "300.1.1.1"),
+        (OID.BYTEA, "\\xZZ"),
+        (OID.TEXT, b"\xff\xfe"),
+        (OID.INT4_ARRAY, "{1,x}"),
+    ],
+)
+def test_malformed_text_raises_decode_error(oid: int, text: str | bytes) -> None:
+    raw = text if isinstance(text, bytes) else text.encode()
+    with pytest.raises(DecodeError):
+        values.text_converter(oid)(raw)
+    row = Row(RowLayout(["c"], [oid], [values.text_reader(oid)]), [raw])
+    with pytest.raises(DecodeError, match="column 'c'"):
+        row["c"]
+    assert row.raw("c") == raw
+
+
+@pytest.mark.parametrize(
+    ("oid", "data"),
+    [
+        (OID.INT4, b"\x00\x01"),
+        (OID.INT8, b"\x00" * 9),
+        (OID.BOOL, b""),
+        (OID.NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00"),
+        (OID.NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00\x27\x10"),  # digit 10000
+        (OID.DATE, b"\x7f\xff\xff\xfe"),  # far beyond year 9999
+        (OID.TIME, b"\x7f" + b"\x00" * 7),
+        (OID.TIMETZ, b"\x00" * 8 + b"\x7f\xff\xff\xff"),
+        (OID.JSONB, b"\x02{}"),
+        (OID.UUID, b"\x00" * 15),
+        (OID.INET, b"\x02\x21\x00\x04\x01\x02\x03\x04"),  # /33
+        (OID.INT4_ARRAY, b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x17"),
+        (OID.INT4_ARRAY, b"\x00\x00\x00\x07" + b"\x00" * 8),
+    ],
+)
+def test_malformed_binary_raises_decode_error(oid: int, data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        values.binary_converter(oid)(data)
+
+
+def test_unknown_types_give_text_or_a_binary_value() -> None:
+    assert values.decode_text(99999, b"some text") == "some text"
+    assert values.decode_text(99999, None) is None
+    assert values.decode_binary(99999, b"\x01\x02") == BinaryValue(99999, b"\x01\x02")
+    assert values.decode_binary(OID.INT4, None) is None
+
+
+def test_register_type_for_a_custom_type() -> None:
+    oid = 987654
+    values.register_type(oid, text=lambda s: s.upper(), binary=lambda b: len(b))
+    try:
+        assert values.decode_text(oid, b"abc") == "ABC"
+        assert values.decode_binary(oid, b"abc") == 3
+        with pytest.raises(DecodeError):
+            values.decode_text(oid, b"\xff")
+    finally:
+        values._TEXT.pop(oid)
+        values._BINARY.pop(oid)
+
+
+def test_readers_accept_str_and_bytes_alike() -> None:
+    for oid, text, expected in [
+        (OID.INT8, "5", 5),
+        (OID.NUMERIC, "1.50", Decimal("1.50")),
+        (OID.TIMESTAMPTZ, "2024-01-01 00:00:00+00", dt.datetime(2024, 1, 1, tzinfo=UTC)),
+        (OID.BYTEA, "\\x01", b"\x01"),
+        (OID.BOOL, "t", True),
+    ]:
+        assert values.text_reader(oid)(text.encode()) == expected
+        assert values.text_reader(oid, from_str=True)(text) == expected
