@@ -75,7 +75,8 @@ class Progress(NamedTuple):
 class WalProgress:
     """The progress state shared by the reader and the keepalive thread.
 
-    The reader is its only writer; the keepalive thread reads it. Each field
+    The reader writes it (and :meth:`acknowledge` may also be called from
+    other threads, under a lock); the keepalive thread reads it. Each field
     is a single reference, so a reader of one field never sees it torn; the
     order of reads in :meth:`position` keeps flushed at or below written.
 
@@ -90,6 +91,7 @@ class WalProgress:
     def __init__(self, start: int = 0, *, idle_advance: bool = True) -> None:
         self.idle_advance = idle_advance
         self.received = self.acknowledged = self.idle = LSN(start)
+        self._ack_lock = threading.Lock()
 
     def reset(self, start: int) -> None:
         """Start over at ``start`` (a new connection), keeping what was acknowledged."""
@@ -115,7 +117,9 @@ class WalProgress:
                 f"the callback returned {lsn!r}: return an LSN (such as event.lsn) or None"
             )
         if lsn > self.acknowledged:
-            self.acknowledged = LSN(min(lsn, self.received))
+            with self._ack_lock:  # compare and set: never backward, whoever calls
+                if lsn > self.acknowledged:
+                    self.acknowledged = LSN(min(lsn, self.received))
         return self.acknowledged
 
     def keepalive(self, wal_end: int, *, in_transaction: bool, last_delivered: int) -> None:
@@ -304,6 +308,17 @@ class Consumer:
     def stats(self) -> Stats:
         """Counts of events, transactions, bytes, status updates and keepalives."""
         return self._counters.snapshot()
+
+    def acknowledge(self, lsn: LSN | int | str) -> LSN:
+        """Acknowledge ``lsn`` from outside the callback (any thread).
+
+        For consumers that finish work later than the callback returns (a
+        batch written and fsynced on a timer, say). The same rules as a
+        callback's return value apply: forward only, never past what was
+        received. Returns the acknowledged LSN; the next status update
+        reports it.
+        """
+        return self._progress.acknowledge(lsn)
 
     @property
     def running(self) -> bool:
