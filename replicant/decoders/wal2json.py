@@ -32,6 +32,8 @@ What wal2json does not say, and how the decoder fills the gap:
   decoder merges back into one :class:`Truncate` per statement (emitted with
   the next record). Neither reports its CASCADE/RESTART IDENTITY flags, nor
   replication origins, nor streamed or two-phase transactions.
+* wal2json writes a message's content as a C string: it ends at the first
+  NUL byte, so binary content does not survive.
 * wal2json writes numeric NaN and infinities as ``null`` (2.5); with
   ``numeric-data-types-as-string`` (2.6 and later) they are read exactly.
 """
