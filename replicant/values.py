@@ -522,8 +522,14 @@ def _array_bin(data: bytes) -> list[Any]:
     if not 0 < ndim <= 6 or end < 12 + 8 * ndim:
         raise DecodeError(f"binary array value with bad dimension count {ndim}")
     dims = [_ARRAY_DIM.unpack_from(data, 12 + 8 * i)[0] for i in range(ndim)]
-    if any(d < 0 for d in dims):
-        raise DecodeError("binary array value with a negative dimension")
+    if any(d <= 0 for d in dims):
+        # PostgreSQL sends an empty array with no dimensions at all.
+        raise DecodeError("binary array value with an empty or negative dimension")
+    total = 1
+    for d in dims:
+        total *= d
+    if total * 4 > end - (12 + 8 * ndim):
+        raise DecodeError(f"binary array value too short for {total} elements")
     convert = binary_converter(element_oid)
     pos = 12 + 8 * ndim
     unpack_len = _INT4.unpack_from
