@@ -32,6 +32,9 @@ What wal2json does not say, and how the decoder fills the gap:
   decoder merges back into one :class:`Truncate` per statement (emitted with
   the next record). Neither reports its CASCADE/RESTART IDENTITY flags, nor
   replication origins, nor streamed or two-phase transactions.
+* wal2json 2.5 (format 1) writes a stray comma before a non-transactional
+  message that arrives while a transaction with changes is decoded; the
+  decoder drops it.
 * wal2json writes a message's content as a C string: it ends at the first
   NUL byte, so binary content does not survive.
 * wal2json writes numeric NaN and infinities as ``null`` (2.5); with
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,6 +113,8 @@ def _int(value: Any, what: str) -> int:
             pass
     raise DecodeError(f"wal2json {what} is not an integer: {value!r}")
 
+
+_STRAY_COMMA = re.compile(rb'(\{\s*"change":\s*\[)\s*,')
 
 # Numbers are kept as their text so numeric values keep every digit; the
 # column's type decides what they become.
@@ -234,6 +240,10 @@ class Wal2JsonDecoder:
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
         """Decode one wal2json payload. Raises DecodeError for anything malformed."""
+        if self.format_version == 1 and _STRAY_COMMA.match(data):
+            # wal2json (2.5) puts a comma before a non-transactional message
+            # written while a transaction with changes is being decoded.
+            data = _STRAY_COMMA.sub(rb"\1", data, count=1)
         document = _obj(_loads(data), "document")
         try:
             if self.format_version == 1:
