@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import signal
 import threading
 import time
@@ -34,11 +35,12 @@ from typing import Any, NamedTuple
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import ReplicationConnection, ReplicationStream, mask_dsn
 from replicant.decoders import Decoder, make_decoder
-from replicant.errors import ConfigurationError, ReplicantError, SlotError
+from replicant.errors import ConfigurationError, ConnectionLost, ReplicantError, SlotError
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
 
 __all__ = [
+    "Backoff",
     "Callback",
     "Consumer",
     "Progress",
@@ -238,6 +240,17 @@ class Consumer:
     ``idle_advance`` lets the confirmed position follow the server while
     nothing is pending; ``end_lsn`` stops once the stream reaches it;
     ``decode_values`` ``False`` leaves column values as the server sent them.
+
+    Reconnecting: when the connection is lost (reset, server restart,
+    terminated walsender, or ``receive_timeout`` seconds without a byte from
+    the server), ``reconnect`` opens a new one after an exponential back-off
+    with jitter (``backoff_initial`` doubling up to ``backoff_max`` seconds,
+    at most ``max_retries`` attempts in a row; ``None`` for no limit) and
+    resumes after the last acknowledged LSN. A transaction cut in the middle
+    comes again from its ``Begin``. Errors a retry cannot fix (a slot
+    dropped, invalidated or recreated, a missing publication, a refused
+    login, malformed data, the callback's exception) end the consumer at
+    once.
     """
 
     def __init__(
@@ -256,6 +269,11 @@ class Consumer:
         idle_advance: bool = True,
         end_lsn: LSN | int | str | None = None,
         decode_values: bool = True,
+        reconnect: bool = True,
+        max_retries: int | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        receive_timeout: float | None = 60.0,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
@@ -275,8 +293,16 @@ class Consumer:
         self._temporary = temporary
         self._start_lsn = None if start_lsn is None else LSN(start_lsn)
         self._end_lsn = None if end_lsn is None else LSN(end_lsn)
-        self._timer = StatusTimer(status_interval)  # validates the interval
+        StatusTimer(status_interval)  # validates the interval
         self.status_interval = float(status_interval)
+        if receive_timeout is not None and receive_timeout <= 0:
+            raise ConfigurationError(f"receive_timeout must be positive, not {receive_timeout!r}")
+        self.receive_timeout = receive_timeout
+        self._backoff = Backoff(backoff_initial, backoff_max)
+        if max_retries is not None and max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0 or None, not {max_retries!r}")
+        self.reconnect = reconnect
+        self.max_retries = max_retries
         self._progress = WalProgress(idle_advance=idle_advance)
         self._counters = _Counters()
 
@@ -285,10 +311,13 @@ class Consumer:
         self._supervisor: threading.Thread | None = None
         self._done = threading.Event()
         self._failure: BaseException | None = None
-        self._first_end = threading.Event()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._stream: ReplicationStream | None = None
         self._connection: ReplicationConnection | None = None
+        # What the server was told: a slot confirmed beyond it on reconnect
+        # was moved behind our back (dropped and recreated, or advanced).
+        self._reported_flush: LSN | None = None
+        self._slot_seen = False
+        self._last_heard = time.monotonic()
 
     def __repr__(self) -> str:
         state = (
@@ -413,36 +442,75 @@ class Consumer:
 
     def _supervise(self) -> None:
         try:
-            self._session()
+            self._sessions()
         except BaseException as error:
-            self._fail(error)
+            with self._state_lock:
+                self._failure = error
         finally:
             self._close_connection()
             self._done.set()
 
-    def _fail(self, error: BaseException) -> None:
-        with self._state_lock:
-            if self._failure is None:
-                self._failure = error
-        self._first_end.set()
+    def _sessions(self) -> None:
+        """Run sessions until a graceful end, reconnecting after a lost connection."""
+        failures = 0
+        while not self._stop_requested.is_set():
+            frames_before = self._counters.frames
+            try:
+                self._session()
+                return
+            except (ConnectionLost, SlotError) as error:
+                if not self._retryable(error) or self._stop_requested.is_set():
+                    raise
+                # A session that received data was healthy: start the
+                # back-off over; one that never got going backs off further.
+                progressed = self._counters.frames > frames_before
+                failures = 1 if progressed else failures + 1
+                if self.max_retries is not None and failures > self.max_retries:
+                    raise
+                delay = self._backoff.delay(failures)
+                self._counters.reconnects += 1
+                logger.warning(
+                    "slot %s: %s; reconnecting in %.1f s (attempt %d%s)",
+                    self.slot,
+                    error,
+                    delay,
+                    failures,
+                    "" if self.max_retries is None else f" of {self.max_retries}",
+                )
+                self._close_connection()
+                self._stop_requested.wait(delay)
+
+    def _retryable(self, error: ReplicantError) -> bool:
+        if not self.reconnect:
+            return False
+        if isinstance(error, ConnectionLost):
+            return True
+        # "replication slot ... is active for PID ...": the server has not yet
+        # noticed that our previous connection is gone.
+        return isinstance(error, SlotError) and error.sqlstate == "55006"
 
     def _session(self) -> None:
-        """One connection: set up the slot, stream until the first thread ends."""
+        """One connection: prepare the slot, stream until the first thread ends.
+
+        Returns normally on a graceful end; raises the failure that ended it.
+        """
         connection = ReplicationConnection.connect(self._dsn, **self._connect_params)
         self._connection = connection
         confirmed = self._prepare_slot(connection)
-        start = confirmed if self._start_lsn is None else max(confirmed, self._start_lsn)
+        start = max(confirmed, self._progress.acknowledged)
+        if self._start_lsn is not None:
+            start = max(start, self._start_lsn)
         self._progress.reset(start)
         if self._stop_requested.is_set():
             return
-        self._decoder.reset()
+        self._decoder.reset()  # a transaction cut in the middle comes again from its start
         stream = connection.start(
             self.slot,
             start,
             self._decoder.start_options(connection.server_version),
             plugin=self.plugin,
         )
-        self._stream = stream
+        self._last_heard = time.monotonic()
         logger.info(
             "streaming slot %s from %s (plugin %s, server %s)",
             self.slot,
@@ -450,14 +518,15 @@ class Consumer:
             self.plugin,
             connection.server_version,
         )
+        session = _Session()
         reader = threading.Thread(
-            target=self._guard,
+            target=session.guard,
             args=(self._read_loop, stream),
             name=f"replicant-reader[{self.slot}]",
             daemon=True,
         )
         keeper = threading.Thread(
-            target=self._guard,
+            target=session.guard,
             args=(self._keepalive_loop, stream),
             name=f"replicant-keepalive[{self.slot}]",
             daemon=True,
@@ -465,27 +534,36 @@ class Consumer:
         reader.start()
         keeper.start()
         try:
-            self._first_end.wait()
+            session.first_end.wait()
         finally:
-            # Whoever ended first (or stop()), the other follows: the reader
-            # finishes the callback in flight, the keepalive thread wakes up.
-            self._stop_requested.set()
+            # Whoever ended first, the other follows: the reader finishes the
+            # callback in flight, the keepalive thread wakes up.
+            session.ending = True
             self._queue.put(_STOP)
             keeper.join()
             reader.join()
-        self._finish(stream)
-
-    def _guard(self, body: Callable[[ReplicationStream], None], stream: ReplicationStream) -> None:
+            _drain_queue(self._queue)
+        if session.failure is None:
+            self._finish(stream)
+            return
+        # Even after a failure, tell the server what was acknowledged before
+        # closing (when the connection still works), then raise the failure.
         try:
-            body(stream)
-        except BaseException as error:
-            self._fail(error)
-        finally:
-            self._first_end.set()
+            self._finish(stream)
+        except ReplicantError as error:
+            logger.debug("could not end the stream cleanly after a failure: %s", error)
+        raise session.failure
 
     def _prepare_slot(self, connection: ReplicationConnection) -> LSN:
         """Check (or create) the slot; return the position it confirmed."""
         state = connection.read_slot(self.slot)
+        if state is None and self._slot_seen and not self._temporary:
+            raise SlotError(
+                f'replication slot "{self.slot}" was dropped while replicant was '
+                f"disconnected; changes after {self._progress.acknowledged} may be lost. "
+                "Recreate the slot and resynchronise.",
+                sqlstate="42704",
+            )
         if state is None:
             if not self._create_slot:
                 raise SlotError(
@@ -500,6 +578,7 @@ class Consumer:
                 two_phase=_wants_two_phase(self._decoder, connection.server_version),
             )
             logger.info("created slot %s at %s", self.slot, created.consistent_point)
+            self._slot_seen = True
             return created.consistent_point
         if state.plugin != self.plugin:
             raise SlotError(
@@ -511,26 +590,35 @@ class Consumer:
                 f'replication slot "{self.slot}" was invalidated (wal_status lost): the '
                 "WAL it needed is gone; drop and recreate it, then resynchronise"
             )
-        return state.confirmed_flush_lsn or state.restart_lsn or LSN(0)
+        confirmed = state.confirmed_flush_lsn or state.restart_lsn or LSN(0)
+        if self._reported_flush is not None and confirmed > self._reported_flush:
+            raise SlotError(
+                f'replication slot "{self.slot}" now confirms {confirmed}, beyond the '
+                f"{self._reported_flush} replicant reported: it was dropped and recreated "
+                "or advanced behind replicant's back, so changes in between were skipped. "
+                "Resynchronise, then start again.",
+            )
+        self._slot_seen = True
+        return confirmed
 
     def _finish(self, stream: ReplicationStream) -> None:
         """After both threads ended: final status update, CopyDone, close."""
         if stream.ended:
             return
-        try:
-            written, flushed, applied = self._progress.position()
-            stream.send_status(written, flushed, applied, timeout=10.0)
-            self._counters.status_updates += 1
-            stream.stop(timeout=30.0)
-            logger.info("stopped slot %s at %s", self.slot, flushed)
-        except ReplicantError as error:
-            if self._failure is None:
-                self._fail(error)
-            else:
-                logger.debug("could not end the stream cleanly: %s", error)
+        self._send_status(stream, reply=False, timeout=10.0)
+        stream.stop(timeout=30.0)
+        logger.info("stopped slot %s at %s", self.slot, self._reported_flush)
+
+    def _send_status(
+        self, stream: ReplicationStream, *, reply: bool, timeout: float = 30.0
+    ) -> None:
+        written, flushed, applied = self._progress.position()
+        stream.send_status(written, flushed, applied, reply=reply, timeout=timeout)
+        self._reported_flush = flushed
+        self._counters.status_updates += 1
 
     def _close_connection(self) -> None:
-        connection, self._connection, self._stream = self._connection, None, None
+        connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
 
@@ -547,19 +635,33 @@ class Consumer:
 
     # -- the reader
 
-    def _read_loop(self, stream: ReplicationStream) -> None:
+    def _read_loop(self, stream: ReplicationStream, session: _Session) -> None:
         decode = self._decoder.decode
         decoder = self._decoder
         callback = self._callback
         progress = self._progress
         counters = self._counters
-        stopping = self._stop_requested.is_set
+        stop_requested = self._stop_requested.is_set
+
+        def stopping() -> bool:
+            return session.ending or stop_requested()
+
         end_lsn = self._end_lsn
         transaction_ends = _TRANSACTION_ENDS
         put = self._queue.put
+        receive_timeout = self.receive_timeout
+        monotonic = time.monotonic
         last_delivered = 0
         while not stopping():
-            for frame in stream.read(_POLL_INTERVAL):
+            frames = stream.read(_POLL_INTERVAL)
+            if frames:
+                self._last_heard = monotonic()
+            elif receive_timeout is not None and monotonic() - self._last_heard > receive_timeout:
+                raise ConnectionLost(
+                    f"nothing from the server for {receive_timeout:g} s "
+                    "(receive_timeout): the connection is presumed dead"
+                )
+            for frame in frames:
                 if type(frame) is XLogData:
                     if end_lsn is not None and frame.wal_start > end_lsn:
                         self._reached_end(end_lsn)
@@ -605,23 +707,92 @@ class Consumer:
 
     # -- the keepalive thread
 
-    def _keepalive_loop(self, stream: ReplicationStream) -> None:
+    def _keepalive_loop(self, stream: ReplicationStream, session: _Session) -> None:
         timer = StatusTimer(self.status_interval)
         get = self._queue.get
-        stopping = self._stop_requested.is_set
-        while not stopping():
+        stop_requested = self._stop_requested.is_set
+        # An idle walsender that is told it is caught up sends nothing; after
+        # half of receive_timeout of silence, ask it for an answer (as the
+        # server's own walreceiver does), so silence means a dead link.
+        ping_after = None if self.receive_timeout is None else self.receive_timeout / 2
+        pinged_for: float | None = None
+        while not (session.ending or stop_requested()):
+            wait = timer.time_left()
+            ping_at = None if ping_after is None else self._last_heard + ping_after
+            if ping_at is not None and pinged_for != self._last_heard:
+                wait = min(wait, max(0.0, ping_at - time.monotonic()))
             try:
-                item = get(timeout=timer.time_left())
+                item = get(timeout=wait)
             except queue.Empty:
-                item = None  # the timer ran out
-            if item is _STOP or stopping():
+                item = None  # a timer ran out
+            if item is _STOP or session.ending or stop_requested():
                 return
-            if item is None and not timer.due():
+            ping = (
+                ping_at is not None
+                and pinged_for != self._last_heard
+                and time.monotonic() >= ping_at
+            )
+            if item is None and not timer.due() and not ping:
                 continue
-            written, flushed, applied = self._progress.position()
-            stream.send_status(written, flushed, applied)
-            self._counters.status_updates += 1
+            if ping:
+                pinged_for = self._last_heard
+            self._send_status(stream, reply=ping)
             timer.sent()
+
+
+class _Session:
+    """The two threads of one connection, and how the first of them ended."""
+
+    def __init__(self) -> None:
+        self.first_end = threading.Event()
+        self.failure: BaseException | None = None
+        self.ending = False  # set by the supervisor: both threads wind down
+
+    def guard(
+        self,
+        body: Callable[[ReplicationStream, _Session], None],
+        stream: ReplicationStream,
+    ) -> None:
+        """Run a thread's body; record its failure (the first wins) and signal the end."""
+        try:
+            body(stream, self)
+        except BaseException as error:
+            if self.failure is None:
+                self.failure = error
+        finally:
+            self.first_end.set()
+
+
+class Backoff:
+    """Exponential back-off with jitter: attempt n waits about initial * 2**(n-1).
+
+    The window is capped at ``maximum``; the wait is drawn uniformly from its
+    upper half, so clients that lost the same server spread out instead of
+    all coming back at once, and none comes back instantly.
+    """
+
+    def __init__(self, initial: float, maximum: float, *, rng: random.Random | None = None) -> None:
+        if initial <= 0 or maximum < initial:
+            raise ConfigurationError(
+                f"back-off needs 0 < backoff_initial <= backoff_max, got {initial!r}, {maximum!r}"
+            )
+        self.initial = initial
+        self.maximum = maximum
+        self._rng = rng or random.Random()
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (1 for the first retry)."""
+        window = min(self.maximum, self.initial * 2 ** min(max(attempt, 1) - 1, 32))
+        return float(window / 2 + self._rng.random() * window / 2)
+
+
+def _drain_queue(pending: queue.SimpleQueue[object]) -> None:
+    """Drop what a finished session left in the queue (stale keepalives, stops)."""
+    while True:
+        try:
+            pending.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:
@@ -642,6 +813,13 @@ def run(
     start_lsn: LSN | int | str | None = None,
     status_interval: float = 10.0,
     idle_advance: bool = True,
+    end_lsn: LSN | int | str | None = None,
+    decode_values: bool = True,
+    reconnect: bool = True,
+    max_retries: int | None = None,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 30.0,
+    receive_timeout: float | None = 60.0,
     **connect_params: Any,
 ) -> None:
     """Stream every committed change of ``slot`` into ``callback`` until stopped.
@@ -665,5 +843,12 @@ def run(
         start_lsn=start_lsn,
         status_interval=status_interval,
         idle_advance=idle_advance,
+        end_lsn=end_lsn,
+        decode_values=decode_values,
+        reconnect=reconnect,
+        max_retries=max_retries,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        receive_timeout=receive_timeout,
         **connect_params,
     ).run()

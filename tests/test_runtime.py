@@ -20,7 +20,7 @@ from freezegun import freeze_time
 import replicant
 from replicant import LSN, ConfigurationError, SlotError
 from replicant.changes import Commit, Event, Insert
-from replicant.runtime import Consumer, StatusTimer, WalProgress
+from replicant.runtime import Backoff, Consumer, StatusTimer, WalProgress
 
 from .conftest import Database
 
@@ -607,3 +607,106 @@ def test_sigkill_loses_nothing(workload_db: Database, tmp_path: Path) -> None:
             assert any(lsns[0] > confirmed for confirmed in kills), (
                 f"transaction {xid} at {lsns[0]} repeated though acknowledged"
             )
+
+
+# --- reconnecting
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    import random
+
+    backoff = Backoff(0.5, 4.0, rng=random.Random(7))
+    for attempt, window in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0), (1000, 4.0)]:
+        delays = [backoff.delay(attempt) for _ in range(50)]
+        assert all(window / 2 <= d <= window for d in delays), (attempt, delays)
+        assert len(set(delays)) > 1  # jittered
+    with pytest.raises(ConfigurationError):
+        Backoff(0, 1)
+    with pytest.raises(ConfigurationError):
+        Backoff(2, 1)
+
+
+def terminate_walsender(db: Database, slot: str) -> None:
+    wait_for(
+        lambda: bool(
+            db.query("SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot)[0][0]
+        ),
+        what="slot to be active",
+    )
+    db.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+        slot,
+    )
+
+
+def test_terminated_walsender_reconnects_and_resumes(
+    workload_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = workload_db
+    create_slot(db)
+    recorder = Recorder()
+    consumer = consumer_for(db, recorder, backoff_initial=0.05, backoff_max=0.2)
+    with consumer:
+        db.execute("INSERT INTO a VALUES (1, 'before')")
+        wait_for(lambda: len(recorder.commits()) == 1)
+        terminate_walsender(db, "app")
+        wait_for(lambda: consumer.stats.reconnects == 1, what="a reconnect")
+        db.execute("INSERT INTO a VALUES (2, 'after')")
+        wait_for(lambda: 2 in recorder.inserted_ids(), what="the row after the reconnect")
+    assert recorder.inserted_ids() == [1, 2]
+    assert any("reconnecting" in r.getMessage() for r in caplog.records if r.name == "replicant")
+    assert confirmed_flush(db, "app") == recorder.commits()[-1].lsn
+
+
+def test_no_reconnect_when_switched_off(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    consumer = consumer_for(db, Recorder(), reconnect=False).start()
+    terminate_walsender(db, "app")
+    with pytest.raises(replicant.ConnectionLost):
+        consumer.join(20)
+    assert consumer.stats.reconnects == 0
+    assert_no_threads_left()
+
+
+def test_max_retries_gives_up(workload_db: Database) -> None:
+    db = workload_db
+    port = db.cluster.params_for(db.dbname)["port"]
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    consumer = Consumer(
+        db.dsn.replace(f"port={port}", f"port={dead_port}"),
+        slot="app",
+        publication="pub_a",
+        callback=print,
+        max_retries=2,
+        backoff_initial=0.01,
+        backoff_max=0.02,
+    ).start()
+    with pytest.raises(replicant.ConnectionLost, match="could not connect"):
+        consumer.join(20)
+    assert consumer.stats.reconnects == 2
+    assert_no_threads_left()
+
+
+def test_slot_dropped_while_disconnected_is_fatal(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    recorder = Recorder()
+    consumer = consumer_for(db, recorder, backoff_initial=0.5, backoff_max=0.5).start()
+    terminate_walsender(db, "app")
+
+    def drop() -> bool:
+        try:
+            db.execute("SELECT pg_drop_replication_slot('app')")
+            return True
+        except Exception:
+            return False
+
+    wait_for(drop, what="slot dropped")
+    with pytest.raises(SlotError, match="dropped"):
+        consumer.join(20)
+    assert_no_threads_left()
