@@ -136,10 +136,11 @@ class BinaryValue:
 # --- text representations -------------------------------------------------------
 
 # A cursor on a connection object that is allocated but never connected: what
-# psycopg2's typecasters need to be called safely outside a query. The
-# casters keep the GIL for their whole run and only use the cursor to record
-# the caster in use and to find tzinfo_factory, so one shared instance serves
-# every thread.
+# psycopg2's typecasters need to be called safely outside a query (a
+# connection object that never connected holds no socket and no libpq
+# handle; its cursor has a tzinfo_factory and decodes text as UTF-8). A cast
+# records itself in the cursor and reads that record back at once, before
+# any Python code can run, so one shared cursor serves every thread.
 _CURSOR: Final = _ext.cursor(_ext.connection.__new__(_ext.connection))
 
 
