@@ -275,3 +275,27 @@ def test_readers_accept_str_and_bytes_alike() -> None:
     ]:
         assert values.text_reader(oid)(text.encode()) == expected
         assert values.text_reader(oid, from_str=True)(text) == expected
+
+
+def test_readers_from_many_threads_at_once() -> None:
+    # The readers share one psycopg2 cursor; array casts of Python element
+    # casts (jsonb[]) can switch threads in the middle of a cast.
+    import threading
+
+    stamps = values.text_reader(OID.TIMESTAMPTZ_ARRAY)
+    documents = values.text_reader(OID.JSONB_ARRAY)
+    wrong: list[Any] = []
+
+    def work() -> None:
+        for _ in range(3000):
+            a = stamps(b'{"2024-01-02 03:04:05+00"}')
+            b = documents(b'{"[1, 2]","{\\"k\\": null}"}')
+            if a != [dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)] or b != [[1, 2], {"k": None}]:
+                wrong.append((a, b))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
