@@ -493,6 +493,10 @@ class ReplicationStream:
         raw = connection.raw
         self._pgconn = ctypes.c_void_p(raw.pgconn_ptr)
         self._socket = int(libpq.lib.PQsocket(self._pgconn))
+        # OpenSSL may hold decrypted bytes that libpq did not take (its input
+        # buffer had less room than the TLS record): select() cannot see
+        # them, so with TLS a drain reads again before it gives up.
+        self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
         self._buffer = ctypes.POINTER(ctypes.c_char)()
@@ -589,17 +593,22 @@ class ReplicationStream:
         with self._lock:
             if self._abandoned:
                 raise ConnectionLost("the connection was closed")
-            if not lib.PQconsumeInput(self._pgconn):
-                self._fail_connection("reading the replication stream")
             get, buffer, ref = lib.PQgetCopyData, self._buffer, self._buffer_ref
             conn, free, string_at = self._pgconn, lib.PQfreemem, ctypes.string_at
-            for _ in range(self.MAX_BATCH):
+            consume = lib.PQconsumeInput
+            extra_reads = self._extra_reads
+            size = 0
+            while len(payloads) < self.MAX_BATCH:
+                if size == 0 and not consume(conn):
+                    self._fail_connection("reading the replication stream")
                 size = get(conn, ref, 1)
                 if size > 0:
                     payloads.append(string_at(buffer, size))
                     free(buffer)
                 elif size == 0:
-                    break
+                    if not extra_reads:
+                        break
+                    extra_reads -= 1
                 elif size == -1:
                     end_of_copy = True
                     break

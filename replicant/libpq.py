@@ -94,6 +94,7 @@ def _load() -> ctypes.CDLL:
         "PQputCopyData": ([PGconn_p, c_char_p, c_int], c_int),
         "PQputCopyEnd": ([PGconn_p, c_char_p], c_int),
         "PQfreemem": ([c_void_p], None),
+        "PQsslInUse": ([PGconn_p], c_int),
     }
     for name, (argtypes, restype) in signatures.items():
         function = getattr(handle, name)
