@@ -1,4 +1,5 @@
-"""Every program in examples/ runs, against one server version (more would add nothing)."""
+"""Every program in examples/ runs (against one server version: more would add nothing),
+and the API reference in docs/ builds."""
 
 from __future__ import annotations
 
@@ -269,3 +270,18 @@ def test_wal2json_stream(
     assert example.stop() == 0
     assert "insert public.notes: {'id': 1, 'body': 'from wal2json'}" in example.output
     assert "delete public.notes: key {'id': 1}" in example.output
+
+
+def test_api_reference_builds(tmp_path: Path) -> None:
+    out = tmp_path / "api.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "build_api.py"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    for name in ("class `Consumer`", "`Consumer.acknowledge(", "class `LSN`", "## `replicant.cli`"):
+        assert name in text, name
