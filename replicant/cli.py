@@ -225,6 +225,16 @@ def _option_arg(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
+    return value
+
+
 def _seconds_arg(allow_zero: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -377,7 +387,7 @@ class _Output:
         self._last_sync = time.monotonic()
         return self._synced
 
-    def final(self) -> LSN | None:
+    def sync_all(self) -> LSN | None:
         """Write out and fsync everything (no more lines come); return what may be acknowledged.
 
         Returns None when the output broke: nothing more is acknowledged.
@@ -488,7 +498,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     consumer_box: list[Consumer] = []
 
     def before_final_status() -> None:
-        lsn = output.final()
+        lsn = output.sync_all()
         if lsn is not None and consumer_box:
             consumer_box[0].acknowledge(lsn)
 
@@ -505,6 +515,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             start_lsn=args.start,
             end_lsn=args.end,
             status_interval=args.status_interval,
+            reconnect=not args.no_reconnect,
+            max_retries=args.max_retries,
             before_final_status=before_final_status,
         )
     except ConfigurationError as error:
@@ -1271,6 +1283,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="seconds between status updates to the server (default 10)",
+    )
+    stream.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit with an error when the connection is lost, instead of reconnecting",
+    )
+    stream.add_argument(
+        "--max-retries",
+        type=_count_arg,
+        metavar="N",
+        help="give up after N failed reconnection attempts in a row (default: never)",
     )
     stream.add_argument(
         "--relations",

@@ -431,6 +431,14 @@ def test_check_reports_wrong_wal_level_and_missing_privilege(
     assert "ALTER ROLE plain REPLICATION" in out
 
 
+def test_stream_without_reconnect_fails_at_once() -> None:
+    dead = "host=127.0.0.1 port=1 connect_timeout=2"
+    for how in (["--no-reconnect"], ["--max-retries", "0"]):
+        result = replicant("stream", dead, "--slot", "s", "--publication", "p", *how)
+        assert result.returncode == 1, how
+        assert "could not connect" in one_line_error(result)
+
+
 def test_check_cannot_connect_is_one_line() -> None:
     result = replicant("check", "host=127.0.0.1 port=1 connect_timeout=2")
     assert result.returncode == 1
