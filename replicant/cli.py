@@ -961,7 +961,8 @@ def _run_checks(
                 "ALTER SYSTEM SET wal_sender_timeout = '60s'; SELECT pg_reload_conf();",
             )
         else:
-            report.ok(f"wal_sender_timeout = {value}{unit or ''}")
+            shown = f"{int(value) / 1000:g} s" if unit == "ms" else f"{value}{unit or ''}"
+            report.ok(f"wal_sender_timeout = {shown}")
 
     _check_slots(cur, server_version, report)
 

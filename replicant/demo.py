@@ -235,6 +235,7 @@ def run_demo(
         if consumer is not None:
             consumer.stop(timeout=10)
         cluster.stop()
+    say()
     say("Stopped the server and removed its directory.")
     say()
     say("Next: replicant check DSN --publication P      is your database ready?")
