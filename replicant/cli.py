@@ -383,12 +383,14 @@ class _Output:
         # wait for it. It covers everything written before it was called.
         if target > self._synced:
             os.fsync(fd)
-            self._synced = target
+            self._synced = max(self._synced, target)
         self._last_sync = time.monotonic()
         return self._synced
 
     def sync_all(self) -> LSN | None:
-        """Write out and fsync everything (no more lines come); return what may be acknowledged.
+        """Write out and fsync every line so far; return what may be acknowledged.
+
+        Called before each final status update, when the reader has stopped.
 
         Returns None when the output broke: nothing more is acknowledged.
         """
@@ -398,7 +400,7 @@ class _Output:
                 if not self.syncs:
                     return self._written
                 os.fsync(self._file.fileno())
-                self._synced = self._written
+                self._synced = max(self._synced, self._written)
                 return self._synced
         except OSError as error:
             self.broken = error
@@ -412,9 +414,10 @@ class _Output:
         with self._lock:
             self._push()
             old, self._file = self._file, new
+            in_old = self._written  # later lines go to the new file, not yet synced
         if self.fsync_interval > 0:
             os.fsync(old.fileno())
-            self._synced = max(self._synced, self._written)
+            self._synced = max(self._synced, in_old)
             self._last_sync = time.monotonic()
         old.close()
         logger.info("reopened %s", self.path)
