@@ -431,23 +431,6 @@ class _Output:
                 self.broken = self.broken or error
 
 
-class _StreamConsumer(Consumer):
-    """A consumer that lets the output catch up before each final status update.
-
-    The final status update of a session must carry everything written
-    (and fsynced) so far, whoever ended the stream: Ctrl-C, ``--end``, or a
-    lost connection.
-    """
-
-    def __init__(self, *args: Any, before_final_status: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._before_final_status = before_final_status
-
-    def _finish(self, *args: Any, **kwargs: Any) -> None:
-        self._before_final_status()
-        super()._finish(*args, **kwargs)
-
-
 class _Signals:
     """Signal handling for ``stream``: Ctrl-C/SIGTERM stop, SIGHUP reopens."""
 
@@ -506,7 +489,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             consumer_box[0].acknowledge(lsn)
 
     try:
-        consumer = _StreamConsumer(
+        consumer = Consumer(
             args.dsn,
             slot=args.slot,
             callback=output,
@@ -520,7 +503,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             status_interval=args.status_interval,
             reconnect=not args.no_reconnect,
             max_retries=args.max_retries,
-            before_final_status=before_final_status,
+            on_stop=before_final_status,
         )
     except ConfigurationError as error:
         output.close()

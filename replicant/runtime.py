@@ -239,7 +239,11 @@ class Consumer:
     ``status_interval`` seconds between timed status updates;
     ``idle_advance`` lets the confirmed position follow the server while
     nothing is pending; ``end_lsn`` stops once the stream reaches it;
-    ``decode_values`` ``False`` leaves column values as the server sent them.
+    ``decode_values`` ``False`` leaves column values as the server sent them;
+    ``on_stop`` is called (in the supervisor thread, once the reader has
+    stopped) before each final status update, so that work finished outside
+    the callback (a file written and fsynced in batches, say) can be
+    acknowledged with :meth:`acknowledge` in time to be reported.
 
     Reconnecting: when the connection is lost (reset, server restart,
     terminated walsender, or ``receive_timeout`` seconds without a byte from
@@ -274,6 +278,7 @@ class Consumer:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         receive_timeout: float | None = 60.0,
+        on_stop: Callable[[], object] | None = None,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
@@ -283,6 +288,8 @@ class Consumer:
         self._dsn = dsn
         self._connect_params = connect_params
         self._callback = callback
+        self._on_stop = on_stop
+        self._threads: tuple[threading.Thread, ...] = ()
         self._decoder: Decoder = make_decoder(
             plugin,
             publication=publication,
@@ -376,7 +383,10 @@ class Consumer:
         self._stop_requested.set()
         self._queue.put(_STOP)
         supervisor = self._supervisor
-        if supervisor is not None and supervisor is not threading.current_thread():
+        current = threading.current_thread()
+        # From the callback (the reader) or the supervisor itself, waiting
+        # would wait for ourselves: the stop happens once we return.
+        if supervisor is not None and current is not supervisor and current not in self._threads:
             supervisor.join(timeout)
 
     def join(self, timeout: float | None = None) -> None:
@@ -531,6 +541,7 @@ class Consumer:
             name=f"replicant-keepalive[{self.slot}]",
             daemon=True,
         )
+        self._threads = (reader, keeper)
         reader.start()
         keeper.start()
         try:
@@ -605,6 +616,8 @@ class Consumer:
         """After both threads ended: final status update, CopyDone, close."""
         if stream.ended:
             return
+        if self._on_stop is not None:
+            self._on_stop()
         self._send_status(stream, reply=False, timeout=10.0)
         stream.stop(timeout=30.0)
         logger.info("stopped slot %s at %s", self.slot, self._reported_flush)

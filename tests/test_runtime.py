@@ -710,3 +710,46 @@ def test_slot_dropped_while_disconnected_is_fatal(workload_db: Database) -> None
     with pytest.raises(SlotError, match="dropped"):
         consumer.join(20)
     assert_no_threads_left()
+
+
+def test_stop_from_the_callback_does_not_deadlock(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    db.execute("INSERT INTO a VALUES (2, 'y')")
+    holder: list[Consumer] = []
+    seen: list[Event] = []
+
+    def callback(event: Event) -> LSN:
+        seen.append(event)
+        if isinstance(event, Commit):
+            holder[0].stop()  # the default timeout: must not wait for itself
+        return event.lsn
+
+    consumer = consumer_for(db, callback)
+    holder.append(consumer)
+    consumer.start()
+    consumer.join(20)
+    assert sum(isinstance(e, Commit) for e in seen) == 1
+    assert confirmed_flush(db, "app") == seen[-1].lsn
+    assert_no_threads_left()
+
+
+def test_on_stop_acknowledges_before_the_final_update(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    batch: list[LSN] = []
+    holder: list[Consumer] = []
+
+    def callback(event: Event) -> None:
+        batch.append(event.lsn)  # processed later, in a batch: nothing returned
+
+    def flush() -> None:
+        holder[0].acknowledge(max(batch))
+
+    consumer = consumer_for(db, callback, on_stop=flush)
+    holder.append(consumer)
+    with consumer:
+        wait_for(lambda: len(batch) == 4, what="one transaction")
+    assert confirmed_flush(db, "app") == max(batch)
