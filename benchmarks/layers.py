@@ -1,0 +1,203 @@
+"""Where replicant's time goes, layer by layer, in microseconds per message.
+
+Run as ``python benchmarks/layers.py [--workload insert] [--rows 200000]``.
+It starts the benchmark's server (see ``benchmarks/run.py``), writes one
+workload, and measures, for the same messages:
+
+1. the transport: ``ReplicationStream.read`` on the live stream (libpq's
+   COPY calls through ctypes, plus frame parsing), in the reading thread's
+   CPU time;
+2. frame parsing alone (``protocol.parse_frame``) on the captured payloads;
+3. pgoutput decoding with values left undecoded, and with converters
+   attached (rows and events built, no value read);
+4. reading every value of every row (the converters, through ``Row``);
+5. the reader loop of ``Consumer`` (progress, counters, acknowledging)
+   over the captured frames, with the real decoder and callback, minus 3
+   and 4;
+
+then prints a table, with the libpq part as 1 minus 2. Everything but 1 runs
+single-threaded on captured data, so the figures are steadier than those of
+``run.py``; the difference to a real ``Consumer`` drain (run.py's CPU per
+event) is what the threads, the lock and the waiting add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench
+from clients import _nothing, _read_everything
+
+from replicant import protocol
+from replicant.connection import ReplicationConnection
+from replicant.decoders import make_decoder
+from replicant.protocol import XLogData
+from replicant.runtime import Consumer
+
+
+def capture(
+    server: bench.Server, slot: str, end: int, options: dict[str, str]
+) -> tuple[list[Any], float]:
+    """Drain ``slot`` with ``ReplicationStream.read``: the frames, and CPU seconds spent reading."""
+    frames: list[Any] = []
+    cpu = 0.0
+    with ReplicationConnection.connect(server.dsn) as connection:
+        stream = connection.start(slot, 0, options, plugin="pgoutput")
+        done = False
+        while not done:
+            before = time.thread_time()
+            batch = stream.read(0.1)
+            cpu += time.thread_time() - before
+            frames += batch
+            done = any(type(f) is XLogData and f.wal_start >= end for f in batch)
+        stream.stop()
+    return frames, cpu
+
+
+def best_of(repeats: int, body: Callable[[], None]) -> float:
+    """The fastest of ``repeats`` runs of ``body``, in seconds of this thread's CPU."""
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        started = time.thread_time()
+        body()
+        times.append(time.thread_time() - started)
+    return min(times)
+
+
+class _Replay:
+    """A stand-in for ReplicationStream: hands out captured frames, then stops the loop."""
+
+    def __init__(self, frames: Sequence[Any], session: Any, batch: int = 512) -> None:
+        self._batches = [list(frames[i : i + batch]) for i in range(0, len(frames), batch)]
+        self._session = session
+
+    def read(self, timeout: float | None = None) -> list[Any]:
+        if self._batches:
+            return self._batches.pop(0)
+        self._session.ending = True
+        return []
+
+
+class _Session:
+    ending = False
+
+
+def reader_loop(frames: Sequence[Any], callback: Callable[[Any], Any], decode: bool) -> float:
+    """CPU seconds of ``Consumer``'s reader loop over ``frames`` (no I/O, no threads)."""
+    consumer = Consumer(
+        "", slot="layers", callback=callback, publication=bench.PUBLICATION, decode_values=decode
+    )
+    session = _Session()
+    stream = _Replay(frames, session)
+    gc.collect()
+    started = time.thread_time()
+    consumer._read_loop(stream, session)  # type: ignore[arg-type]
+    return time.thread_time() - started
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", default="insert", choices=["insert", "singles", "update"])
+    parser.add_argument("--scale", type=float, default=0.2, help="of run.py's sizes (0.2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pg", type=int, default=15)
+    args = parser.parse_args(argv)
+    workload = bench.WORKLOADS[args.workload]
+
+    with bench.bench_server(args.pg) as server:
+        workload.setup(server, args.scale)
+        server.create_slot("layers", "pgoutput")
+        workload.write(server, args.scale)
+        end = server.end_of_last_commit()
+        options = bench.plugin_options("pgoutput", server.server_version)
+        frames, read_cpu = capture(server, "layers", end, options)
+        server.drop_slot("layers")
+
+    data = [f for f in frames if type(f) is XLogData]
+    n = len(data)
+    payloads = [
+        b"w" + protocol._XLOGDATA_HEADER.pack(f.wal_start, f.wal_end, f.send_time) + f.data
+        for f in data
+    ]
+    parse = protocol.parse_frame
+
+    def parse_all() -> None:
+        for payload in payloads:
+            parse(payload)
+
+    def decode_all(decode_values: bool, read: Callable[[Any], Any] | None) -> Callable[[], None]:
+        def body() -> None:
+            decoder = make_decoder(
+                "pgoutput", publication=bench.PUBLICATION, decode_values=decode_values
+            )
+            decode = decoder.decode
+            if read is None:
+                for f in data:
+                    decode(f.data, f.wal_start, f.wal_end)
+            else:
+                for f in data:
+                    for event in decode(f.data, f.wal_start, f.wal_end):
+                        read(event)
+
+        return body
+
+    def empty() -> None:
+        for _ in data:
+            pass
+
+    r = args.repeats
+    t_empty = best_of(r, empty)
+    t_parse = best_of(r, parse_all) - t_empty
+    t_decode_raw = best_of(r, decode_all(False, None)) - t_empty
+    t_decode = best_of(r, decode_all(True, None)) - t_empty
+    t_decode_nothing = best_of(r, decode_all(True, _nothing)) - t_empty
+    t_decode_read = best_of(r, decode_all(True, _read_everything)) - t_empty
+    t_values = t_decode_read - t_decode_nothing
+    t_callback = t_decode_nothing - t_decode
+    t_loop_raw = min(reader_loop(data, _nothing, False) for _ in range(r))
+    t_loop = min(reader_loop(data, _read_everything, True) for _ in range(r))
+    loop_overhead = t_loop - t_decode_read
+
+    def us(seconds: float) -> str:
+        return f"{seconds / n * 1e6:6.2f}"
+
+    rows: Iterable[tuple[str, str, str]] = [
+        ("transport: ReplicationStream.read (live, incl. parse)", us(read_cpu), "connection.py"),
+        (
+            "  of which libpq calls via ctypes, copying, batching",
+            us(read_cpu - t_parse),
+            "connection.py",
+        ),
+        ("  of which frame parsing (parse_frame)", us(t_parse), "protocol.py"),
+        ("decode, values left undecoded", us(t_decode_raw), "decoders/pgoutput.py, changes.py"),
+        ("decode, converters attached (no value read)", us(t_decode), "decoders/pgoutput.py"),
+        ("calling a callback that does nothing", us(t_callback), "-"),
+        ("reading every value (Row + converters)", us(t_values), "changes.py, values.py"),
+        ("reader loop: progress, ack, counters", us(loop_overhead), "runtime.py"),
+        ("reader loop in all, values undecoded, no-op callback", us(t_loop_raw), "runtime.py"),
+        ("reader loop in all, every value read, returns lsn", us(t_loop), "runtime.py"),
+        ("sum: transport + reader loop (decoded)", us(read_cpu + t_loop), ""),
+    ]
+    print(f"## {workload.title.format(n=bench._count(bench._SIZES[args.workload], args.scale))}")
+    print(f"{n:,} messages; µs of CPU per message (best of {r} for the offline rows)\n")
+    print("| layer | µs/message | module |")
+    print("|---|---|---|")
+    for name, value, module in rows:
+        print(f"| {name} | {value.strip()} | {module} |")
+    kinds = deque((f.data[:1] for f in data), maxlen=None)
+    counts = {k.decode(): kinds.count(k) for k in sorted(set(kinds))}
+    print(f"\nmessage kinds: {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Profile one contender draining one workload, with the benchmark's server and data.
+
+Run as ``python benchmarks/profile.py --workload insert --tool py-spy``. It
+starts the same cluster as ``benchmarks/run.py``, writes the workload once
+into one slot per profile asked for, and drains each slot with the chosen
+contender (``replicant`` by default) under the chosen tools:
+
+``py-spy``
+    ``py-spy record`` (``pip install py-spy``) of every thread, written as a
+    speedscope file (open it at https://www.speedscope.app) and as a flat
+    "top functions" table on stdout.
+``cprofile``
+    ``cProfile`` of every thread of the client, sorted by internal time on
+    stdout and saved as a ``.pstats`` file. It slows Python code down about twofold,
+    C calls less, so read proportions with care.
+``none``
+    the drain alone, for its wall and CPU time.
+
+Output files go to ``--out`` (default ``benchmarks/profiles/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench
+
+
+def top_of_speedscope(path: Path, limit: int = 25) -> str:
+    """Self and total sample counts per function, from a py-spy speedscope file."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    lines = []
+    for profile in data["profiles"]:
+        samples = profile["samples"]
+        weights = profile.get("weights") or [1] * len(samples)
+        total = sum(weights)
+        if total < 10:
+            continue
+        own: collections.Counter[int] = collections.Counter()
+        inclusive: collections.Counter[int] = collections.Counter()
+        for stack, weight in zip(samples, weights, strict=True):
+            if stack:
+                own[stack[-1]] += weight
+            for index in set(stack):
+                inclusive[index] += weight
+        lines.append(f"== {profile['name']}: {total} samples")
+        lines.append(f"{'self %':>7} {'total %':>8}  function")
+        for index, count in own.most_common(limit):
+            frame = frames[index]
+            where = f"{Path(frame.get('file', '?')).name}:{frame.get('line', '?')}"
+            lines.append(
+                f"{100 * count / total:7.1f} {100 * inclusive[index] / total:8.1f}"
+                f"  {frame['name']} ({where})"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", default="insert", choices=sorted(bench.WORKLOADS))
+    parser.add_argument(
+        "--contender", default="replicant", choices=["replicant", "replicant-raw", "psycopg2"]
+    )
+    parser.add_argument(
+        "--tool",
+        action="append",
+        choices=["py-spy", "cprofile", "none"],
+        help="repeatable; default: none, py-spy, cprofile",
+    )
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "profiles")
+    parser.add_argument("--pg", type=int, default=15)
+    args = parser.parse_args(argv)
+    tools = args.tool or ["none", "py-spy", "cprofile"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    workload = bench.WORKLOADS[args.workload]
+    clients = str(bench.HERE / "clients.py")
+
+    with bench.bench_server(args.pg) as server:
+        workload.setup(server, args.scale)
+        slots = [f"profile_{i}" for i in range(len(tools))]
+        for slot in slots:
+            server.create_slot(slot, workload.plugin)
+        workload.write(server, args.scale)
+        end = server.end_of_last_commit()
+        options = bench.plugin_options(workload.plugin, server.server_version)
+        for tool, slot in zip(tools, slots, strict=True):
+            arguments = json.dumps(
+                {
+                    "dsn": server.dsn,
+                    "slot": slot,
+                    "end_lsn": int(end),
+                    "plugin": workload.plugin,
+                    "publication": bench.PUBLICATION if workload.plugin == "pgoutput" else None,
+                    "options": options,
+                }
+            )
+            env = dict(os.environ)
+            stem = args.out / f"{args.workload}-{args.contender}"
+            client = [clients, args.contender, arguments]
+            if tool == "py-spy":
+                spy = shutil.which("py-spy")
+                if spy is None:
+                    sys.exit("py-spy is not installed: pip install py-spy")
+                target = stem.with_suffix(".speedscope.json")
+                argv_ = [
+                    spy,
+                    "record",
+                    "--rate",
+                    str(args.rate),
+                    "--threads",
+                    "--idle",
+                    "--format",
+                    "speedscope",
+                    "--output",
+                    str(target),
+                    "--",
+                    sys.executable,
+                    *client,
+                ]
+            elif tool == "cprofile":
+                target = stem.with_suffix(".pstats")
+                argv_ = [sys.executable, *client]
+                env["BENCH_CPROFILE"] = str(target)
+            else:
+                target = None
+                argv_ = [sys.executable, *client]
+            started = time.monotonic()
+            done = subprocess.run(argv_, capture_output=True, text=True, check=False, env=env)
+            wall = time.monotonic() - started
+            server.drop_slot(slot)
+            if done.returncode != 0:
+                sys.exit(f"{tool} failed: {done.stderr}")
+            # py-spy adds its own lines to stdout: the client's report is the JSON one.
+            line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("{"))
+            report = json.loads(line)
+            drain = report["done"] - report["ready"]
+            print(
+                f"## {tool}: {report['events']:,} events,"
+                f" drain {drain:.2f} s (process {wall:.2f} s)"
+            )
+            if tool == "py-spy" and target is not None:
+                print(top_of_speedscope(target))
+                print(f"(speedscope file: {target})")
+            elif tool == "cprofile" and target is not None:
+                pstats.Stats(str(target)).sort_stats("tottime").print_stats(30)
+                print(f"(pstats file: {target})")
+
+
+if __name__ == "__main__":
+    main()
