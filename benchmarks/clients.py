@@ -211,7 +211,8 @@ def main() -> None:
     profile_path = os.environ.get("BENCH_CPROFILE")
     save_profile = _profile_every_thread(profile_path) if profile_path else None
     if contender == "psycopg2":
-        # The latency run ends with SIGINT; a second one must not kill the report.
+        # The latency run ends with SIGTERM: stop consume_stream, then report.
+        # (replicant's Consumer.run() stops gracefully on SIGTERM itself.)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = CONTENDERS[contender](json.loads(raw_args))
     if save_profile is not None:

@@ -520,7 +520,7 @@ def bench_latency(
         time.sleep(0.5)
         achieved = write_steadily(server, rate, seconds, first_id)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         sample = finish_python_client(contender, proc, 0, timeout)
     finally:
         if proc.poll() is None:
