@@ -124,8 +124,9 @@ class BackendParser:
             if cut is not None:
                 # ``cut`` counts from the message start; the message's bytes
                 # already passed in this chunk are the last len(prefix).
+                # When the message goes on past this chunk, cut at the chunk's end.
                 start_in_chunk = i - len(prefix)
-                return max(start_in_chunk + cut, 0)
+                return min(max(start_in_chunk + cut, 0), size)
         return None
 
     def _account(self, kind: bytes, prefix: bytes, total: int) -> int | None:

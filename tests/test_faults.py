@@ -45,7 +45,7 @@ from replicant.lsn import LSN
 from replicant.runtime import Consumer
 
 from .conftest import Database, selected_installations
-from .faultproxy import FaultProxy, wait_until
+from .faultproxy import BackendParser, FaultProxy, wait_until
 from .workload import (
     PUBLICATION,
     FaultResult,
@@ -727,3 +727,39 @@ def test_invalidated_slot_is_not_retried(
     message = str(info.value)
     assert "invalidated" in message or "lost" in message or "no longer" in message, message
     assert_no_threads_left()
+
+
+# --- the proxy's message parser (no server) -------------------------------------------------
+
+
+def test_backend_parser_cuts_inside_the_right_message_at_any_chunking() -> None:
+    from .fakeserver import begin, commit, insert, keepalive, message, xlogdata
+
+    stream = b"N" + message(b"R", b"\0\0\0\0") + message(b"Z", b"I")
+    stream += keepalive(100)
+    stream += xlogdata(begin(200, 7), 100)
+    inserts = [xlogdata(insert(16385, [str(i), "v" * 40]), 100 + i) for i in range(1, 6)]
+    starts = []
+    for frame in inserts:
+        starts.append(len(stream))
+        stream += frame
+    stream += xlogdata(commit(150, 200), 200)
+    target_start, target_end = starts[2], starts[2] + len(inserts[2])  # the 3rd change
+    for size in (1, 2, 3, 7, 31, 64, len(stream)):
+        parser = BackendParser()
+        parser.arm(3)
+        cut_at = None
+        for offset in range(0, len(stream), size):
+            chunk = stream[offset : offset + size]
+            cut = parser.feed(chunk)
+            if cut is not None:
+                cut_at = offset + cut
+                break
+        assert cut_at is not None, f"chunks of {size}: no cut"
+        # Inside the message, past its CopyData and XLogData headers.
+        assert target_start + 31 <= cut_at < target_end, (size, cut_at, target_start)
+        assert not parser.armed
+    # Encrypted streams are left alone.
+    parser = BackendParser()
+    parser.arm(1)
+    assert parser.feed(b"S" + stream) is None and parser.opaque
