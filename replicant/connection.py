@@ -503,7 +503,9 @@ class ReplicationStream:
         self._buffer_ref = ctypes.byref(self._buffer)
         self._ended = False  # the COPY is over (either side ended it, or it broke)
         self._stop_requested = False  # we sent CopyDone
-        self._lost: str | None = None  # why the stream broke, if it did
+        # What ended the stream, raised again by every later call: set when
+        # the connection broke, the server failed it, or a frame was bad.
+        self._error: ReplicantError | None = None
         self._abandoned = False  # the PGconn is gone: touch nothing
         self._begin(command, timeout)
 
@@ -543,7 +545,13 @@ class ReplicationStream:
         lib = libpq.lib
         while True:
             with self._lock:
+                if not lib.PQisBusy(self._pgconn):
+                    return
                 if not lib.PQconsumeInput(self._pgconn):
+                    # At EOF the server's last words (a FATAL ErrorResponse)
+                    # may already be buffered: let PQgetResult report them.
+                    if not lib.PQisBusy(self._pgconn):
+                        return
                     self._fail_connection(doing)
                 if not lib.PQisBusy(self._pgconn):
                     return
@@ -585,11 +593,16 @@ class ReplicationStream:
             return frames
 
     def _drain(self) -> list[Frame]:
-        """Pull every complete frame out of libpq, reading the socket once."""
+        """Pull every complete frame out of libpq, reading the socket once.
+
+        Frames that arrived before a failure (a bad frame, the server's
+        error, a broken connection) are returned first; the failure is raised
+        by the next call.
+        """
         lib = libpq.lib
-        frames: list[Frame] = []
         payloads: list[bytes] = []
         end_of_copy = False
+        broken = False
         with self._lock:
             if self._abandoned:
                 raise ConnectionLost("the connection was closed")
@@ -599,13 +612,15 @@ class ReplicationStream:
             extra_reads = self._extra_reads
             size = 0
             while len(payloads) < self.MAX_BATCH:
-                if size == 0 and not consume(conn):
-                    self._fail_connection("reading the replication stream")
+                if size == 0 and not broken and not consume(conn):
+                    broken = True  # EOF: take what is buffered, then fail
                 size = get(conn, ref, 1)
                 if size > 0:
                     payloads.append(string_at(buffer, size))
                     free(buffer)
                 elif size == 0:
+                    if broken:
+                        break
                     if not extra_reads:
                         break
                     extra_reads -= 1
@@ -613,11 +628,23 @@ class ReplicationStream:
                     end_of_copy = True
                     break
                 else:
-                    self._fail_connection("reading the replication stream")
-        for payload in payloads:
-            frames.append(parse_frame(payload))
-        if end_of_copy:
-            self._finish_copy()
+                    broken = True
+                    break
+            if broken and not end_of_copy:
+                # Recorded in self._error: raised once these frames are out.
+                self._record_lost("reading the replication stream")
+        frames: list[Frame] = []
+        try:
+            for payload in payloads:
+                frames.append(parse_frame(payload))
+            if end_of_copy:
+                self._finish_copy()
+        except ReplicantError as error:
+            if self._error is None:
+                self._error = error
+                self._ended = True
+        if self._error is not None and not frames:
+            raise self._error
         return frames
 
     def _wait_readable(self, timeout: float | None) -> bool:
@@ -770,7 +797,7 @@ class ReplicationStream:
             # A CopyDone we did not ask for: the server is shutting down.
             error = ConnectionLost("the server ended the replication stream")
         if error is not None:
-            self._lost = str(error)
+            self._error = error
             raise error
 
     def _restore_blocking(self) -> None:
@@ -789,20 +816,24 @@ class ReplicationStream:
     def _check_open(self) -> None:
         if self._abandoned:
             raise ConnectionLost("the connection was closed")
-        if self._lost is not None:
-            raise ConnectionLost(self._lost)
+        if self._error is not None:
+            raise self._error
         if self._ended:
             raise ReplicantError("the replication stream has ended")
 
-    def _fail_connection(self, doing: str) -> NoReturn:
-        """Raise ConnectionLost with libpq's message. Call with the lock held."""
+    def _record_lost(self, doing: str) -> ConnectionLost:
+        """End the stream as lost, with libpq's message. Call with the lock held."""
         message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
         self._ended = True
-        self._lost = f"{doing}: {message.strip() or 'connection lost'}"
-        raise ConnectionLost(self._lost)
+        self._error = ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
+        return self._error
 
-    @staticmethod
-    def _result_error(result: int, doing: str) -> ReplicantError:
+    def _fail_connection(self, doing: str) -> NoReturn:
+        """Raise ConnectionLost with libpq's message. Call with the lock held."""
+        raise self._record_lost(doing)
+
+    def _result_error(self, result: int, doing: str) -> ReplicantError:
+        """The error a failed result reports. Call with the lock held."""
         lib = libpq.lib
 
         def field(code: int) -> str | None:
@@ -813,9 +844,13 @@ class ReplicationStream:
         if message is None:
             raw = lib.PQresultErrorMessage(result) or b""
             message = bytes(raw).decode("utf-8", "replace").strip() or "unknown error"
+        sqlstate = field(libpq.PG_DIAG_SQLSTATE)
+        if sqlstate is None and lib.PQstatus(self._pgconn) == libpq.CONNECTION_BAD:
+            # libpq's own report of a broken connection, not the server's.
+            return ConnectionLost(f"{doing}: {message}")
         return classify_server_error(
             f"{doing}: {message}",
-            field(libpq.PG_DIAG_SQLSTATE),
+            sqlstate,
             field(libpq.PG_DIAG_MESSAGE_DETAIL),
             field(libpq.PG_DIAG_MESSAGE_HINT),
         )

@@ -557,12 +557,14 @@ class Consumer:
         if session.failure is None:
             self._finish(stream)
             return
-        # Even after a failure, tell the server what was acknowledged before
-        # closing (when the connection still works), then raise the failure.
-        try:
-            self._finish(stream)
-        except ReplicantError as error:
-            logger.debug("could not end the stream cleanly after a failure: %s", error)
+        # After any other failure (the callback's, bad data) the connection
+        # still works: tell the server what was acknowledged before closing,
+        # briefly. A lost connection (or a silent one) gets no such wait.
+        if not isinstance(session.failure, ConnectionLost):
+            try:
+                self._finish(stream, timeout=2.0)
+            except ReplicantError as error:
+                logger.debug("could not end the stream cleanly after a failure: %s", error)
         raise session.failure
 
     def _prepare_slot(self, connection: ReplicationConnection) -> LSN:
@@ -612,14 +614,14 @@ class Consumer:
         self._slot_seen = True
         return confirmed
 
-    def _finish(self, stream: ReplicationStream) -> None:
+    def _finish(self, stream: ReplicationStream, *, timeout: float = 30.0) -> None:
         """After both threads ended: final status update, CopyDone, close."""
         if stream.ended:
             return
         if self._on_stop is not None:
             self._on_stop()
-        self._send_status(stream, reply=False, timeout=10.0)
-        stream.stop(timeout=30.0)
+        self._send_status(stream, reply=False, timeout=min(timeout, 10.0))
+        stream.stop(timeout=timeout)
         logger.info("stopped slot %s at %s", self.slot, self._reported_flush)
 
     def _send_status(
