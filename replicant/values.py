@@ -33,6 +33,7 @@ import datetime as _dt
 import ipaddress
 import json
 import struct
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,6 +255,39 @@ _TEXT.update(dict.fromkeys((OID.FLOAT4, OID.FLOAT8), float))
 _TEXT[OID.BOOL] = _BOOL_TEXT.__getitem__
 _TEXT[OID.BYTEA] = _bytea_text
 _TEXT[OID.BYTEA_ARRAY] = _bytea_array(_cast_with(_ext.BINARYARRAY))
+
+
+def _numeric_text(value: str | bytes) -> Decimal:
+    # What psycopg2's caster does (Decimal of the text), without its detour
+    # through C: a fifth faster.
+    return Decimal(value if isinstance(value, str) else value.decode())
+
+
+def _iso_or_cast(parse: Callable[[str], Any], caster: Any) -> Converter:
+    """``parse`` (a ``fromisoformat``) first, psycopg2's ``caster`` when it refuses.
+
+    With DateStyle ISO (the default) the server writes dates and timestamps
+    in the form ``fromisoformat`` reads since Python 3.11 ("2024-01-02
+    03:04:05.5+00"), two to three times faster than psycopg2's caster, to the
+    same value; the caster still reads what it refuses: infinity, BC, years
+    past 9999, other DateStyles.
+    """
+    cast = _cast_with(caster)
+
+    def read(value: str | bytes) -> Any:
+        try:
+            return parse(value if isinstance(value, str) else value.decode())
+        except ValueError:
+            return cast(value)
+
+    return read
+
+
+_TEXT[OID.NUMERIC] = _numeric_text
+if sys.version_info >= (3, 11):  # earlier fromisoformat reads only isoformat()'s output
+    _TEXT[OID.DATE] = _iso_or_cast(_dt.date.fromisoformat, _ext.PYDATE)
+    _TEXT[OID.TIMESTAMP] = _iso_or_cast(_dt.datetime.fromisoformat, _ext.PYDATETIME)
+    _TEXT[OID.TIMESTAMPTZ] = _iso_or_cast(_dt.datetime.fromisoformat, _ext.PYDATETIMETZ)
 
 
 def _keep_str(value: str) -> str:
