@@ -687,11 +687,39 @@ def _slot(cls: type, name: str) -> Callable[[object, object], None]:
 
 _lsn = _slot(Event, "lsn")
 _xid = _slot(Event, "xid")
+_begin_final_lsn = _slot(Begin, "final_lsn")
+_begin_commit_time = _slot(Begin, "commit_time")
+_commit_commit_lsn = _slot(Commit, "commit_lsn")
+_commit_commit_time = _slot(Commit, "commit_time")
 _relation = _slot(_RowEvent, "relation")
 _insert_new = _slot(Insert, "new")
 _update_new = _slot(Update, "new")
 _update_old = _slot(Update, "old")
 _delete_old = _slot(Delete, "old")
+
+
+def new_begin(
+    lsn: LSN, xid: int | None, final_lsn: LSN | None, commit_time: _dt.datetime | None
+) -> Begin:
+    """``Begin(lsn, xid, final_lsn, commit_time)``, faster."""
+    event: Begin = _new(Begin)
+    _lsn(event, lsn)
+    _xid(event, xid)
+    _begin_final_lsn(event, final_lsn)
+    _begin_commit_time(event, commit_time)
+    return event
+
+
+def new_commit(
+    lsn: LSN, xid: int | None, commit_lsn: LSN | None, commit_time: _dt.datetime | None
+) -> Commit:
+    """``Commit(lsn, xid, commit_lsn, commit_time)``, faster."""
+    event: Commit = _new(Commit)
+    _lsn(event, lsn)
+    _xid(event, xid)
+    _commit_commit_lsn(event, commit_lsn)
+    _commit_commit_time(event, commit_time)
+    return event
 
 
 def new_insert(lsn: LSN, xid: int | None, relation: Relation, new: Row) -> Insert:

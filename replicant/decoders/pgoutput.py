@@ -29,10 +29,8 @@ from typing import Any, Final
 from replicant import values as _values
 from replicant.changes import (
     UNCHANGED,
-    Begin,
     BeginPrepare,
     Column,
-    Commit,
     CommitPrepared,
     Event,
     Message,
@@ -48,6 +46,8 @@ from replicant.changes import (
     StreamStart,
     StreamStop,
     Truncate,
+    new_begin,
+    new_commit,
     new_delete,
     new_insert,
     new_update,
@@ -80,6 +80,7 @@ _PAD: Final = b"\x00\x00\x00\x00"  # lets _KIND_LEN read past a final 'n'/'u' co
 
 _lsn = int.__new__  # _lsn(LSN, n): LSN.from_int without the method call, for the hot path
 _PG_EPOCH: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+_timedelta = _dt.timedelta
 _IDENTITY: Final = {b"d"[0]: "default", b"n"[0]: "nothing", b"f"[0]: "full", b"i"[0]: "index"}
 _TEXT, _BINARY, _NULL, _TOAST = b"t"[0], b"b"[0], b"n"[0], b"u"[0]
 _MALFORMED = (struct.error, IndexError, ValueError, OverflowError)
@@ -110,7 +111,7 @@ _NAMES: Final = {
 def _time(micros: int) -> _dt.datetime:
     """A PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as an aware datetime."""
     try:
-        return _PG_EPOCH + _dt.timedelta(microseconds=micros)
+        return _PG_EPOCH + _timedelta(0, 0, micros)  # positional: faster than microseconds=
     except OverflowError:
         # Only a damaged or hostile payload carries such a time; keep going
         # with the nearest representable one rather than failing the stream.
@@ -351,7 +352,7 @@ class PgOutputDecoder:
         return LSN.from_int(wal_start) if wal_start else self._last_end
 
     def _ended(self, end_lsn: int) -> LSN:
-        lsn = LSN.from_int(end_lsn)
+        lsn: LSN = _lsn(LSN, end_lsn)
         if lsn > self._last_end:
             self._last_end = lsn
         return lsn
@@ -481,20 +482,26 @@ class PgOutputDecoder:
 
     # -- transaction framing ------------------------------------------------------------------
 
+    # Begin and Commit are two of every three messages of small transactions:
+    # built like the row events, without the dataclass constructors.
+
     def _begin(self, data: bytes, wal_start: int) -> list[Event]:
-        self._check_size(data, 21, "Begin")
+        if len(data) != 21:
+            self._check_size(data, 21, "Begin")
         final_lsn, commit_time, xid = _BEGIN.unpack_from(data, 1)
         self._xid = xid
         self._in_transaction = True
-        return [Begin(self._position(wal_start), xid, LSN.from_int(final_lsn), _time(commit_time))]
+        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        return [new_begin(lsn, xid, _lsn(LSN, final_lsn), _time(commit_time))]
 
     def _commit(self, data: bytes, wal_start: int) -> list[Event]:
-        self._check_size(data, 26, "Commit")
+        if len(data) != 26:
+            self._check_size(data, 26, "Commit")
         _flags, commit_lsn, end_lsn, commit_time = _COMMIT.unpack_from(data, 1)
         xid = self._xid
         self._xid = None
         self._in_transaction = False
-        return [Commit(self._ended(end_lsn), xid, LSN.from_int(commit_lsn), _time(commit_time))]
+        return [new_commit(self._ended(end_lsn), xid, _lsn(LSN, commit_lsn), _time(commit_time))]
 
     def _origin(self, data: bytes, wal_start: int) -> list[Event]:
         (origin_lsn,) = _U64.unpack_from(data, 1)
