@@ -570,13 +570,19 @@ class PgOutputDecoder:
         lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
         return [new_insert(lsn, xid, table.relation, new)]
 
+    def _row_head(self, data: bytes) -> tuple[int | None, int, int, int, int]:
+        """xid, relid, tuple marker, its column count, and where the tuple starts."""
+        if self._in_stream:
+            xid, relid, marker, count = _STREAM_ROW_HEAD.unpack_from(data, 1)
+            return xid, relid, marker, count, 12
+        relid, marker, count = _ROW_HEAD.unpack_from(data, 1)
+        return self._xid, relid, marker, count, 8
+
     def _update(self, data: bytes, wal_start: int) -> list[Event]:
-        xid, pos = self._data_xid(data)
-        relid, marker, count = _ROW_HEAD.unpack_from(data, pos)
+        xid, relid, marker, count, pos = self._row_head(data)
         table = self._tables.get(relid)
         if table is None:
-            raise self._unknown_relation(relid, pos)
-        pos += 7
+            raise self._unknown_relation(relid, pos - 7)
         old: Row | None = None
         if marker == 75 or marker == 79:  # 'K' or 'O'
             old, pos = self._tuple(data, pos, count, table)
@@ -587,23 +593,25 @@ class PgOutputDecoder:
         if marker != 78:  # 'N'
             raise DecodeError(f"Update without a new tuple (marker {marker})", position=pos - 3)
         new, pos = self._tuple(data, pos, count, table)
-        self._finish(data, pos, "Update")
-        return [new_update(self._position(wal_start), xid, table.relation, new, old)]
+        if pos != len(data):
+            self._finish(data, pos, "Update")
+        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        return [new_update(lsn, xid, table.relation, new, old)]
 
     def _delete(self, data: bytes, wal_start: int) -> list[Event]:
-        xid, pos = self._data_xid(data)
-        relid, marker, count = _ROW_HEAD.unpack_from(data, pos)
+        xid, relid, marker, count, pos = self._row_head(data)
         table = self._tables.get(relid)
         if table is None:
-            raise self._unknown_relation(relid, pos)
-        pos += 7
+            raise self._unknown_relation(relid, pos - 7)
         if marker != 75 and marker != 79:  # 'K' or 'O'
             raise DecodeError(f"Delete without an old tuple (marker {marker})", position=pos - 3)
         old, pos = self._tuple(data, pos, count, table)
         if marker == 75:
             old = self._key_row(old, table)
-        self._finish(data, pos, "Delete")
-        return [new_delete(self._position(wal_start), xid, table.relation, old)]
+        if pos != len(data):
+            self._finish(data, pos, "Delete")
+        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        return [new_delete(lsn, xid, table.relation, old)]
 
     def _truncate(self, data: bytes, wal_start: int) -> list[Event]:
         xid, pos = self._data_xid(data)
