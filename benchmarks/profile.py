@@ -16,7 +16,7 @@ contender (``replicant`` by default) under the chosen tools:
 ``none``
     the drain alone, for its wall and CPU time.
 
-Output files go to ``--out`` (default ``benchmarks/profiles/``).
+Output files go to ``--out`` (default ``$TMPDIR/replicant-profiles/``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pstats
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ def top_of_speedscope(path: Path, limit: int = 25) -> str:
         samples = profile["samples"]
         weights = profile.get("weights") or [1] * len(samples)
         total = sum(weights)
-        if total < 10:
+        if len(samples) < 10:
             continue
         own: collections.Counter[int] = collections.Counter()
         inclusive: collections.Counter[int] = collections.Counter()
@@ -56,7 +57,7 @@ def top_of_speedscope(path: Path, limit: int = 25) -> str:
                 own[stack[-1]] += weight
             for index in set(stack):
                 inclusive[index] += weight
-        lines.append(f"== {profile['name']}: {total} samples")
+        lines.append(f"== {profile['name']}: {len(samples)} samples")
         lines.append(f"{'self %':>7} {'total %':>8}  function")
         for index, count in own.most_common(limit):
             frame = frames[index]
@@ -82,7 +83,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "profiles")
+    parser.add_argument(
+        "--native", action="store_true", help="py-spy: C frames too (ctypes, libpq, the GC)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(tempfile.gettempdir()) / "replicant-profiles"
+    )
     parser.add_argument("--pg", type=int, default=15)
     args = parser.parse_args(argv)
     tools = args.tool or ["none", "py-spy", "cprofile"]
@@ -120,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 argv_ = [
                     spy,
                     "record",
+                    *(["--native"] if args.native else []),
                     "--rate",
                     str(args.rate),
                     "--threads",
