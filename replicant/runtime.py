@@ -61,6 +61,9 @@ _TRANSACTION_ENDS = frozenset({Commit, StreamCommit, CommitPrepared, RollbackPre
 # bound on how long stop() takes on an idle stream.
 _POLL_INTERVAL = 0.1
 
+# How often run() in the main thread wakes to let pending signal handlers run.
+_SIGNAL_CHECK_INTERVAL = 0.25
+
 
 class Progress(NamedTuple):
     """Where the consumer stands.
@@ -425,6 +428,14 @@ class Consumer:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, graceful)
         try:
+            # Wait in slices: the kernel may deliver the signal to one of our
+            # threads, and then Python runs the handler only when the main
+            # thread next runs bytecode; an untimed join would never return
+            # to do so.
+            supervisor = self._supervisor
+            assert supervisor is not None
+            while supervisor.is_alive():
+                supervisor.join(_SIGNAL_CHECK_INTERVAL)
             self.join()
         except KeyboardInterrupt:
             self._abort()

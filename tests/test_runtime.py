@@ -753,3 +753,30 @@ def test_on_stop_acknowledges_before_the_final_update(workload_db: Database) -> 
     with consumer:
         wait_for(lambda: len(batch) == 4, what="one transaction")
     assert confirmed_flush(db, "app") == max(batch)
+
+
+def test_signal_delivered_to_another_thread_still_stops_run(workload_db: Database) -> None:
+    # The kernel may hand a process-directed SIGTERM to any thread; Python
+    # then runs the handler only when the main thread runs bytecode. Aim the
+    # signal at a helper thread on purpose: run() must still stop promptly.
+    db = workload_db
+    sent = threading.Event()
+
+    def kill_from_another_thread() -> None:
+        wait_for(lambda: confirmed_flush(db, "app_sig") is not None, what="slot")
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        sent.set()
+
+    thread = threading.Thread(target=kill_from_another_thread, name="test-signaller")
+    thread.start()
+    started = time.monotonic()
+    try:
+        replicant.run(
+            db.dsn, slot="app_sig", publication="pub_a", callback=print, status_interval=0.5
+        )
+    finally:
+        thread.join()
+    assert sent.is_set()
+    assert time.monotonic() - started < 15
+    assert_no_threads_left()
