@@ -1,6 +1,6 @@
 """Where replicant's time goes, layer by layer, in microseconds per message.
 
-Run as ``python benchmarks/layers.py [--workload insert] [--rows 200000]``.
+Run as ``python benchmarks/layers.py [--workload insert|singles|update] [--scale 0.2]``.
 It starts the benchmark's server (see ``benchmarks/run.py``), writes one
 workload, and measures, for the same messages:
 
@@ -18,7 +18,9 @@ workload, and measures, for the same messages:
 then prints a table, with the libpq part as 1 minus 2. Everything but 1 runs
 single-threaded on captured data, so the figures are steadier than those of
 ``run.py``; the difference to a real ``Consumer`` drain (run.py's CPU per
-event) is what the threads, the lock and the waiting add.
+event) is what the threads, the lock and the waiting add. Each figure is
+the best of several drains or rounds: on a shared machine a slow spell
+spoils one round, and the best is the code's own cost.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import argparse
 import gc
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,15 @@ from replicant.protocol import XLogData
 from replicant.runtime import Consumer
 
 
-def capture(
-    server: bench.Server, slot: str, end: int, options: dict[str, str]
+def drain(
+    server: bench.Server, slot: str, end: int, options: dict[str, str], keep: bool
 ) -> tuple[list[Any], float]:
-    """Drain ``slot`` with ``ReplicationStream.read``: the frames, and CPU seconds spent reading."""
+    """Drain ``slot`` with ``ReplicationStream.read``: the frames (if ``keep``), CPU seconds.
+
+    The CPU time is the reading thread's, in ``read()`` alone. Keeping every
+    frame makes the garbage collector walk them all again and again, so a
+    drain that keeps them is not one to time.
+    """
     frames: list[Any] = []
     cpu = 0.0
     with ReplicationConnection.connect(server.dsn) as connection:
@@ -57,21 +63,19 @@ def capture(
             before = time.thread_time()
             batch = stream.read(0.1)
             cpu += time.thread_time() - before
-            frames += batch
+            if keep:
+                frames += batch
             done = any(type(f) is XLogData and f.wal_start >= end for f in batch)
         stream.stop()
     return frames, cpu
 
 
-def best_of(repeats: int, body: Callable[[], None]) -> float:
-    """The fastest of ``repeats`` runs of ``body``, in seconds of this thread's CPU."""
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        started = time.thread_time()
-        body()
-        times.append(time.thread_time() - started)
-    return min(times)
+def cpu_of(body: Callable[[], None]) -> float:
+    """Seconds of this thread's CPU that ``body`` takes (after a garbage collection)."""
+    gc.collect()
+    started = time.thread_time()
+    body()
+    return time.thread_time() - started
 
 
 class _Replay:
@@ -109,19 +113,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="insert", choices=["insert", "singles", "update"])
     parser.add_argument("--scale", type=float, default=0.2, help="of run.py's sizes (0.2)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of offline measurements")
+    parser.add_argument("--drains", type=int, default=3, help="live drains for the transport")
     parser.add_argument("--pg", type=int, default=15)
     args = parser.parse_args(argv)
     workload = bench.WORKLOADS[args.workload]
 
     with bench.bench_server(args.pg) as server:
         workload.setup(server, args.scale)
-        server.create_slot("layers", "pgoutput")
+        slots = [f"layers_{i}" for i in range(args.drains + 1)]
+        for slot in slots:
+            server.create_slot(slot, "pgoutput")
         workload.write(server, args.scale)
         end = server.end_of_last_commit()
         options = bench.plugin_options("pgoutput", server.server_version)
-        frames, read_cpu = capture(server, "layers", end, options)
-        server.drop_slot("layers")
+        frames, _ = drain(server, slots[0], end, options, keep=True)
+        read_cpu = float("inf")
+        for slot in slots[1:]:
+            read_cpu = min(read_cpu, drain(server, slot, end, options, keep=False)[1])
+        for slot in slots:
+            server.drop_slot(slot)
 
     data = [f for f in frames if type(f) is XLogData]
     n = len(data)
@@ -155,18 +166,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         for _ in data:
             pass
 
-    r = args.repeats
-    t_empty = best_of(r, empty)
-    t_parse = best_of(r, parse_all) - t_empty
-    t_decode_raw = best_of(r, decode_all(False, None)) - t_empty
-    t_decode = best_of(r, decode_all(True, None)) - t_empty
-    t_decode_nothing = best_of(r, decode_all(True, _nothing)) - t_empty
-    t_decode_read = best_of(r, decode_all(True, _read_everything)) - t_empty
-    t_values = t_decode_read - t_decode_nothing
-    t_callback = t_decode_nothing - t_decode
-    t_loop_raw = min(reader_loop(data, _nothing, False) for _ in range(r))
-    t_loop = min(reader_loop(data, _read_everything, True) for _ in range(r))
-    loop_overhead = t_loop - t_decode_read
+    # Every measurement once per round, rounds interleaved, the best of each
+    # kept: a slow spell of a shared machine then spoils a round, not a row.
+    measurements: dict[str, Callable[[], float]] = {
+        "empty": lambda: cpu_of(empty),
+        "parse": lambda: cpu_of(parse_all),
+        "decode_raw": lambda: cpu_of(decode_all(False, None)),
+        "decode": lambda: cpu_of(decode_all(True, None)),
+        "decode_read": lambda: cpu_of(decode_all(True, _read_everything)),
+        "loop_raw": lambda: reader_loop(data, _nothing, False),
+        "loop": lambda: reader_loop(data, _read_everything, True),
+    }
+    best = dict.fromkeys(measurements, float("inf"))
+    for _ in range(args.repeats):
+        for name, measure in measurements.items():
+            best[name] = min(best[name], measure())
+    for name in ("parse", "decode_raw", "decode", "decode_read"):
+        best[name] -= best["empty"]
+    t_parse = best["parse"]
+    t_values = best["decode_read"] - best["decode"]
+    t_loop = best["loop"]
+    loop_overhead = t_loop - best["decode_read"]
 
     def us(seconds: float) -> str:
         return f"{seconds / n * 1e6:6.2f}"
@@ -179,23 +199,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             "connection.py",
         ),
         ("  of which frame parsing (parse_frame)", us(t_parse), "protocol.py"),
-        ("decode, values left undecoded", us(t_decode_raw), "decoders/pgoutput.py, changes.py"),
-        ("decode, converters attached (no value read)", us(t_decode), "decoders/pgoutput.py"),
-        ("calling a callback that does nothing", us(t_callback), "-"),
-        ("reading every value (Row + converters)", us(t_values), "changes.py, values.py"),
+        (
+            "decode, values left undecoded",
+            us(best["decode_raw"]),
+            "decoders/pgoutput.py, changes.py",
+        ),
+        ("decode, converters attached (no value read)", us(best["decode"]), "decoders/pgoutput.py"),
+        (
+            "the callback reading every value (Row + converters)",
+            us(t_values),
+            "changes.py, values.py",
+        ),
         ("reader loop: progress, ack, counters", us(loop_overhead), "runtime.py"),
-        ("reader loop in all, values undecoded, no-op callback", us(t_loop_raw), "runtime.py"),
+        (
+            "reader loop in all, values undecoded, no-op callback",
+            us(best["loop_raw"]),
+            "runtime.py",
+        ),
         ("reader loop in all, every value read, returns lsn", us(t_loop), "runtime.py"),
         ("sum: transport + reader loop (decoded)", us(read_cpu + t_loop), ""),
     ]
     print(f"## {workload.title.format(n=bench._count(bench._SIZES[args.workload], args.scale))}")
-    print(f"{n:,} messages; µs of CPU per message (best of {r} for the offline rows)\n")
+    print(
+        f"{n:,} messages; µs of CPU per message, best of {args.drains} live drains"
+        f" and of {args.repeats} rounds offline\n"
+    )
     print("| layer | µs/message | module |")
     print("|---|---|---|")
     for name, value, module in rows:
         print(f"| {name} | {value.strip()} | {module} |")
-    kinds = deque((f.data[:1] for f in data), maxlen=None)
-    counts = {k.decode(): kinds.count(k) for k in sorted(set(kinds))}
+    kinds = [f.data[:1].decode() for f in data]
+    counts = {k: kinds.count(k) for k in sorted(set(kinds))}
     print(f"\nmessage kinds: {counts}")
 
 
