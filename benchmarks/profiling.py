@@ -1,6 +1,6 @@
 """Profile one contender draining one workload, with the benchmark's server and data.
 
-Run as ``python benchmarks/profile.py --workload insert --tool py-spy``. It
+Run as ``python benchmarks/profiling.py --workload insert --tool py-spy``. It
 starts the same cluster as ``benchmarks/run.py``, writes the workload once
 into one slot per profile asked for, and drains each slot with the chosen
 contender (``replicant`` by default) under the chosen tools:
@@ -40,7 +40,12 @@ import run as bench
 
 
 def top_of_speedscope(path: Path, limit: int = 25) -> str:
-    """Self and total sample counts per function, from a py-spy speedscope file."""
+    """Per thread: self time by module, then self and total time by function.
+
+    From a py-spy speedscope file; a function's lines are added up, and a
+    module's self time is that of every function in it (what the layer
+    costs, apart from what it calls in other modules).
+    """
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     lines = []
@@ -50,21 +55,31 @@ def top_of_speedscope(path: Path, limit: int = 25) -> str:
         total = sum(weights)
         if len(samples) < 10:
             continue
-        own: collections.Counter[int] = collections.Counter()
-        inclusive: collections.Counter[int] = collections.Counter()
+        own: collections.Counter[tuple[str, str]] = collections.Counter()
+        inclusive: collections.Counter[tuple[str, str]] = collections.Counter()
+        modules: collections.Counter[str] = collections.Counter()
         for stack, weight in zip(samples, weights, strict=True):
-            if stack:
-                own[stack[-1]] += weight
-            for index in set(stack):
-                inclusive[index] += weight
+            functions = [
+                (frames[i]["name"], Path(frames[i].get("file") or "?").name) for i in stack
+            ]
+            if functions:
+                own[functions[-1]] += weight
+                modules[functions[-1][1]] += weight
+            for function in set(functions):
+                inclusive[function] += weight
         lines.append(f"== {profile['name']}: {len(samples)} samples")
+        lines.append(
+            "self % by module: "
+            + ", ".join(
+                f"{module} {100 * count / total:.1f}" for module, count in modules.most_common(12)
+            )
+        )
         lines.append(f"{'self %':>7} {'total %':>8}  function")
-        for index, count in own.most_common(limit):
-            frame = frames[index]
-            where = f"{Path(frame.get('file', '?')).name}:{frame.get('line', '?')}"
+        for function, count in own.most_common(limit):
+            name, module = function
             lines.append(
-                f"{100 * count / total:7.1f} {100 * inclusive[index] / total:8.1f}"
-                f"  {frame['name']} ({where})"
+                f"{100 * count / total:7.1f} {100 * inclusive[function] / total:8.1f}"
+                f"  {name} ({module})"
             )
     return "\n".join(lines)
 
