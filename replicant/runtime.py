@@ -668,64 +668,84 @@ class Consumer:
         progress = self._progress
         counters = self._counters
         stop_requested = self._stop_requested.is_set
-
-        def stopping() -> bool:
-            return session.ending or stop_requested()
-
         end_lsn = self._end_lsn
         transaction_ends = _TRANSACTION_ENDS
         put = self._queue.put
         receive_timeout = self.receive_timeout
         monotonic = time.monotonic
         last_delivered = 0
-        while not stopping():
+        while not (session.ending or stop_requested()):
             frames = stream.read(_POLL_INTERVAL)
-            if frames:
-                self._last_heard = monotonic()
-            elif receive_timeout is not None and monotonic() - self._last_heard > receive_timeout:
-                raise ConnectionLost(
-                    f"nothing from the server for {receive_timeout:g} s "
-                    "(receive_timeout): the connection is presumed dead"
-                )
-            for frame in frames:
-                if type(frame) is XLogData:
-                    if end_lsn is not None and frame.wal_start > end_lsn:
-                        self._reached_end(end_lsn)
-                        return
-                    data = frame.data
-                    counters.frames += 1
-                    counters.bytes += len(data)
-                    progress.receive(frame.wal_end)
-                    for event in decode(data, frame.wal_start, frame.wal_end):
-                        result = callback(event)
-                        if result is not None:
-                            progress.acknowledge(result)
-                        last_delivered = event.lsn
-                        counters.events += 1
-                        if type(event) in transaction_ends:
-                            counters.transactions += 1
-                    if end_lsn is not None and frame.wal_start >= end_lsn:
-                        self._reached_end(end_lsn)
-                        return
-                    if stopping():
-                        return  # the rest was not delivered, so not acknowledged
-                else:
-                    assert type(frame) is PrimaryKeepalive
-                    counters.keepalives += 1
-                    progress.keepalive(
-                        frame.wal_end,
-                        in_transaction=decoder.in_transaction,
-                        last_delivered=last_delivered,
+            if not frames:
+                if receive_timeout is not None and monotonic() - self._last_heard > receive_timeout:
+                    raise ConnectionLost(
+                        f"nothing from the server for {receive_timeout:g} s "
+                        "(receive_timeout): the connection is presumed dead"
                     )
-                    if frame.reply_requested:
-                        put(frame)
-                    if (
-                        end_lsn is not None
-                        and frame.wal_end >= end_lsn
-                        and not decoder.in_transaction
-                    ):
-                        self._reached_end(end_lsn)
-                        return
+                continue
+            self._last_heard = monotonic()
+            # Bookkeeping once per batch, not once per event: the highest LSN
+            # the callback returned is published on the way out of the batch
+            # (one lock, one LSN), and so are the counters.
+            # Not frames[-1]: a transaction sent after another's commit carries
+            # lower change positions, so the batch's last frame need not be its highest.
+            progress.receive(max(frame.wal_end for frame in frames))
+            acked = 0
+            events = nbytes = nframes = ends = 0
+            try:
+                for frame in frames:
+                    if type(frame) is XLogData:
+                        wal_start = frame.wal_start
+                        if end_lsn is not None and wal_start > end_lsn:
+                            self._reached_end(end_lsn)
+                            return
+                        data = frame.data
+                        nframes += 1
+                        nbytes += len(data)
+                        for event in decode(data, wal_start, frame.wal_end):
+                            result = callback(event)
+                            if result is not None:
+                                if type(result) is LSN:  # event.lsn: valid; published below
+                                    if result > acked:
+                                        acked = result
+                                else:
+                                    progress.acknowledge(result)  # checked now
+                            last_delivered = event.lsn
+                            events += 1
+                            if type(event) in transaction_ends:
+                                ends += 1
+                        if end_lsn is not None and wal_start >= end_lsn:
+                            self._reached_end(end_lsn)
+                            return
+                        if session.ending or stop_requested():
+                            return  # the rest was not delivered, so not acknowledged
+                    else:
+                        assert type(frame) is PrimaryKeepalive
+                        if acked:  # idle_advance compares it with last_delivered
+                            progress.acknowledge(acked)
+                            acked = 0
+                        counters.keepalives += 1
+                        progress.keepalive(
+                            frame.wal_end,
+                            in_transaction=decoder.in_transaction,
+                            last_delivered=last_delivered,
+                        )
+                        if frame.reply_requested:
+                            put(frame)
+                        if (
+                            end_lsn is not None
+                            and frame.wal_end >= end_lsn
+                            and not decoder.in_transaction
+                        ):
+                            self._reached_end(end_lsn)
+                            return
+            finally:
+                if acked:
+                    progress.acknowledge(acked)
+                counters.frames += nframes
+                counters.bytes += nbytes
+                counters.events += events
+                counters.transactions += ends
 
     def _reached_end(self, end_lsn: LSN) -> None:
         logger.info("reached end position %s", end_lsn)
