@@ -837,6 +837,31 @@ def _setting(cur: psycopg2.extensions.cursor, name: str) -> tuple[str, str | Non
     return None if row is None else (str(row[0]), row[1], bool(row[2]))
 
 
+def _check_capacity(
+    cur: psycopg2.extensions.cursor,
+    report: _Report,
+    setting: str,
+    count_sql: str,
+    *,
+    when_zero: str,
+    when_full: str,
+    restart: str,
+) -> None:
+    """Report whether ``setting`` leaves room beyond what ``count_sql`` counts in use."""
+    cur.execute(count_sql)
+    used = int(cur.fetchone()[0])  # type: ignore[index]
+    value = _setting(cur, setting)
+    if value is None:
+        return
+    limit = int(value[0])
+    if limit == 0:
+        report.fail(f"{setting} = 0: {when_zero}", f"ALTER SYSTEM SET {setting} = 10; {restart}")
+    elif used >= limit:
+        report.fail(f"{setting} = {limit} and all {used} are in use", when_full)
+    else:
+        report.ok(f"{setting} = {limit} ({used} in use)")
+
+
 def _run_checks(
     cur: psycopg2.extensions.cursor,
     args: argparse.Namespace,
@@ -864,42 +889,25 @@ def _run_checks(
                 f"ALTER SYSTEM SET wal_level = logical; {restart}",
             )
 
-    cur.execute("SELECT count(*) FROM pg_catalog.pg_replication_slots")
-    used_slots = int(cur.fetchone()[0])  # type: ignore[index]
-    slots = _setting(cur, "max_replication_slots")
-    if slots is not None:
-        limit = int(slots[0])
-        if limit == 0:
-            report.fail(
-                "max_replication_slots = 0: no replication slot can be created",
-                f"ALTER SYSTEM SET max_replication_slots = 10; {restart}",
-            )
-        elif used_slots >= limit:
-            report.fail(
-                f"max_replication_slots = {limit} and all {used_slots} are in use",
-                f"drop unused slots (replicant slot list) or raise max_replication_slots; "
-                f"{restart}",
-            )
-        else:
-            report.ok(f"max_replication_slots = {limit} ({used_slots} in use)")
-
-    cur.execute("SELECT count(*) FROM pg_catalog.pg_stat_replication")
-    senders_used = int(cur.fetchone()[0])  # type: ignore[index]
-    senders = _setting(cur, "max_wal_senders")
-    if senders is not None:
-        limit = int(senders[0])
-        if limit == 0:
-            report.fail(
-                "max_wal_senders = 0: no replication connection is accepted",
-                f"ALTER SYSTEM SET max_wal_senders = 10; {restart}",
-            )
-        elif senders_used >= limit:
-            report.fail(
-                f"max_wal_senders = {limit} and all {senders_used} are in use",
-                f"raise max_wal_senders; {restart}",
-            )
-        else:
-            report.ok(f"max_wal_senders = {limit} ({senders_used} in use)")
+    _check_capacity(
+        cur,
+        report,
+        "max_replication_slots",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots",
+        when_zero="no replication slot can be created",
+        when_full=f"drop unused slots (replicant slot list) or raise max_replication_slots; "
+        f"{restart}",
+        restart=restart,
+    )
+    _check_capacity(
+        cur,
+        report,
+        "max_wal_senders",
+        "SELECT count(*) FROM pg_catalog.pg_stat_replication",
+        when_zero="no replication connection is accepted",
+        when_full=f"raise max_wal_senders; {restart}",
+        restart=restart,
+    )
 
     cur.execute(
         "SELECT rolreplication, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
