@@ -499,8 +499,7 @@ class ReplicationStream:
         self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
-        self._buffer = ctypes.POINTER(ctypes.c_char)()
-        self._buffer_ref = ctypes.byref(self._buffer)
+        self._drain_copy_data = libpq.drain_function()  # compiled when built
         self._ended = False  # the COPY is over (either side ended it, or it broke)
         self._stop_requested = False  # we sent CopyDone
         # What ended the stream, raised again by every later call: set when
@@ -599,45 +598,26 @@ class ReplicationStream:
         error, a broken connection) are returned first; the failure is raised
         by the next call.
         """
-        lib = libpq.lib
-        payloads: list[bytes] = []
-        end_of_copy = False
-        broken = False
         with self._lock:
             if self._abandoned:
                 raise ConnectionLost("the connection was closed")
-            get, buffer, ref = lib.PQgetCopyData, self._buffer, self._buffer_ref
-            conn, free, string_at = self._pgconn, lib.PQfreemem, ctypes.string_at
-            consume = lib.PQconsumeInput
-            extra_reads = self._extra_reads
-            size = 0
-            while len(payloads) < self.MAX_BATCH:
-                if size == 0 and not broken and not consume(conn):
-                    broken = True  # EOF: take what is buffered, then fail
-                size = get(conn, ref, 1)
-                if size > 0:
-                    payloads.append(string_at(buffer, size))
-                    free(buffer)
-                elif size == 0:
-                    if broken:
-                        break
-                    if not extra_reads:
-                        break
-                    extra_reads -= 1
-                elif size == -1:
-                    end_of_copy = True
-                    break
-                else:
-                    broken = True
-                    break
-            if broken and not end_of_copy:
+            items, raw, outcome = self._drain_copy_data(
+                self._pgconn, self.MAX_BATCH, self._extra_reads
+            )
+            if outcome == libpq.DRAIN_LOST:
                 # Recorded in self._error: raised once these frames are out.
                 self._record_lost("reading the replication stream")
-        frames: list[Frame] = []
+        frames: list[Any] = items  # Frame objects once the bytes are parsed, in place
         try:
-            for payload in payloads:
-                frames.append(parse_frame(payload))
-            if end_of_copy:
+            if raw:  # keepalives and anything malformed come as bytes
+                for i, item in enumerate(items):
+                    if type(item) is bytes:
+                        try:
+                            frames[i] = parse_frame(item)
+                        except ReplicantError:
+                            del frames[i:]  # the bad frame and the rest: never delivered
+                            raise
+            if outcome == libpq.DRAIN_END_OF_COPY:
                 self._finish_copy()
         except ReplicantError as error:
             if self._error is None:

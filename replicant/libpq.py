@@ -20,17 +20,25 @@ callers must serialise calls on one ``PGconn`` themselves.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from ctypes import POINTER, c_char, c_char_p, c_int, c_void_p
+from typing import Any, Final, TypeAlias
 
 import psycopg2
 import psycopg2._psycopg
 import psycopg2.extensions
 
+from replicant import _accel
 from replicant.errors import ReplicantError
+from replicant.lsn import LSN
+from replicant.protocol import XLogData
 
 __all__ = [
     "CONNECTION_BAD",
     "CONNECTION_OK",
+    "DRAIN_END_OF_COPY",
+    "DRAIN_LOST",
+    "DRAIN_MORE",
     "PGRES_COMMAND_OK",
     "PGRES_COPY_BOTH",
     "PGRES_COPY_IN",
@@ -41,6 +49,8 @@ __all__ = [
     "PG_DIAG_MESSAGE_HINT",
     "PG_DIAG_MESSAGE_PRIMARY",
     "PG_DIAG_SQLSTATE",
+    "Drain",
+    "drain_function",
     "lib",
     "library_version",
 ]
@@ -123,3 +133,85 @@ def _check_version() -> None:
 
 
 _check_version()
+
+
+# -- draining the COPY stream ----------------------------------------------------
+
+DRAIN_MORE: Final = 0
+"""Drain outcome: nothing more is buffered for now (or the batch is full)."""
+DRAIN_END_OF_COPY: Final = 1
+"""Drain outcome: the server ended the COPY; collect the results."""
+DRAIN_LOST: Final = 2
+"""Drain outcome: the connection is broken; the items are what came before."""
+
+Drain: TypeAlias = Callable[[c_void_p, int, int], tuple[list[XLogData | bytes], int, int]]
+"""``drain(pgconn, limit, extra_reads) -> (items, raw, outcome)``.
+
+Pulls up to ``limit`` complete CopyData messages out of libpq without
+waiting (one read of the socket, plus ``extra_reads`` more when libpq finds
+nothing: with TLS, OpenSSL may hold bytes the socket no longer shows). Each
+item is an :class:`~replicant.protocol.XLogData`, or a message's bytes for
+the caller to parse (keepalives, anything malformed); ``raw`` counts the
+bytes items. ``outcome`` is one of the ``DRAIN_*`` values. The caller holds
+the lock that serialises calls on the connection, in non-blocking mode.
+"""
+
+
+def _drain_python(pgconn: c_void_p, limit: int, extra_reads: int) -> tuple[list[Any], int, int]:
+    """The reference :data:`Drain`: every item is bytes, parsed by the caller."""
+    get, free, consume = lib.PQgetCopyData, lib.PQfreemem, lib.PQconsumeInput
+    string_at = ctypes.string_at
+    buffer = POINTER(c_char)()
+    ref = ctypes.byref(buffer)
+    payloads: list[Any] = []
+    outcome = DRAIN_MORE
+    broken = False
+    size = 0
+    while len(payloads) < limit:
+        if size == 0 and not broken and not consume(pgconn):
+            broken = True  # EOF: take what is buffered, then report it
+        size = get(pgconn, ref, 1)
+        if size > 0:
+            payloads.append(string_at(buffer, size))
+            free(buffer)
+        elif size == 0:
+            if broken or extra_reads <= 0:
+                break
+            extra_reads -= 1
+        elif size == -1:
+            outcome = DRAIN_END_OF_COPY
+            break
+        else:
+            broken = True
+            break
+    if broken and outcome != DRAIN_END_OF_COPY:
+        outcome = DRAIN_LOST
+    return payloads, len(payloads), outcome
+
+
+def _address(function: Any) -> int:
+    address = ctypes.cast(function, c_void_p).value
+    assert address is not None
+    return address
+
+
+def drain_function() -> Drain:
+    """The :data:`Drain` to use: the compiled one when built and enabled."""
+    native = _accel.compiled
+    if native is None:
+        return _drain_python
+    compiled_drain = native.drain
+    functions = (
+        _address(lib.PQconsumeInput),
+        _address(lib.PQgetCopyData),
+        _address(lib.PQfreemem),
+    )
+
+    def drain(pgconn: c_void_p, limit: int, extra_reads: int) -> tuple[list[Any], int, int]:
+        assert pgconn.value is not None
+        result: tuple[list[Any], int, int] = compiled_drain(
+            pgconn.value, *functions, limit, extra_reads, XLogData, LSN
+        )
+        return result
+
+    return drain

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
+from replicant import _accel
 from replicant import values as _values
 from replicant.changes import (
     UNCHANGED,
@@ -76,7 +77,9 @@ _ROW_HEAD = struct.Struct(">IBH")  # relid, tuple marker, its column count
 _STREAM_ROW_HEAD = struct.Struct(">IIBH")  # xid, relid, tuple marker, its column count
 _MARK_COUNT = struct.Struct(">BH")  # tuple marker, its column count
 _KIND_LEN = struct.Struct(">BI")  # a tuple column's kind byte and (for 't'/'b') its length
-_PAD: Final = b"\x00\x00\x00\x00"  # lets _KIND_LEN read past a final 'n'/'u' column
+# Lets _KIND_LEN read past the end (after a final 'n'/'u' column, or at the
+# end of a tuple that claims more columns than it has): kind 0, caught.
+_PAD: Final = bytes(_KIND_LEN.size)
 
 _lsn = int.__new__  # _lsn(LSN, n): LSN.from_int without the method call, for the hot path
 _PG_EPOCH: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
@@ -174,6 +177,49 @@ def _keep(value: Any) -> Any:
     return value
 
 
+def _walk_tuple(data: bytes, pos: int, count: int) -> tuple[list[Any], int, int, int]:
+    """Split ``count`` TupleData columns at ``pos``: values, end, binary and special counts.
+
+    The values are the bytes of each text ('t') or binary ('b') column,
+    ``None`` for NULL ('n'), :data:`UNCHANGED` for an unchanged TOASTed value
+    ('u'); the counts say how many were 'b', and how many 'n' or 'u'.
+    ``_speedups.tuple_data`` is the compiled equivalent; this is the
+    reference, and the one that says what is wrong with a malformed tuple.
+    """
+    end = len(data)
+    if pos > end:
+        raise DecodeError("tuple data truncated", position=end)
+    buf = data + _PAD
+    raw: list[Any] = []
+    append = raw.append
+    read = _KIND_LEN.unpack_from
+    binary = special = 0
+    for _ in range(count):
+        # Reading past the end finds the zero padding: kind 0, handled below.
+        kind, length = read(buf, pos)
+        if kind == 116 or kind == 98:  # 't', 'b'
+            start = pos + 5
+            pos = start + length
+            if pos > end:
+                raise DecodeError("column value runs past the message's end", position=start)
+            append(buf[start:pos])
+            if kind == 98:
+                binary += 1
+        elif kind == 110:  # 'n'
+            append(None)
+            pos += 1
+            special += 1
+        elif kind == 117:  # 'u'
+            append(UNCHANGED)
+            pos += 1
+            special += 1
+        elif pos >= end:
+            raise DecodeError("tuple data truncated", position=pos)
+        else:
+            raise DecodeError(f"unknown tuple column kind {kind!r}", position=pos)
+    return raw, pos, binary, special
+
+
 class PgOutputDecoder:
     """Decodes pgoutput payloads into events, keeping the relation cache of one stream.
 
@@ -225,6 +271,8 @@ class PgOutputDecoder:
         self.decode_values = decode_values
         self._abort_info = self.extra_options.get("streaming", self.streaming) == "parallel"
         self._dispatch = self._make_dispatch()
+        native = _accel.compiled
+        self._split = native.tuple_data if native is not None else None
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------
@@ -400,12 +448,10 @@ class PgOutputDecoder:
             f"change for relation {relid}, which this stream has not described", position=pos
         )
 
-    @staticmethod
-    def _tuple(data: bytes, pos: int, count: int, table: _Table) -> tuple[Row, int]:
+    def _tuple(self, data: bytes, pos: int, count: int, table: _Table) -> tuple[Row, int]:
         """Read the columns of TupleData at ``pos`` (its column count already read).
 
-        Returns the row and the position after it. This is the hot loop of
-        the decoder: one struct call per column reads its kind and length.
+        Returns the row and the position after it.
         """
         if count != table.ncolumns:
             relation = table.relation
@@ -414,46 +460,16 @@ class PgOutputDecoder:
                 f" has {table.ncolumns}",
                 position=pos - 2,
             )
-        start_pos = pos
-        end = len(data)
-        buf = data + _PAD
-        raw: list[Any] = []
-        append = raw.append
-        read = _KIND_LEN.unpack_from
-        binary = special = 0  # how many 'b' columns, how many 'n'/'u'
-        for _ in range(count):
-            # Reading past the end finds the zero padding: kind 0, handled below.
-            kind, length = read(buf, pos)
-            if kind == 116:  # 't'
-                start = pos + 5
-                pos = start + length
-                if pos > end:
-                    raise DecodeError("column value runs past the message's end", position=start)
-                append(buf[start:pos])
-            elif kind == 110:  # 'n'
-                append(None)
-                pos += 1
-                special += 1
-            elif kind == 117:  # 'u'
-                append(UNCHANGED)
-                pos += 1
-                special += 1
-            elif kind == 98:  # 'b'
-                start = pos + 5
-                pos = start + length
-                if pos > end:
-                    raise DecodeError("column value runs past the message's end", position=start)
-                append(buf[start:pos])
-                binary += 1
-            elif pos >= end:
-                raise DecodeError("tuple data truncated", position=pos)
-            else:
-                raise DecodeError(f"unknown tuple column kind {kind!r}", position=pos)
+        split = self._split
+        # The compiled walk returns None for a malformed tuple: the Python one
+        # then says what is wrong with it.
+        walked = None if split is None else split(data, pos, count, UNCHANGED)
+        raw, end, binary, special = walked or _walk_tuple(data, pos, count)
         if not binary:
-            return Row(table.text, raw), pos
+            return Row(table.text, raw), end
         if binary + special == count:
-            return Row(table.binary, raw), pos
-        return Row(PgOutputDecoder._mixed_layout(data, start_pos, count, table), raw), pos
+            return Row(table.binary, raw), end
+        return Row(PgOutputDecoder._mixed_layout(data, pos, count, table), raw), end
 
     @staticmethod
     def _mixed_layout(data: bytes, pos: int, count: int, table: _Table) -> RowLayout:

@@ -1,0 +1,568 @@
+/*
+ * replicant._speedups: compiled versions of the two loops that run once per
+ * replicated message.
+ *
+ * Each function here is the exact equivalent of a pure-Python function that
+ * stays the reference and the fallback when this module is not built (or
+ * REPLICANT_PURE_PYTHON is set); the tests run both on the same input.
+ *
+ *   drain       libpq.py's _drain_python: pull every complete CopyData
+ *               message out of libpq, parsing XLogData headers on the way.
+ *   tuple_data  decoders/pgoutput.py's _walk_tuple: split pgoutput TupleData
+ *               into its column values.
+ *   RowCore     changes.py's _RowCore: the storage of a Row and its
+ *               __getitem__, which converts a value on first access.
+ *
+ * None raises for malformed input: drain hands back what it cannot parse
+ * as bytes, tuple_data returns None, and RowCore asks the Row's own _error
+ * method for the exception, so that the Python code says what is wrong.
+ * What the functions need (libpq's functions, the result types) comes in as
+ * arguments; the one thing kept is changes.UNCHANGED, looked up once.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <structmember.h> /* PyMemberDef, T_OBJECT_EX (3.10 and 3.11) */
+
+/* libpq's signatures (libpq-fe.h), called through the addresses that ctypes
+ * resolved in the libpq psycopg2 uses: this module links no libpq itself. */
+typedef int (*consume_input_fn)(void *conn);
+typedef int (*get_copy_data_fn)(void *conn, char **buffer, int async);
+typedef void (*freemem_fn)(void *ptr);
+
+/* What drain's third result means; libpq.py names the same values. */
+enum { DRAIN_MORE = 0, DRAIN_END_OF_COPY = 1, DRAIN_LOST = 2 };
+
+/* An XLogData message: 'w', start, end, send time, then the plugin's data. */
+#define XLOGDATA_HEADER 25
+
+static uint64_t
+read_u64(const unsigned char *p)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++) {
+        value = (value << 8) | p[i];
+    }
+    return value;
+}
+
+static uint32_t
+read_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* int.__new__(lsn_type, value): an LSN without running LSN.__new__'s checks,
+ * which an unsigned 64-bit value always passes. */
+static PyObject *
+new_lsn(PyTypeObject *lsn_type, uint64_t value)
+{
+    PyObject *number = PyLong_FromUnsignedLongLong(value);
+    if (number == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, number);
+    Py_DECREF(number);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *lsn = PyLong_Type.tp_new(lsn_type, args, NULL);
+    Py_DECREF(args);
+    return lsn;
+}
+
+/* XLogData(LSN(start), LSN(end), send_time, data) from a whole message. */
+static PyObject *
+new_xlogdata(const unsigned char *message, Py_ssize_t size,
+             PyTypeObject *xlogdata_type, PyTypeObject *lsn_type)
+{
+    /* A tuple subclass without extra fields (checked by the caller) is built
+     * like tuple.__new__ builds one: allocate, then fill every slot. */
+    PyObject *frame = xlogdata_type->tp_alloc(xlogdata_type, 4);
+    if (frame == NULL) {
+        return NULL;
+    }
+    PyObject *start = new_lsn(lsn_type, read_u64(message + 1));
+    PyObject *end = new_lsn(lsn_type, read_u64(message + 9));
+    PyObject *sent = PyLong_FromLongLong((long long)read_u64(message + 17));
+    PyObject *data = PyBytes_FromStringAndSize(
+        (const char *)message + XLOGDATA_HEADER, size - XLOGDATA_HEADER);
+    /* The tuple owns whatever was made; a failed one leaves a NULL slot,
+     * which tuple deallocation skips. */
+    PyTuple_SET_ITEM(frame, 0, start);
+    PyTuple_SET_ITEM(frame, 1, end);
+    PyTuple_SET_ITEM(frame, 2, sent);
+    PyTuple_SET_ITEM(frame, 3, data);
+    if (start == NULL || end == NULL || sent == NULL || data == NULL) {
+        Py_DECREF(frame);
+        return NULL;
+    }
+    return frame;
+}
+
+static int
+is_plain_tuple_subclass(PyTypeObject *type)
+{
+    return PyType_IsSubtype(type, &PyTuple_Type)
+        && type->tp_basicsize == PyTuple_Type.tp_basicsize
+        && type->tp_itemsize == PyTuple_Type.tp_itemsize;
+}
+
+static void *
+address(PyObject *number, const char *what)
+{
+    void *pointer = PyLong_AsVoidPtr(number);
+    if (pointer == NULL && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "%s is a null pointer", what);
+    }
+    return pointer;
+}
+
+PyDoc_STRVAR(drain_doc,
+"drain(pgconn, consume_input, get_copy_data, freemem, limit, extra_reads, XLogData, LSN)\n"
+"--\n\n"
+"Pull up to `limit` complete CopyData messages out of libpq, without waiting.\n\n"
+"The first four arguments are addresses: the PGconn and libpq's\n"
+"PQconsumeInput, PQgetCopyData and PQfreemem. The caller holds the lock that\n"
+"serialises calls on the connection, which must be in non-blocking mode.\n"
+"Returns (items, raw, outcome): each item is an XLogData, or the message's\n"
+"bytes when it is anything else (a keepalive, or malformed: the caller\n"
+"parses those); raw counts the bytes items; outcome is 0 (nothing more for\n"
+"now, or the limit), 1 (the server ended the COPY) or 2 (the connection is\n"
+"broken; the items are what was buffered before).");
+
+static PyObject *
+drain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "drain() takes exactly 8 arguments");
+        return NULL;
+    }
+    void *conn = address(args[0], "pgconn");
+    consume_input_fn consume_input = (consume_input_fn)address(args[1], "PQconsumeInput");
+    get_copy_data_fn get_copy_data = (get_copy_data_fn)address(args[2], "PQgetCopyData");
+    freemem_fn freemem = (freemem_fn)address(args[3], "PQfreemem");
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
+    long extra_reads = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyType_Check(args[6]) || !is_plain_tuple_subclass((PyTypeObject *)args[6])) {
+        PyErr_SetString(PyExc_TypeError, "XLogData must be a tuple subclass without fields");
+        return NULL;
+    }
+    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyLong_Type)) {
+        PyErr_SetString(PyExc_TypeError, "LSN must be an int subclass");
+        return NULL;
+    }
+    PyTypeObject *xlogdata_type = (PyTypeObject *)args[6];
+    PyTypeObject *lsn_type = (PyTypeObject *)args[7];
+
+    PyObject *items = PyList_New(0);
+    if (items == NULL) {
+        return NULL;
+    }
+    Py_ssize_t raw = 0;
+    int outcome = DRAIN_MORE;
+    int broken = 0;
+    int size = 0;
+    /* The same loop as _drain_python. The GIL stays held: on a non-blocking
+     * connection every call returns at once, and handing the GIL over for a
+     * few microseconds could make this thread wait a whole switch interval
+     * to get it back. */
+    while (PyList_GET_SIZE(items) < limit) {
+        if (size == 0 && !broken && !consume_input(conn)) {
+            broken = 1; /* EOF: take what is buffered, then report it */
+        }
+        char *buffer = NULL;
+        size = get_copy_data(conn, &buffer, 1);
+        if (size > 0) {
+            const unsigned char *message = (const unsigned char *)buffer;
+            PyObject *item;
+            if (message[0] == 'w' && size >= XLOGDATA_HEADER) {
+                item = new_xlogdata(message, size, xlogdata_type, lsn_type);
+            }
+            else {
+                item = PyBytes_FromStringAndSize(buffer, size);
+                raw++;
+            }
+            freemem(buffer);
+            if (item == NULL || PyList_Append(items, item) < 0) {
+                /* Out of memory: nothing sensible is left to do with the
+                 * stream, and the frames not returned were not acknowledged. */
+                Py_XDECREF(item);
+                Py_DECREF(items);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+        else if (size == 0) {
+            if (broken || extra_reads <= 0) {
+                break;
+            }
+            extra_reads--; /* TLS: OpenSSL may hold bytes the socket no longer shows */
+        }
+        else if (size == -1) {
+            outcome = DRAIN_END_OF_COPY;
+            break;
+        }
+        else {
+            broken = 1;
+            break;
+        }
+    }
+    if (broken && outcome != DRAIN_END_OF_COPY) {
+        outcome = DRAIN_LOST;
+    }
+    return Py_BuildValue("(Nni)", items, raw, outcome);
+}
+
+PyDoc_STRVAR(tuple_data_doc,
+"tuple_data(data, pos, count, unchanged)\n"
+"--\n\n"
+"Split the `count` columns of pgoutput TupleData starting at `pos` in `data`.\n\n"
+"Returns (values, end, binary, special): a list with the bytes of each 't'\n"
+"or 'b' column, None for 'n' and `unchanged` for 'u'; the position after\n"
+"the tuple; how many columns were 'b'; how many were 'n' or 'u'. Returns\n"
+"None if the tuple is malformed (truncated, an unknown kind), so that the\n"
+"caller can say precisely what is wrong.");
+
+static PyObject *
+tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "tuple_data() takes exactly 4 arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "tuple_data() needs bytes");
+        return NULL;
+    }
+    const unsigned char *buffer = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t end = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pos < 0 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "tuple_data() needs a position and count >= 0");
+        return NULL;
+    }
+    if (pos > end) {
+        Py_RETURN_NONE;
+    }
+    PyObject *unchanged = args[3];
+    PyObject *values = PyList_New(count);
+    if (values == NULL) {
+        return NULL;
+    }
+    Py_ssize_t binary = 0, special = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (pos >= end) {
+            goto malformed;
+        }
+        PyObject *value;
+        switch (buffer[pos]) {
+        case 't':
+        case 'b': {
+            if (end - pos < 5) {
+                goto malformed;
+            }
+            uint32_t length = read_u32(buffer + pos + 1);
+            Py_ssize_t start = pos + 5;
+            if ((uint64_t)length > (uint64_t)(end - start)) {
+                goto malformed;
+            }
+            if (buffer[pos] == 'b') {
+                binary++;
+            }
+            value = PyBytes_FromStringAndSize((const char *)buffer + start, (Py_ssize_t)length);
+            if (value == NULL) {
+                Py_DECREF(values);
+                return NULL;
+            }
+            pos = start + (Py_ssize_t)length;
+            break;
+        }
+        case 'n':
+            value = Py_NewRef(Py_None);
+            pos++;
+            special++;
+            break;
+        case 'u':
+            value = Py_NewRef(unchanged);
+            pos++;
+            special++;
+            break;
+        default:
+            goto malformed;
+        }
+        PyList_SET_ITEM(values, i, value);
+    }
+    return Py_BuildValue("(Nnnn)", values, pos, binary, special);
+
+malformed:
+    /* The list's unfilled slots are NULL, which list deallocation skips. */
+    Py_DECREF(values);
+    Py_RETURN_NONE;
+}
+
+/* --- RowCore ------------------------------------------------------------- */
+
+/* changes.UNCHANGED: a raw value that, like None, is never converted. Looked
+ * up on first use, when replicant.changes (which defines Row) is loaded. */
+static PyObject *unchanged_marker = NULL;
+
+static PyObject *
+unchanged(void)
+{
+    if (unchanged_marker == NULL) {
+        PyObject *changes = PyImport_ImportModule("replicant.changes");
+        if (changes == NULL) {
+            return NULL;
+        }
+        unchanged_marker = PyObject_GetAttrString(changes, "UNCHANGED");
+        Py_DECREF(changes);
+    }
+    return unchanged_marker;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *layout;   /* the RowLayout */
+    PyObject *raw;      /* list: the values as received */
+    PyObject *index;    /* layout.index: dict, column name to position */
+    PyObject *convert;  /* layout.convert: tuple, one converter per column */
+    PyObject **values;  /* converted values, NULL where not read yet; NULL until the first read */
+    Py_ssize_t size;    /* len(raw) */
+} RowCore;
+
+static PyObject *
+row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *layout, *raw;
+    static char *keywords[] = {"layout", "raw", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:Row", keywords, &layout, &PyList_Type, &raw)) {
+        return NULL;
+    }
+    PyObject *index = PyObject_GetAttrString(layout, "index");
+    PyObject *convert = index ? PyObject_GetAttrString(layout, "convert") : NULL;
+    if (convert == NULL) {
+        Py_XDECREF(index);
+        return NULL;
+    }
+    if (!PyDict_Check(index) || !PyTuple_Check(convert)
+        || PyTuple_GET_SIZE(convert) != PyList_GET_SIZE(raw)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a row needs a layout with an index dict and one converter per value");
+        Py_DECREF(index);
+        Py_DECREF(convert);
+        return NULL;
+    }
+    RowCore *self = (RowCore *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(index);
+        Py_DECREF(convert);
+        return NULL;
+    }
+    self->layout = Py_NewRef(layout);
+    self->raw = Py_NewRef(raw);
+    self->index = index;
+    self->convert = convert;
+    self->values = NULL;
+    self->size = PyList_GET_SIZE(raw);
+    return (PyObject *)self;
+}
+
+static int
+row_traverse(RowCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self)); /* heap-type subclasses (Row) own a reference to their type */
+    Py_VISIT(self->layout);
+    Py_VISIT(self->raw);
+    Py_VISIT(self->index);
+    Py_VISIT(self->convert);
+    if (self->values != NULL) {
+        for (Py_ssize_t i = 0; i < self->size; i++) {
+            Py_VISIT(self->values[i]);
+        }
+    }
+    return 0;
+}
+
+static int
+row_clear(RowCore *self)
+{
+    Py_CLEAR(self->layout);
+    Py_CLEAR(self->raw);
+    Py_CLEAR(self->index);
+    Py_CLEAR(self->convert);
+    if (self->values != NULL) {
+        PyObject **values = self->values;
+        self->values = NULL;
+        for (Py_ssize_t i = 0; i < self->size; i++) {
+            Py_XDECREF(values[i]);
+        }
+        PyMem_Free(values);
+    }
+    return 0;
+}
+
+static void
+row_dealloc(RowCore *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    row_clear(self);
+    type->tp_free((PyObject *)self);
+}
+
+/* The converter failed: raise what the Row's _error(name, exc) makes of it,
+ * chained to the converter's exception (raise ... from exc). */
+static void
+conversion_failed(RowCore *self, PyObject *name)
+{
+    PyObject *type, *exc, *traceback;
+    PyErr_Fetch(&type, &exc, &traceback);
+    PyErr_NormalizeException(&type, &exc, &traceback);
+    if (traceback != NULL) {
+        PyException_SetTraceback(exc, traceback);
+    }
+    PyObject *error = PyObject_CallMethod((PyObject *)self, "_error", "OO", name, exc);
+    if (error == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(traceback);
+        return;
+    }
+    PyException_SetContext(error, Py_NewRef(exc));
+    PyException_SetCause(error, exc); /* steals exc */
+    PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+    Py_DECREF(error);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+}
+
+static PyObject *
+row_subscript(RowCore *self, PyObject *name)
+{
+    PyObject *position = PyDict_GetItemWithError(self->index, name);
+    if (position == NULL) {
+        if (!PyErr_Occurred()) {
+            /* KeyError(name), even when name is a tuple */
+            PyObject *key = PyTuple_Pack(1, name);
+            if (key != NULL) {
+                PyErr_SetObject(PyExc_KeyError, key);
+                Py_DECREF(key);
+            }
+        }
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(position);
+    if (i == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (i < 0 || i >= self->size) {
+        PyErr_SetString(PyExc_IndexError, "row layout names a column the row does not have");
+        return NULL;
+    }
+    if (self->values == NULL) {
+        self->values = PyMem_Calloc((size_t)self->size, sizeof(PyObject *));
+        if (self->values == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    PyObject *value = self->values[i];
+    if (value != NULL) {
+        return Py_NewRef(value);
+    }
+    PyObject *raw = PyList_GET_ITEM(self->raw, i);
+    PyObject *marker = unchanged();
+    if (marker == NULL) {
+        return NULL;
+    }
+    if (raw == Py_None || raw == marker) {
+        value = Py_NewRef(raw);
+    }
+    else {
+        value = PyObject_CallOneArg(PyTuple_GET_ITEM(self->convert, i), raw);
+        if (value == NULL) {
+            /* Exceptions from the converter mean bad input; anything else
+             * (KeyboardInterrupt, SystemExit) goes through as it is. */
+            if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                conversion_failed(self, name);
+            }
+            return NULL;
+        }
+    }
+    self->values[i] = value;
+    return Py_NewRef(value);
+}
+
+static PyMemberDef row_members[] = {
+    {"_layout", T_OBJECT_EX, offsetof(RowCore, layout), READONLY, "the RowLayout"},
+    {"_raw", T_OBJECT_EX, offsetof(RowCore, raw), READONLY, "the values as received"},
+    {NULL},
+};
+
+static PyMappingMethods row_as_mapping = {
+    .mp_subscript = (binaryfunc)row_subscript,
+};
+
+PyDoc_STRVAR(row_doc,
+"RowCore(layout, raw)\n"
+"--\n\n"
+"The storage of a Row and its __getitem__: ``raw`` is a list of values as\n"
+"received, ``layout`` a RowLayout (names to positions, one converter per\n"
+"value). A value is converted on first access and kept; a converter's\n"
+"exception becomes what the row's ``_error(name, exc)`` returns.");
+
+static PyTypeObject RowCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "replicant._speedups.RowCore",
+    .tp_basicsize = sizeof(RowCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = row_doc,
+    .tp_new = row_new,
+    .tp_dealloc = (destructor)row_dealloc,
+    .tp_traverse = (traverseproc)row_traverse,
+    .tp_clear = (inquiry)row_clear,
+    .tp_as_mapping = &row_as_mapping,
+    .tp_members = row_members,
+};
+
+static PyMethodDef methods[] = {
+    {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL, drain_doc},
+    {"tuple_data", (PyCFunction)(void (*)(void))tuple_data, METH_FASTCALL, tuple_data_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "replicant._speedups",
+    .m_doc = "Compiled equivalents of replicant's per-message loops (see the source).",
+    .m_size = -1, /* a static type and one cached object: not for subinterpreters */
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyType_Ready(&RowCoreType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "RowCore", (PyObject *)&RowCoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

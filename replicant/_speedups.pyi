@@ -1,0 +1,19 @@
+# The compiled module's interface; see _speedups.c. Both functions have a
+# pure-Python equivalent that defines their behaviour: libpq._drain_python
+# and decoders.pgoutput._walk_tuple.
+from typing import Any
+
+def drain(
+    pgconn: int,
+    consume_input: int,
+    get_copy_data: int,
+    freemem: int,
+    limit: int,
+    extra_reads: int,
+    xlogdata: type[Any],
+    lsn: type[int],
+    /,
+) -> tuple[list[Any], int, int]: ...
+def tuple_data(
+    data: bytes, pos: int, count: int, unchanged: object, /
+) -> tuple[list[Any], int, int, int] | None: ...
