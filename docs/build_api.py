@@ -158,7 +158,12 @@ def document_class(name: str, cls: type, level: int) -> list[str]:
         lines += ["```python", f"{name}({_fields(cls)})", "```", ""]
     elif "__init__" in vars(cls):
         lines += ["```python", signature(vars(cls)["__init__"], name), "```", ""]
-    bases = [b.__name__ for b in cls.__bases__ if b is not object and _is_public(b.__name__)]
+    bases = [
+        b.__name__
+        for b in cls.__bases__
+        # Bases from private modules (replicant._speedups) are implementation.
+        if b is not object and _is_public(b.__name__) and not b.__module__.startswith("replicant._")
+    ]
     if bases:
         lines += [f"Bases: {', '.join(f'`{b}`' for b in bases)}", ""]
     doc = markdown(cls.__doc__)

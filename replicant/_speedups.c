@@ -332,6 +332,10 @@ unchanged(void)
     return unchanged_marker;
 }
 
+/* Interned attribute names of RowLayout, made when the module loads. */
+static PyObject *str_index = NULL;
+static PyObject *str_convert = NULL;
+
 typedef struct {
     PyObject_HEAD
     PyObject *layout;   /* the RowLayout */
@@ -346,12 +350,24 @@ static PyObject *
 row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *layout, *raw;
-    static char *keywords[] = {"layout", "raw", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:Row", keywords, &layout, &PyList_Type, &raw)) {
-        return NULL;
+    if (kwargs == NULL && PyTuple_GET_SIZE(args) == 2) {
+        /* The decoders' call, once per row: no argument parser needed. */
+        layout = PyTuple_GET_ITEM(args, 0);
+        raw = PyTuple_GET_ITEM(args, 1);
+        if (!PyList_Check(raw)) {
+            PyErr_SetString(PyExc_TypeError, "Row() needs the values as a list");
+            return NULL;
+        }
     }
-    PyObject *index = PyObject_GetAttrString(layout, "index");
-    PyObject *convert = index ? PyObject_GetAttrString(layout, "convert") : NULL;
+    else {
+        static char *keywords[] = {"layout", "raw", NULL};
+        if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:Row", keywords,
+                                         &layout, &PyList_Type, &raw)) {
+            return NULL;
+        }
+    }
+    PyObject *index = PyObject_GetAttr(layout, str_index);
+    PyObject *convert = index ? PyObject_GetAttr(layout, str_convert) : NULL;
     if (convert == NULL) {
         Py_XDECREF(index);
         return NULL;
@@ -553,7 +569,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&RowCoreType) < 0) {
+    str_index = PyUnicode_InternFromString("index");
+    str_convert = PyUnicode_InternFromString("convert");
+    if (str_index == NULL || str_convert == NULL || PyType_Ready(&RowCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);

@@ -51,8 +51,9 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any, ClassVar, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
+from replicant import _accel
 from replicant.errors import DecodeError
 from replicant.lsn import LSN
 from replicant.values import BinaryValue
@@ -167,15 +168,11 @@ class RowLayout:
         return RowLayout(self.names, self.type_oids, convert)
 
 
-class Row(Mapping[str, Any]):
-    """A read-only mapping from column name to value, in column order.
+class _RowCore:
+    """A row's storage and ``__getitem__``, in Python.
 
-    Values are kept as received (text or binary bytes, or what a JSON plugin
-    gave) and converted on first access, then cached; a column nobody reads is
-    never converted. ``None`` is SQL NULL and :data:`UNCHANGED` an unchanged
-    TOASTed value. A value that cannot be converted raises
-    :class:`~replicant.errors.DecodeError` when read; :meth:`raw` still gives
-    its representation.
+    ``_speedups.RowCore`` is the compiled equivalent, used when built: the
+    tests hold the two to the same behaviour.
     """
 
     __slots__ = ("_layout", "_raw", "_values")
@@ -200,6 +197,32 @@ class Row(Mapping[str, Any]):
                     raise self._error(name, exc) from exc
             values[i] = value
         return value
+
+    def _error(self, name: str, exc: Exception) -> DecodeError:
+        raise NotImplementedError  # Row's
+
+
+if TYPE_CHECKING or _accel.compiled is None:
+    _Core = _RowCore
+else:
+    _Core = _accel.compiled.RowCore
+
+
+class Row(_Core, Mapping[str, Any]):
+    """A read-only mapping from column name to value, in column order.
+
+    Values are kept as received (text or binary bytes, or what a JSON plugin
+    gave) and converted on first access, then cached; a column nobody reads is
+    never converted. ``None`` is SQL NULL and :data:`UNCHANGED` an unchanged
+    TOASTed value. A value that cannot be converted raises
+    :class:`~replicant.errors.DecodeError` when read; :meth:`raw` still gives
+    its representation.
+    """
+
+    __slots__ = ()
+
+    _layout: RowLayout
+    _raw: list[Any]
 
     def _error(self, name: str, exc: Exception) -> DecodeError:
         detail = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"

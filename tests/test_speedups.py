@@ -7,9 +7,14 @@ raises, the compiled one hands the input back for it to say why).
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
+import subprocess
+import sys
 import time
+import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicant import _accel, libpq
-from replicant.changes import UNCHANGED
+from replicant.changes import UNCHANGED, Row, RowLayout, _RowCore
 from replicant.connection import ReplicationConnection, ReplicationStream
 from replicant.decoders.pgoutput import _walk_tuple
 from replicant.errors import DecodeError
@@ -213,3 +218,147 @@ def test_drain_refuses_wrong_arguments(native: Any) -> None:
         native.drain(1, *functions, 10, 0, XLogData, str)
     with pytest.raises(ValueError, match="null"):
         native.drain(0, *functions, 10, 0, XLogData, LSN)
+
+
+# --- RowCore
+
+
+def core_classes(native: Any) -> list[type]:
+    """The two cores, each with what Row's error reporting needs."""
+
+    class CompiledCore(native.RowCore):  # type: ignore[misc,name-defined]
+        _error = Row._error
+        raw = Row.raw
+        type_oid = Row.type_oid
+
+    class PythonCore(_RowCore):
+        __slots__ = ()
+        _error = Row._error  # type: ignore[assignment]
+        raw = Row.raw
+        type_oid = Row.type_oid
+
+    return [CompiledCore, PythonCore]
+
+
+def outcome(row: Any, name: Any) -> tuple[str, Any]:
+    try:
+        value = row[name]
+    except DecodeError as error:
+        return "DecodeError", (str(error), type(error.__cause__), error.__cause__ is not None)
+    except Exception as error:
+        return type(error).__name__, str(error)
+    return "value", value
+
+
+def failing(value: Any) -> Any:
+    raise ValueError(f"cannot read {value!r}")
+
+
+def test_row_core_reads_like_python(native: Any) -> None:
+    calls: list[Any] = []
+
+    def counted(value: bytes) -> int:
+        calls.append(value)
+        return int(value)
+
+    layout = RowLayout(
+        ["a", "b", "c", "d", "e"], [23, 25, 23, 23, 1], [counted, bytes.decode, int, int, failing]
+    )
+    raw = [b"12", b"x", None, UNCHANGED, b"boom"]
+    results = []
+    for core in core_classes(native):
+        calls.clear()
+        row = core(layout, list(raw))
+        got = [outcome(row, name) for name in ["a", "a", "b", "c", "d", "e", "e", "zz", ("a",)]]
+        assert row["d"] is UNCHANGED
+        assert calls == [b"12"], "converted once, then kept"
+        results.append(got)
+    assert results[0] == results[1]
+    assert results[0][-2] == ("KeyError", "'zz'")
+    assert results[0][-3][0] == "DecodeError"
+
+
+def test_row_core_lets_base_exceptions_through(native: Any) -> None:
+    def interrupted(value: Any) -> Any:
+        raise KeyboardInterrupt
+
+    layout = RowLayout(["a"], [23], [interrupted])
+    for core in core_classes(native):
+        with pytest.raises(KeyboardInterrupt):
+            core(layout, [b"1"])["a"]
+
+
+def test_row_core_refuses_bad_construction(native: Any) -> None:
+    layout = RowLayout(["a"], [23], [int])
+    with pytest.raises(TypeError):
+        native.RowCore(layout, (b"1",))  # a list, as decoders make
+    with pytest.raises(ValueError):
+        native.RowCore(layout, [b"1", b"2"])  # one value per converter
+    with pytest.raises(AttributeError):
+        native.RowCore(object(), [b"1"])
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.just(UNCHANGED), st.binary(max_size=6)), min_size=1, max_size=8
+    ),
+    reads=st.lists(st.integers(0, 9), max_size=20),
+)
+def test_row_core_matches_python(native: Any, values: list[Any], reads: list[int]) -> None:
+    names = [f"c{i}" for i in range(len(values))]
+    layout = RowLayout(names, [23] * len(values), [int] * len(values))
+    rows = [core(layout, list(values)) for core in core_classes(native)]
+    for i in reads:
+        name = f"c{i}"
+        assert outcome(rows[0], name) == outcome(rows[1], name)
+
+
+def test_rows_are_collected(native: Any) -> None:
+    # A row that refers to itself through a value is still freed (GC support).
+    class Node:
+        row: Any = None
+
+    layout = RowLayout(["a"], [0], [lambda value: value])
+    node = Node()
+    row = Row(layout, [node])
+    node.row = row
+    assert row["a"] is node
+    reference = weakref.ref(node)
+    del node, row
+    gc.collect()
+    assert reference() is None
+
+
+def test_decoder_tests_pass_in_pure_python() -> None:
+    # The suite runs with the compiled module; the unit tests of what it
+    # replaces run again here without it (Row's Python core included).
+    env = {**os.environ, "REPLICANT_PURE_PYTHON": "1"}
+    core = subprocess.run(
+        [sys.executable, "-c", "from replicant.changes import Row; print(Row.__mro__[1])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "replicant.changes._RowCore" in core.stdout
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_changes.py",
+            "tests/test_pgoutput.py",
+            "tests/test_wal2json.py",
+            "tests/test_values.py",
+        ],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
