@@ -10,8 +10,10 @@
  *               message out of libpq, parsing XLogData headers on the way.
  *   tuple_data  decoders/pgoutput.py's _walk_tuple: split pgoutput TupleData
  *               into its column values.
- *   RowCore     changes.py's _RowCore: the storage of a Row and its
- *               __getitem__, which converts a value on first access.
+ *   RowCore     changes.py's _RowCore: the storage of a Row, and the
+ *               mapping protocol (a value is converted on first access).
+ *   maker       changes.py's new_insert and friends: build a slotted
+ *               event without running its dataclass __init__.
  *
  * None raises for malformed input: drain hands back what it cannot parse
  * as bytes, tuple_data returns None, and RowCore asks the Row's own _error
@@ -335,6 +337,7 @@ unchanged(void)
 /* Interned attribute names of RowLayout, made when the module loads. */
 static PyObject *str_index = NULL;
 static PyObject *str_convert = NULL;
+static PyObject *str_names = NULL;
 
 typedef struct {
     PyObject_HEAD
@@ -520,6 +523,30 @@ row_subscript(RowCore *self, PyObject *name)
     return Py_NewRef(value);
 }
 
+static PyObject *
+row_iter(RowCore *self)
+{
+    PyObject *names = PyObject_GetAttr(self->layout, str_names);
+    if (names == NULL) {
+        return NULL;
+    }
+    PyObject *iterator = PyObject_GetIter(names);
+    Py_DECREF(names);
+    return iterator;
+}
+
+static Py_ssize_t
+row_length(RowCore *self)
+{
+    return PyDict_GET_SIZE(self->index);
+}
+
+static int
+row_contains(RowCore *self, PyObject *name)
+{
+    return PyDict_Contains(self->index, name);
+}
+
 static PyMemberDef row_members[] = {
     {"_layout", T_OBJECT_EX, offsetof(RowCore, layout), READONLY, "the RowLayout"},
     {"_raw", T_OBJECT_EX, offsetof(RowCore, raw), READONLY, "the values as received"},
@@ -527,7 +554,12 @@ static PyMemberDef row_members[] = {
 };
 
 static PyMappingMethods row_as_mapping = {
+    .mp_length = (lenfunc)row_length,
     .mp_subscript = (binaryfunc)row_subscript,
+};
+
+static PySequenceMethods row_as_sequence = {
+    .sq_contains = (objobjproc)row_contains,
 };
 
 PyDoc_STRVAR(row_doc,
@@ -549,12 +581,131 @@ static PyTypeObject RowCoreType = {
     .tp_traverse = (traverseproc)row_traverse,
     .tp_clear = (inquiry)row_clear,
     .tp_as_mapping = &row_as_mapping,
+    .tp_as_sequence = &row_as_sequence,
+    .tp_iter = (getiterfunc)row_iter,
     .tp_members = row_members,
 };
+
+/* --- maker ---------------------------------------------------------------- */
+
+/* A callable that builds an instance of one slotted class and fills the
+ * named slots from its arguments, in order: what object.__new__ and each
+ * slot's descriptor __set__ do, in one call. Frozen dataclasses refuse
+ * setattr, but their slots are set the way their own __init__ sets them
+ * (object.__setattr__ through the same descriptors). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *type;
+    PyObject *names;           /* tuple of str, for repr and errors */
+    Py_ssize_t count;
+    Py_ssize_t offsets[1];     /* count of them (the object is variable-sized) */
+} Maker;
+
+static PyObject *
+maker_call(Maker *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != self->count || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_Format(PyExc_TypeError, "making %s takes exactly %zd positional arguments (%R)",
+                     self->type->tp_name, self->count, self->names);
+        return NULL;
+    }
+    PyObject *object = self->type->tp_alloc(self->type, 0);
+    if (object == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject **slot = (PyObject **)((char *)object + self->offsets[i]);
+        Py_XSETREF(*slot, Py_NewRef(args[i]));
+    }
+    return object;
+}
+
+static void
+maker_dealloc(Maker *self)
+{
+    Py_XDECREF(self->type);
+    Py_XDECREF(self->names);
+    PyObject_Free(self);
+}
+
+static PyObject *
+maker_repr(Maker *self)
+{
+    return PyUnicode_FromFormat("<maker of %s%R>", self->type->tp_name, self->names);
+}
+
+static PyTypeObject MakerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "replicant._speedups.Maker",
+    .tp_basicsize = offsetof(Maker, offsets),
+    .tp_itemsize = sizeof(Py_ssize_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Builds one slotted class from positional values; see maker().",
+    .tp_dealloc = (destructor)maker_dealloc,
+    .tp_repr = (reprfunc)maker_repr,
+    .tp_vectorcall_offset = offsetof(Maker, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+PyDoc_STRVAR(maker_doc,
+"maker(cls, names)\n"
+"--\n\n"
+"A callable ``make(*values)`` that returns a new ``cls`` with the slots\n"
+"``names`` set to ``values``, in order, without calling ``__init__``.\n"
+"Every name must be an object slot (``__slots__``) of ``cls``; the slots not\n"
+"named are left unset.");
+
+static PyObject *
+maker(PyObject *module, PyObject *args)
+{
+    PyTypeObject *type;
+    PyObject *names;
+    if (!PyArg_ParseTuple(args, "O!O!:maker", &PyType_Type, &type, &PyTuple_Type, &names)) {
+        return NULL;
+    }
+    /* The instances must be plain objects: tp_alloc'ed, not variable-sized. */
+    if (type->tp_itemsize != 0 || type->tp_alloc == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s cannot be made by maker()", type->tp_name);
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(names);
+    Maker *self = PyObject_NewVar(Maker, &MakerType, count);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)maker_call;
+    self->type = (PyTypeObject *)Py_NewRef(type);
+    self->names = Py_NewRef(names);
+    self->count = count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *descriptor = PyObject_GetAttr((PyObject *)type, PyTuple_GET_ITEM(names, i));
+        if (descriptor == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        int ok = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
+            && ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX
+            && !(((PyMemberDescrObject *)descriptor)->d_member->flags & READONLY);
+        if (ok) {
+            self->offsets[i] = ((PyMemberDescrObject *)descriptor)->d_member->offset;
+        }
+        Py_DECREF(descriptor);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%R is not a slot of %s",
+                         PyTuple_GET_ITEM(names, i), type->tp_name);
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    return (PyObject *)self;
+}
 
 static PyMethodDef methods[] = {
     {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL, drain_doc},
     {"tuple_data", (PyCFunction)(void (*)(void))tuple_data, METH_FASTCALL, tuple_data_doc},
+    {"maker", (PyCFunction)maker, METH_VARARGS, maker_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -571,7 +722,10 @@ PyInit__speedups(void)
 {
     str_index = PyUnicode_InternFromString("index");
     str_convert = PyUnicode_InternFromString("convert");
-    if (str_index == NULL || str_convert == NULL || PyType_Ready(&RowCoreType) < 0) {
+    str_names = PyUnicode_InternFromString("names");
+    if (str_index == NULL || str_convert == NULL || str_names == NULL
+        || PyType_Ready(&RowCoreType) < 0
+        || PyType_Ready(&MakerType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);

@@ -7,6 +7,7 @@ raises, the compiled one hands the input back for it to say why).
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import os
 import struct
@@ -21,8 +22,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant import _accel, libpq
-from replicant.changes import UNCHANGED, Row, RowLayout, _RowCore
+from replicant import _accel, changes, libpq
+from replicant.changes import (
+    UNCHANGED,
+    Begin,
+    Column,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    Row,
+    RowLayout,
+    Update,
+    _RowCore,
+)
 from replicant.connection import ReplicationConnection, ReplicationStream
 from replicant.decoders.pgoutput import _walk_tuple
 from replicant.errors import DecodeError
@@ -31,6 +44,14 @@ from replicant.protocol import XLogData
 
 from .conftest import Database, require_compiled
 from .test_pgoutput import READS, _decoder, _messages
+
+(
+    python_new_begin,
+    python_new_commit,
+    python_new_insert,
+    python_new_update,
+    python_new_delete,
+) = changes._PYTHON_CONSTRUCTORS
 
 
 @pytest.fixture
@@ -362,3 +383,51 @@ def test_decoder_tests_pass_in_pure_python() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_row_core_mapping_protocol(native: Any) -> None:
+    layout = RowLayout(["a", "b"], [23, 25], [int, bytes.decode])
+    seen = []
+    for core in core_classes(native):
+        row = core(layout, [b"1", None])
+        seen.append((list(row), len(row), "a" in row, "z" in row, ["a"] in [row]))
+    assert seen[0] == seen[1] == (["a", "b"], 2, True, False, False)
+    assert dict(Row(layout, [b"1", None])) == {"a": 1, "b": None}
+
+
+# --- maker
+
+
+def test_makers_build_what_the_python_constructors_build(native: Any) -> None:
+    relation = Relation(LSN(1), 5, 1, "public", "t", (Column("a", 23, -1, True),), "default")
+    row = Row(RowLayout(["a"], [23], [int]), [b"1"])
+    when = dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)
+    cases = [
+        (python_new_begin, Begin, "lsn xid final_lsn commit_time", (LSN(1), 5, LSN(9), when)),
+        (python_new_commit, Commit, "lsn xid commit_lsn commit_time", (LSN(9), 5, LSN(8), when)),
+        (python_new_insert, Insert, "lsn xid relation new", (LSN(2), 5, relation, row)),
+        (python_new_update, Update, "lsn xid relation new old", (LSN(3), 6, relation, row, None)),
+        (python_new_delete, Delete, "lsn xid relation old", (LSN(4), 5, relation, row)),
+    ]
+    for python, cls, names, values in cases:
+        make = native.maker(cls, tuple(names.split()))
+        made, expected = make(*values), python(*values)
+        assert type(made) is cls and made == expected and made == cls(*values)
+        assert repr(made) == repr(expected)
+        assert gc.is_tracked(made)
+        with pytest.raises(TypeError, match="positional"):
+            make(*values[:-1])
+        with pytest.raises(TypeError):
+            make(*values, x=1)
+    assert changes.new_insert is not python_new_insert  # the decoders use the compiled ones
+
+
+def test_maker_refuses_what_is_not_a_slot(native: Any) -> None:
+    with pytest.raises(TypeError, match="not a slot"):
+        native.maker(Insert, ("lsn", "kind"))
+    with pytest.raises(AttributeError):
+        native.maker(Insert, ("nonesuch",))
+    with pytest.raises(TypeError):
+        native.maker(tuple, ("lsn",))
+    with pytest.raises(TypeError):
+        native.maker(Insert, ["lsn"])

@@ -352,6 +352,8 @@ class PgOutputDecoder:
         """Decode one pgoutput message. Raises DecodeError for anything malformed."""
         if not data:
             raise DecodeError("empty pgoutput message", position=0)
+        if type(wal_start) is not LSN:  # the stream gives LSNs; other callers may not
+            wal_start = _lsn(LSN, wal_start)
         try:
             events: list[Event] = self._dispatch[data[0]](data, wal_start)
             return events
@@ -389,15 +391,15 @@ class PgOutputDecoder:
         }
         return tuple(handlers.get(i, self._unknown) for i in range(256))
 
-    def _unknown(self, data: bytes, wal_start: int) -> list[Event]:
+    def _unknown(self, data: bytes, wal_start: LSN) -> list[Event]:
         raise DecodeError(f"unknown pgoutput message type {data[:1]!r}", position=0)
 
-    def _position(self, wal_start: int) -> LSN:
+    def _position(self, wal_start: LSN) -> LSN:
         # A change's own position when the frame carries it; the walsender
         # sends 0 for messages that are not the last of a change (Relation,
         # Type), and acknowledging the end of the previous transaction is
         # always safe.
-        return LSN.from_int(wal_start) if wal_start else self._last_end
+        return wal_start or self._last_end
 
     def _ended(self, end_lsn: int) -> LSN:
         lsn: LSN = _lsn(LSN, end_lsn)
@@ -501,16 +503,16 @@ class PgOutputDecoder:
     # Begin and Commit are two of every three messages of small transactions:
     # built like the row events, without the dataclass constructors.
 
-    def _begin(self, data: bytes, wal_start: int) -> list[Event]:
+    def _begin(self, data: bytes, wal_start: LSN) -> list[Event]:
         if len(data) != 21:
             self._check_size(data, 21, "Begin")
         final_lsn, commit_time, xid = _BEGIN.unpack_from(data, 1)
         self._xid = xid
         self._in_transaction = True
-        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        lsn = wal_start or self._last_end
         return [new_begin(lsn, xid, _lsn(LSN, final_lsn), _time(commit_time))]
 
-    def _commit(self, data: bytes, wal_start: int) -> list[Event]:
+    def _commit(self, data: bytes, wal_start: LSN) -> list[Event]:
         if len(data) != 26:
             self._check_size(data, 26, "Commit")
         _flags, commit_lsn, end_lsn, commit_time = _COMMIT.unpack_from(data, 1)
@@ -519,7 +521,7 @@ class PgOutputDecoder:
         self._in_transaction = False
         return [new_commit(self._ended(end_lsn), xid, _lsn(LSN, commit_lsn), _time(commit_time))]
 
-    def _origin(self, data: bytes, wal_start: int) -> list[Event]:
+    def _origin(self, data: bytes, wal_start: LSN) -> list[Event]:
         (origin_lsn,) = _U64.unpack_from(data, 1)
         name, pos = self._string(data, 9)
         self._finish(data, pos, "Origin")
@@ -527,7 +529,7 @@ class PgOutputDecoder:
 
     # -- schema ---------------------------------------------------------------------------------
 
-    def _relation(self, data: bytes, wal_start: int) -> list[Event]:
+    def _relation(self, data: bytes, wal_start: LSN) -> list[Event]:
         xid, pos = self._data_xid(data)
         (relid,) = _U32.unpack_from(data, pos)
         schema, pos = self._string(data, pos + 4)
@@ -555,7 +557,7 @@ class PgOutputDecoder:
         self._tables[relid] = _Table(relation, self.decode_values)
         return [relation]
 
-    def _type(self, data: bytes, wal_start: int) -> list[Event]:
+    def _type(self, data: bytes, wal_start: LSN) -> list[Event]:
         _xid, pos = self._data_xid(data)
         (type_oid,) = _U32.unpack_from(data, pos)
         schema, pos = self._string(data, pos + 4)
@@ -566,7 +568,7 @@ class PgOutputDecoder:
 
     # -- rows -------------------------------------------------------------------------------------
 
-    def _insert(self, data: bytes, wal_start: int) -> list[Event]:
+    def _insert(self, data: bytes, wal_start: LSN) -> list[Event]:
         # The hot path: one struct call for the fixed fields, then the tuple.
         if self._in_stream:
             xid, relid, marker, count = _STREAM_ROW_HEAD.unpack_from(data, 1)
@@ -583,7 +585,7 @@ class PgOutputDecoder:
         new, pos = self._tuple(data, pos, count, table)
         if pos != len(data):
             self._finish(data, pos, "Insert")
-        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        lsn = wal_start or self._last_end
         return [new_insert(lsn, xid, table.relation, new)]
 
     def _row_head(self, data: bytes) -> tuple[int | None, int, int, int, int]:
@@ -594,7 +596,7 @@ class PgOutputDecoder:
         relid, marker, count = _ROW_HEAD.unpack_from(data, 1)
         return self._xid, relid, marker, count, 8
 
-    def _update(self, data: bytes, wal_start: int) -> list[Event]:
+    def _update(self, data: bytes, wal_start: LSN) -> list[Event]:
         xid, relid, marker, count, pos = self._row_head(data)
         table = self._tables.get(relid)
         if table is None:
@@ -611,10 +613,10 @@ class PgOutputDecoder:
         new, pos = self._tuple(data, pos, count, table)
         if pos != len(data):
             self._finish(data, pos, "Update")
-        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        lsn = wal_start or self._last_end
         return [new_update(lsn, xid, table.relation, new, old)]
 
-    def _delete(self, data: bytes, wal_start: int) -> list[Event]:
+    def _delete(self, data: bytes, wal_start: LSN) -> list[Event]:
         xid, relid, marker, count, pos = self._row_head(data)
         table = self._tables.get(relid)
         if table is None:
@@ -626,10 +628,10 @@ class PgOutputDecoder:
             old = self._key_row(old, table)
         if pos != len(data):
             self._finish(data, pos, "Delete")
-        lsn = _lsn(LSN, wal_start) if wal_start else self._last_end
+        lsn = wal_start or self._last_end
         return [new_delete(lsn, xid, table.relation, old)]
 
-    def _truncate(self, data: bytes, wal_start: int) -> list[Event]:
+    def _truncate(self, data: bytes, wal_start: LSN) -> list[Event]:
         xid, pos = self._data_xid(data)
         count, flags = _TRUNCATE.unpack_from(data, pos)
         pos += 5
@@ -645,7 +647,7 @@ class PgOutputDecoder:
             Truncate(self._position(wal_start), xid, relations, bool(flags & 1), bool(flags & 2))
         ]
 
-    def _message(self, data: bytes, wal_start: int) -> list[Event]:
+    def _message(self, data: bytes, wal_start: LSN) -> list[Event]:
         xid, pos = self._data_xid(data)
         flags, lsn = _MESSAGE.unpack_from(data, pos)
         prefix, pos = self._string(data, pos + 9)
@@ -666,7 +668,7 @@ class PgOutputDecoder:
 
     # -- streamed transactions (protocol 2+) ------------------------------------------------
 
-    def _stream_start(self, data: bytes, wal_start: int) -> list[Event]:
+    def _stream_start(self, data: bytes, wal_start: LSN) -> list[Event]:
         self._check_size(data, 6, "Stream Start")
         xid, first = _STREAM_START.unpack_from(data, 1)
         self._in_stream = True
@@ -674,7 +676,7 @@ class PgOutputDecoder:
         self._stream_xid = xid
         return [StreamStart(self._position(wal_start), xid, first == 1)]
 
-    def _stream_stop(self, data: bytes, wal_start: int) -> list[Event]:
+    def _stream_stop(self, data: bytes, wal_start: LSN) -> list[Event]:
         self._check_size(data, 1, "Stream Stop")
         xid = self._stream_xid
         self._in_stream = False
@@ -682,14 +684,14 @@ class PgOutputDecoder:
         self._stream_xid = None
         return [StreamStop(self._position(wal_start), xid)]
 
-    def _stream_commit(self, data: bytes, wal_start: int) -> list[Event]:
+    def _stream_commit(self, data: bytes, wal_start: LSN) -> list[Event]:
         self._check_size(data, 30, "Stream Commit")
         xid, _flags, commit_lsn, end_lsn, commit_time = _STREAM_COMMIT.unpack_from(data, 1)
         return [
             StreamCommit(self._ended(end_lsn), xid, LSN.from_int(commit_lsn), _time(commit_time))
         ]
 
-    def _stream_abort(self, data: bytes, wal_start: int) -> list[Event]:
+    def _stream_abort(self, data: bytes, wal_start: LSN) -> list[Event]:
         # The abort LSN and time follow only with protocol 4 and streaming
         # 'parallel', which this decoder asked for (or not).
         if self._abort_info:
@@ -698,7 +700,7 @@ class PgOutputDecoder:
             lsn = LSN.from_int(abort_lsn)
             return [
                 StreamAbort(
-                    LSN.from_int(wal_start) if wal_start else lsn,
+                    wal_start or lsn,
                     xid,
                     subxid,
                     lsn,
@@ -711,7 +713,7 @@ class PgOutputDecoder:
 
     # -- two-phase commit (protocol 3+) -----------------------------------------------------
 
-    def _begin_prepare(self, data: bytes, wal_start: int) -> list[Event]:
+    def _begin_prepare(self, data: bytes, wal_start: LSN) -> list[Event]:
         prepare_lsn, end_lsn, prepare_time, xid = _BEGIN_PREPARE.unpack_from(data, 1)
         gid, pos = self._string(data, 29)
         self._finish(data, pos, "Begin Prepare")
@@ -734,7 +736,7 @@ class PgOutputDecoder:
         self._finish(data, pos, name)
         return prepare_lsn, end_lsn, prepare_time, xid, gid
 
-    def _prepare(self, data: bytes, wal_start: int) -> list[Event]:
+    def _prepare(self, data: bytes, wal_start: LSN) -> list[Event]:
         prepare_lsn, end_lsn, prepare_time, xid, gid = self._prepare_fields(data, "Prepare")
         self._xid = None
         self._in_transaction = False
@@ -742,7 +744,7 @@ class PgOutputDecoder:
             Prepare(self._ended(end_lsn), xid, LSN.from_int(prepare_lsn), _time(prepare_time), gid)
         ]
 
-    def _commit_prepared(self, data: bytes, wal_start: int) -> list[Event]:
+    def _commit_prepared(self, data: bytes, wal_start: LSN) -> list[Event]:
         commit_lsn, end_lsn, commit_time, xid, gid = self._prepare_fields(data, "Commit Prepared")
         return [
             CommitPrepared(
@@ -750,7 +752,7 @@ class PgOutputDecoder:
             )
         ]
 
-    def _rollback_prepared(self, data: bytes, wal_start: int) -> list[Event]:
+    def _rollback_prepared(self, data: bytes, wal_start: LSN) -> list[Event]:
         fields = _ROLLBACK_PREPARED.unpack_from(data, 1)
         _flags, prepare_end, rollback_end, prepare_time, rollback_time, xid = fields
         gid, pos = self._string(data, 38)
@@ -766,7 +768,7 @@ class PgOutputDecoder:
             )
         ]
 
-    def _stream_prepare(self, data: bytes, wal_start: int) -> list[Event]:
+    def _stream_prepare(self, data: bytes, wal_start: LSN) -> list[Event]:
         prepare_lsn, end_lsn, prepare_time, xid, gid = self._prepare_fields(data, "Stream Prepare")
         return [
             StreamPrepare(
