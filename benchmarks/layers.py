@@ -5,9 +5,11 @@ It starts the benchmark's server (see ``benchmarks/run.py``), writes one
 workload, and measures, for the same messages:
 
 1. the transport: ``ReplicationStream.read`` on the live stream (libpq's
-   COPY calls through ctypes, plus frame parsing), in the reading thread's
-   CPU time;
-2. frame parsing alone (``protocol.parse_frame``) on the captured payloads;
+   COPY calls and frame parsing: compiled in ``replicant._speedups``, or
+   ctypes and ``protocol.parse_frame`` with ``REPLICANT_PURE_PYTHON=1``), in
+   the reading thread's CPU time, waiting for the server included;
+2. frame parsing in Python alone (``protocol.parse_frame``, the pure-Python
+   path) on the captured payloads;
 3. pgoutput decoding with values left undecoded, and with converters
    attached (rows and events built, no value read);
 4. reading every value of every row (the converters, through ``Row``);
@@ -15,7 +17,10 @@ workload, and measures, for the same messages:
    over the captured frames, with the real decoder and callback, minus 3
    and 4;
 
-then prints a table, with the libpq part as 1 minus 2. Everything but 1 runs
+then prints a table (in pure-Python mode with the libpq part as 1 minus 2).
+The transport is the one figure that depends on the server: a client that
+is faster than the walsender wakes up for a few frames at a time, and pays
+for each wake-up (select, the lock, the calls). Everything but 1 runs
 single-threaded on captured data, so the figures are steadier than those of
 ``run.py``; the difference to a real ``Consumer`` drain (run.py's CPU per
 event) is what the threads, the lock and the waiting add. Each figure is
@@ -38,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench
 from clients import _nothing, _read_everything
 
-from replicant import protocol
+from replicant import _accel, protocol
 from replicant.connection import ReplicationConnection
 from replicant.decoders import make_decoder
 from replicant.protocol import XLogData
@@ -191,14 +196,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     def us(seconds: float) -> str:
         return f"{seconds / n * 1e6:6.2f}"
 
+    if _accel.compiled is not None:
+        transport = [
+            (
+                "transport: ReplicationStream.read (live; compiled drain and frame parsing)",
+                us(read_cpu),
+                "connection.py, _speedups.c",
+            ),
+            ("(frame parsing in Python, the fallback's cost)", us(t_parse), "protocol.py"),
+        ]
+    else:
+        transport = [
+            ("transport: ReplicationStream.read (live, incl. parse)", us(read_cpu), "libpq.py"),
+            (
+                "  of which libpq calls via ctypes, copying, batching",
+                us(read_cpu - t_parse),
+                "connection.py, libpq.py",
+            ),
+            ("  of which frame parsing (parse_frame)", us(t_parse), "protocol.py"),
+        ]
     rows: Iterable[tuple[str, str, str]] = [
-        ("transport: ReplicationStream.read (live, incl. parse)", us(read_cpu), "connection.py"),
-        (
-            "  of which libpq calls via ctypes, copying, batching",
-            us(read_cpu - t_parse),
-            "connection.py",
-        ),
-        ("  of which frame parsing (parse_frame)", us(t_parse), "protocol.py"),
+        *transport,
         (
             "decode, values left undecoded",
             us(best["decode_raw"]),

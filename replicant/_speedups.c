@@ -14,6 +14,8 @@
  *               mapping protocol (a value is converted on first access).
  *   maker       changes.py's new_insert and friends: build a slotted
  *               event without running its dataclass __init__.
+ *   from_text   values.py's _from_text_python: a text-value reader that
+ *               decodes UTF-8 bytes and parses the text.
  *
  * None raises for malformed input: drain hands back what it cannot parse
  * as bytes, tuple_data returns None, and RowCore asks the Row's own _error
@@ -702,10 +704,130 @@ maker(PyObject *module, PyObject *args)
     return (PyObject *)self;
 }
 
+/* --- from_text ------------------------------------------------------------ */
+
+/* A reader of one type's text representation: str as it is, or UTF-8 bytes
+ * decoded, then parse(text); if that raises ValueError and there is a
+ * fallback, fallback(value) (the value as it came) instead. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *parse;
+    PyObject *fallback; /* or NULL */
+} FromText;
+
+static PyObject *
+from_text_call(FromText *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a text reader takes exactly one value");
+        return NULL;
+    }
+    PyObject *value = args[0];
+    PyObject *text;
+    if (PyUnicode_Check(value)) {
+        text = Py_NewRef(value);
+    }
+    else if (PyBytes_Check(value)) {
+        text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
+        if (text == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "a text value must be str or bytes, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    PyObject *result = PyObject_CallOneArg(self->parse, text);
+    Py_DECREF(text);
+    if (result == NULL && self->fallback != NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        result = PyObject_CallOneArg(self->fallback, value);
+    }
+    return result;
+}
+
+static int
+from_text_traverse(FromText *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->parse);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+from_text_clear(FromText *self)
+{
+    Py_CLEAR(self->parse);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+from_text_dealloc(FromText *self)
+{
+    PyObject_GC_UnTrack(self);
+    from_text_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+from_text_repr(FromText *self)
+{
+    return PyUnicode_FromFormat("<text reader %R, falling back to %R>", self->parse,
+                                self->fallback != NULL ? self->fallback : Py_None);
+}
+
+static PyTypeObject FromTextType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "replicant._speedups.FromText",
+    .tp_basicsize = sizeof(FromText),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A reader of a text representation; see from_text().",
+    .tp_dealloc = (destructor)from_text_dealloc,
+    .tp_traverse = (traverseproc)from_text_traverse,
+    .tp_clear = (inquiry)from_text_clear,
+    .tp_repr = (reprfunc)from_text_repr,
+    .tp_vectorcall_offset = offsetof(FromText, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+PyDoc_STRVAR(from_text_doc,
+"from_text(parse, fallback=None)\n"
+"--\n\n"
+"A one-argument reader: ``parse`` of the value as text (``str`` as it is,\n"
+"``bytes`` decoded from UTF-8); when ``parse`` raises ValueError and\n"
+"``fallback`` is given, ``fallback`` of the value as it came. Other values\n"
+"than str and bytes raise TypeError.");
+
+static PyObject *
+from_text(PyObject *module, PyObject *args)
+{
+    PyObject *parse, *fallback = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:from_text", &parse, &fallback)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(parse) || (fallback != Py_None && !PyCallable_Check(fallback))) {
+        PyErr_SetString(PyExc_TypeError, "from_text() needs callables");
+        return NULL;
+    }
+    FromText *self = PyObject_GC_New(FromText, &FromTextType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)from_text_call;
+    self->parse = Py_NewRef(parse);
+    self->fallback = fallback == Py_None ? NULL : Py_NewRef(fallback);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef methods[] = {
     {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL, drain_doc},
     {"tuple_data", (PyCFunction)(void (*)(void))tuple_data, METH_FASTCALL, tuple_data_doc},
     {"maker", (PyCFunction)maker, METH_VARARGS, maker_doc},
+    {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -725,7 +847,7 @@ PyInit__speedups(void)
     str_names = PyUnicode_InternFromString("names");
     if (str_index == NULL || str_convert == NULL || str_names == NULL
         || PyType_Ready(&RowCoreType) < 0
-        || PyType_Ready(&MakerType) < 0) {
+        || PyType_Ready(&MakerType) < 0 || PyType_Ready(&FromTextType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);

@@ -1,7 +1,7 @@
 # The compiled module's interface; see _speedups.c. Both functions have a
 # pure-Python equivalent that defines their behaviour: libpq._drain_python
 # and decoders.pgoutput._walk_tuple.
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 def drain(
@@ -29,3 +29,6 @@ class RowCore:
     def __contains__(self, name: object, /) -> bool: ...
 
 def maker(cls: type[Any], names: tuple[str, ...], /) -> Any: ...
+def from_text(
+    parse: Callable[[str], Any], fallback: Callable[[Any], Any] | None = None, /
+) -> Callable[[str | bytes], Any]: ...

@@ -673,7 +673,7 @@ class Consumer:
         put = self._queue.put
         receive_timeout = self.receive_timeout
         monotonic = time.monotonic
-        last_delivered = 0
+        last_event: Event | None = None  # the last one delivered
         while not (session.ending or stop_requested()):
             frames = stream.read(_POLL_INTERVAL)
             if not frames:
@@ -695,14 +695,13 @@ class Consumer:
             try:
                 for frame in frames:
                     if type(frame) is XLogData:
-                        wal_start = frame.wal_start
+                        wal_start, wal_end, _, data = frame
                         if end_lsn is not None and wal_start > end_lsn:
                             self._reached_end(end_lsn)
                             return
-                        data = frame.data
                         nframes += 1
                         nbytes += len(data)
-                        for event in decode(data, wal_start, frame.wal_end):
+                        for event in decode(data, wal_start, wal_end):
                             result = callback(event)
                             if result is not None:
                                 if type(result) is LSN:  # event.lsn: valid; published below
@@ -710,7 +709,7 @@ class Consumer:
                                         acked = result
                                 else:
                                     progress.acknowledge(result)  # checked now
-                            last_delivered = event.lsn
+                            last_event = event
                             events += 1
                             if type(event) in transaction_ends:
                                 ends += 1
@@ -728,7 +727,7 @@ class Consumer:
                         progress.keepalive(
                             frame.wal_end,
                             in_transaction=decoder.in_transaction,
-                            last_delivered=last_delivered,
+                            last_delivered=0 if last_event is None else last_event.lsn,
                         )
                         if frame.reply_requested:
                             put(frame)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import weakref
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant import _accel, changes, libpq
+from replicant import _accel, changes, libpq, values
 from replicant.changes import (
     UNCHANGED,
     Begin,
@@ -409,16 +410,16 @@ def test_makers_build_what_the_python_constructors_build(native: Any) -> None:
         (python_new_update, Update, "lsn xid relation new old", (LSN(3), 6, relation, row, None)),
         (python_new_delete, Delete, "lsn xid relation old", (LSN(4), 5, relation, row)),
     ]
-    for python, cls, names, values in cases:
+    for python, cls, names, fields in cases:
         make = native.maker(cls, tuple(names.split()))
-        made, expected = make(*values), python(*values)
-        assert type(made) is cls and made == expected and made == cls(*values)
+        made, expected = make(*fields), python(*fields)
+        assert type(made) is cls and made == expected and made == cls(*fields)
         assert repr(made) == repr(expected)
         assert gc.is_tracked(made)
         with pytest.raises(TypeError, match="positional"):
-            make(*values[:-1])
+            make(*fields[:-1])
         with pytest.raises(TypeError):
-            make(*values, x=1)
+            make(*fields, x=1)
     assert changes.new_insert is not python_new_insert  # the decoders use the compiled ones
 
 
@@ -431,3 +432,70 @@ def test_maker_refuses_what_is_not_a_slot(native: Any) -> None:
         native.maker(tuple, ("lsn",))
     with pytest.raises(TypeError):
         native.maker(Insert, ["lsn"])
+
+
+# --- from_text
+
+
+def read_outcome(reader: Any, value: Any) -> tuple[str, Any]:
+    try:
+        return "value", reader(value)
+    except Exception as error:
+        return type(error).__name__, None
+
+
+def fallback(value: Any) -> Any:
+    return ("fallback", value)
+
+
+PARSERS = [
+    (int, None),
+    (Decimal, None),
+    (dt.datetime.fromisoformat, fallback),
+    (dt.date.fromisoformat, fallback),
+    (float, fallback),
+]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.one_of(
+        st.text(max_size=30),
+        st.binary(max_size=30),
+        st.integers().map(str),
+        st.integers().map(lambda i: str(i).encode()),
+        st.decimals(allow_nan=False).map(lambda d: str(d).encode()),
+        st.datetimes(timezones=st.just(dt.timezone.utc)).map(lambda d: str(d).encode()),
+        st.integers(),
+        st.none(),
+    ),
+    parser=st.sampled_from(PARSERS),
+)
+def test_from_text_matches_python(native: Any, value: Any, parser: tuple[Any, Any]) -> None:
+    parse, otherwise = parser
+    compiled = native.from_text(parse, otherwise)
+    python = values._from_text_python(parse, otherwise)
+    got, expected = read_outcome(compiled, value), read_outcome(python, value)
+    assert got == expected
+    if got[0] == "value" and got[1] == got[1]:  # not NaN
+        assert type(got[1]) is type(expected[1])
+
+
+def test_from_text_examples(native: Any) -> None:
+    read = native.from_text(dt.datetime.fromisoformat, fallback)
+    assert read(b"2024-05-06 07:08:09.5+00") == dt.datetime(
+        2024, 5, 6, 7, 8, 9, 500000, tzinfo=dt.timezone.utc
+    )
+    assert read(b"infinity") == ("fallback", b"infinity")  # the value as it came
+    with pytest.raises(UnicodeDecodeError):
+        read(b"\xff")
+    with pytest.raises(TypeError):
+        read(5)
+    with pytest.raises(TypeError):
+        read(b"1", b"2")
+    with pytest.raises(ValueError):
+        native.from_text(int)(b"x")
+    with pytest.raises(TypeError):
+        native.from_text(5)
+    assert "fromisoformat" in repr(read)
+    assert values.text_reader(1700) is not None
