@@ -757,7 +757,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(WORKLOADS),
         help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)",
     )
-    parser.add_argument("--runs", type=int, help="runs per contender (default 3; --quick: 1)")
+    parser.add_argument("--runs", type=int, help="runs per contender (default 5; --quick: 1)")
     parser.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
@@ -774,7 +774,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per drain at most")
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
     args = parser.parse_args(argv)
-    args.runs = args.runs or (1 if args.quick else 3)
+    args.runs = args.runs or (1 if args.quick else 5)
     args.scale = args.scale or (0.1 if args.quick else 1.0)
     args.latency_seconds = args.latency_seconds or (2.0 if args.quick else 10.0)
     args.workloads = [w for w in args.workloads.split(",") if w]

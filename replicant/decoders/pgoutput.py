@@ -597,7 +597,14 @@ class PgOutputDecoder:
         return self._xid, relid, marker, count, 8
 
     def _update(self, data: bytes, wal_start: LSN) -> list[Event]:
-        xid, relid, marker, count, pos = self._row_head(data)
+        # Hot like _insert: the row head read here rather than by _row_head.
+        if self._in_stream:
+            xid, relid, marker, count = _STREAM_ROW_HEAD.unpack_from(data, 1)
+            pos = 12
+        else:
+            xid = self._xid
+            relid, marker, count = _ROW_HEAD.unpack_from(data, 1)
+            pos = 8
         table = self._tables.get(relid)
         if table is None:
             raise self._unknown_relation(relid, pos - 7)
