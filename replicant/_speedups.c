@@ -9,7 +9,7 @@
  *   drain       libpq.py's _drain_python: pull every complete CopyData
  *               message out of libpq, parsing XLogData headers on the way.
  *   tuple_data  decoders/pgoutput.py's _walk_tuple: split pgoutput TupleData
- *               into its column values.
+ *               into its column values; read_row also makes the Row of them.
  *   RowCore     changes.py's _RowCore: the storage of a Row, and the
  *               mapping protocol (a value is converted on first access).
  *   maker       changes.py's new_insert and friends: build a slotted
@@ -225,45 +225,28 @@ drain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nni)", items, raw, outcome);
 }
 
-PyDoc_STRVAR(tuple_data_doc,
-"tuple_data(data, pos, count, unchanged)\n"
-"--\n\n"
-"Split the `count` columns of pgoutput TupleData starting at `pos` in `data`.\n\n"
-"Returns (values, end, binary, special): a list with the bytes of each 't'\n"
-"or 'b' column, None for 'n' and `unchanged` for 'u'; the position after\n"
-"the tuple; how many columns were 'b'; how many were 'n' or 'u'. Returns\n"
-"None if the tuple is malformed (truncated, an unknown kind), so that the\n"
-"caller can say precisely what is wrong.");
+/* The columns of TupleData: what tuple_data returns, as a struct. */
+typedef struct {
+    PyObject *values;   /* list, or NULL */
+    Py_ssize_t end;     /* the position after the tuple */
+    Py_ssize_t binary;  /* 'b' columns */
+    Py_ssize_t special; /* 'n' and 'u' columns */
+} Columns;
 
-static PyObject *
-tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Split `count` columns at `pos`. Returns 1 with columns->values set, 0 if
+ * the tuple is malformed (no exception set), -1 on an exception. */
+static int
+split_tuple(PyObject *data, Py_ssize_t pos, Py_ssize_t count, PyObject *unchanged,
+            Columns *columns)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "tuple_data() takes exactly 4 arguments");
-        return NULL;
-    }
-    if (!PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "tuple_data() needs bytes");
-        return NULL;
-    }
-    const unsigned char *buffer = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t end = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t count = PyLong_AsSsize_t(args[2]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (pos < 0 || count < 0) {
-        PyErr_SetString(PyExc_ValueError, "tuple_data() needs a position and count >= 0");
-        return NULL;
-    }
+    const unsigned char *buffer = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t end = PyBytes_GET_SIZE(data);
     if (pos > end) {
-        Py_RETURN_NONE;
+        return 0;
     }
-    PyObject *unchanged = args[3];
     PyObject *values = PyList_New(count);
     if (values == NULL) {
-        return NULL;
+        return -1;
     }
     Py_ssize_t binary = 0, special = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -288,7 +271,7 @@ tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             value = PyBytes_FromStringAndSize((const char *)buffer + start, (Py_ssize_t)length);
             if (value == NULL) {
                 Py_DECREF(values);
-                return NULL;
+                return -1;
             }
             pos = start + (Py_ssize_t)length;
             break;
@@ -308,12 +291,68 @@ tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyList_SET_ITEM(values, i, value);
     }
-    return Py_BuildValue("(Nnnn)", values, pos, binary, special);
+    columns->values = values;
+    columns->end = pos;
+    columns->binary = binary;
+    columns->special = special;
+    return 1;
 
 malformed:
     /* The list's unfilled slots are NULL, which list deallocation skips. */
     Py_DECREF(values);
-    Py_RETURN_NONE;
+    return 0;
+}
+
+/* data, pos and count from arguments: 0 on success. */
+static int
+tuple_arguments(PyObject *const *args, Py_ssize_t *pos, Py_ssize_t *count)
+{
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "TupleData must be bytes");
+        return -1;
+    }
+    *pos = PyLong_AsSsize_t(args[1]);
+    *count = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (*pos < 0 || *count < 0) {
+        PyErr_SetString(PyExc_ValueError, "TupleData needs a position and count >= 0");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(tuple_data_doc,
+"tuple_data(data, pos, count, unchanged)\n"
+"--\n\n"
+"Split the `count` columns of pgoutput TupleData starting at `pos` in `data`.\n\n"
+"Returns (values, end, binary, special): a list with the bytes of each 't'\n"
+"or 'b' column, None for 'n' and `unchanged` for 'u'; the position after\n"
+"the tuple; how many columns were 'b'; how many were 'n' or 'u'. Returns\n"
+"None if the tuple is malformed (truncated, an unknown kind), so that the\n"
+"caller can say precisely what is wrong.");
+
+static PyObject *
+tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t pos, count;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "tuple_data() takes exactly 4 arguments");
+        return NULL;
+    }
+    if (tuple_arguments(args, &pos, &count) < 0) {
+        return NULL;
+    }
+    Columns columns;
+    int split = split_tuple(args[0], pos, count, args[3], &columns);
+    if (split <= 0) {
+        if (split < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(Nnnn)", columns.values, columns.end, columns.binary, columns.special);
 }
 
 /* --- RowCore ------------------------------------------------------------- */
@@ -351,6 +390,8 @@ typedef struct {
     Py_ssize_t size;    /* len(raw) */
 } RowCore;
 
+static PyObject *make_row(PyTypeObject *type, PyObject *layout, PyObject *values);
+
 static PyObject *
 row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -371,33 +412,7 @@ row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return NULL;
         }
     }
-    PyObject *index = PyObject_GetAttr(layout, str_index);
-    PyObject *convert = index ? PyObject_GetAttr(layout, str_convert) : NULL;
-    if (convert == NULL) {
-        Py_XDECREF(index);
-        return NULL;
-    }
-    if (!PyDict_Check(index) || !PyTuple_Check(convert)
-        || PyTuple_GET_SIZE(convert) != PyList_GET_SIZE(raw)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "a row needs a layout with an index dict and one converter per value");
-        Py_DECREF(index);
-        Py_DECREF(convert);
-        return NULL;
-    }
-    RowCore *self = (RowCore *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        Py_DECREF(index);
-        Py_DECREF(convert);
-        return NULL;
-    }
-    self->layout = Py_NewRef(layout);
-    self->raw = Py_NewRef(raw);
-    self->index = index;
-    self->convert = convert;
-    self->values = NULL;
-    self->size = PyList_GET_SIZE(raw);
-    return (PyObject *)self;
+    return make_row(type, layout, Py_NewRef(raw));
 }
 
 static int
@@ -588,6 +603,89 @@ static PyTypeObject RowCoreType = {
     .tp_members = row_members,
 };
 
+/* A row of `type` (RowCore or a subclass) over `values`; steals `values`. */
+static PyObject *
+make_row(PyTypeObject *type, PyObject *layout, PyObject *values)
+{
+    PyObject *index = PyObject_GetAttr(layout, str_index);
+    PyObject *convert = index ? PyObject_GetAttr(layout, str_convert) : NULL;
+    if (convert == NULL || !PyDict_Check(index) || !PyTuple_Check(convert)
+        || PyTuple_GET_SIZE(convert) != PyList_GET_SIZE(values)) {
+        if (convert != NULL) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a row needs a layout with an index dict and one converter per value");
+        }
+        Py_XDECREF(index);
+        Py_XDECREF(convert);
+        Py_DECREF(values);
+        return NULL;
+    }
+    RowCore *row = (RowCore *)type->tp_alloc(type, 0);
+    if (row == NULL) {
+        Py_DECREF(index);
+        Py_DECREF(convert);
+        Py_DECREF(values);
+        return NULL;
+    }
+    row->layout = Py_NewRef(layout);
+    row->raw = values;
+    row->index = index;
+    row->convert = convert;
+    row->values = NULL;
+    row->size = PyList_GET_SIZE(values);
+    return (PyObject *)row;
+}
+
+PyDoc_STRVAR(read_row_doc,
+"read_row(data, pos, count, text, binary, row_type, unchanged)\n"
+"--\n\n"
+"tuple_data, and the row made of it: ``row_type(text, values)`` when no\n"
+"column is binary, ``row_type(binary, values)`` when every column is binary\n"
+"(or NULL, or unchanged). Returns (row, end), or None when the tuple is\n"
+"malformed or mixes text and binary columns: the Python code handles those.\n"
+"``row_type`` must be RowCore or a subclass.");
+
+static PyObject *
+read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t pos, count;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "read_row() takes exactly 7 arguments");
+        return NULL;
+    }
+    if (tuple_arguments(args, &pos, &count) < 0) {
+        return NULL;
+    }
+    if (!PyType_Check(args[5]) || !PyType_IsSubtype((PyTypeObject *)args[5], &RowCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "read_row() needs a RowCore type");
+        return NULL;
+    }
+    Columns columns;
+    int split = split_tuple(args[0], pos, count, args[6], &columns);
+    if (split <= 0) {
+        if (split < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *layout;
+    if (columns.binary == 0) {
+        layout = args[3];
+    }
+    else if (columns.binary + columns.special == count) {
+        layout = args[4];
+    }
+    else {
+        Py_DECREF(columns.values);
+        Py_RETURN_NONE;
+    }
+    PyObject *row = make_row((PyTypeObject *)args[5], layout, columns.values);
+    if (row == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", row, columns.end);
+}
+
 /* --- maker ---------------------------------------------------------------- */
 
 /* A callable that builds an instance of one slotted class and fills the
@@ -724,6 +822,19 @@ from_text_call(FromText *self, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     }
     PyObject *value = args[0];
+    if (self->parse == (PyObject *)&PyLong_Type && PyBytes_CheckExact(value)) {
+        /* int of ASCII digits, without making a str first. Bytes objects
+         * end in a NUL, as PyLong_FromString needs; anything it does not
+         * read to the end goes the common way, to fail as int(text) fails. */
+        const char *digits = PyBytes_AS_STRING(value);
+        char *stop = NULL;
+        PyObject *number = PyLong_FromString(digits, &stop, 10);
+        if (number != NULL && stop == digits + PyBytes_GET_SIZE(value)) {
+            return number;
+        }
+        Py_XDECREF(number);
+        PyErr_Clear();
+    }
     PyObject *text;
     if (PyUnicode_Check(value)) {
         text = Py_NewRef(value);
@@ -826,6 +937,7 @@ from_text(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL, drain_doc},
     {"tuple_data", (PyCFunction)(void (*)(void))tuple_data, METH_FASTCALL, tuple_data_doc},
+    {"read_row", (PyCFunction)(void (*)(void))read_row, METH_FASTCALL, read_row_doc},
     {"maker", (PyCFunction)maker, METH_VARARGS, maker_doc},
     {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},
     {NULL, NULL, 0, NULL},

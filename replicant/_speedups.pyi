@@ -15,6 +15,16 @@ def drain(
     lsn: type[int],
     /,
 ) -> tuple[list[Any], int, int]: ...
+def read_row(
+    data: bytes,
+    pos: int,
+    count: int,
+    text: Any,
+    binary: Any,
+    row_type: type[Any],
+    unchanged: object,
+    /,
+) -> tuple[Any, int] | None: ...
 def tuple_data(
     data: bytes, pos: int, count: int, unchanged: object, /
 ) -> tuple[list[Any], int, int, int] | None: ...

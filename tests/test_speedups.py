@@ -163,6 +163,16 @@ def test_tuple_data_matches_python(
     assert compiled == python
     if compiled is not None:
         assert [v is UNCHANGED for v in compiled[0]] == [v is UNCHANGED for v in python[0]]
+    # read_row: the same split, and the row on the layout the kinds call for.
+    text = RowLayout([f"c{i}" for i in range(count)], [0] * count, [str] * count)
+    binary = RowLayout(text.names, text.type_oids, [bytes] * count)
+    made = native.read_row(data, len(prefix), count, text, binary, Row, UNCHANGED)
+    if python is None or (python[2] and python[2] + python[3] != count):
+        assert made is None  # malformed, or mixed: left to the Python code
+    else:
+        row, end = made
+        assert type(row) is Row and end == python[1] and row._raw == python[0]
+        assert row._layout is (binary if python[2] else text)
 
 
 @pytest.mark.parametrize("read", READS)
@@ -499,3 +509,22 @@ def test_from_text_examples(native: Any) -> None:
         native.from_text(5)
     assert "fromisoformat" in repr(read)
     assert values.text_reader(1700) is not None
+
+
+def test_read_row_refuses_wrong_arguments(native: Any) -> None:
+    layout = RowLayout(["a"], [23], [int])
+    with pytest.raises(TypeError, match="RowCore"):
+        native.read_row(b"n", 0, 1, layout, layout, dict, UNCHANGED)
+    with pytest.raises(TypeError):
+        native.read_row(b"n", 0, 1, layout, layout, Row)
+    with pytest.raises(ValueError, match="converter"):
+        native.read_row(b"nn", 0, 2, layout, layout, Row, UNCHANGED)
+    assert native.read_row(b"t\0\0\0\x012", 0, 1, layout, layout, Row, UNCHANGED)[0]["a"] == 2
+
+
+def test_int_fast_path_agrees_with_int(native: Any) -> None:
+    read = native.from_text(int)
+    for good in [b"0", b"-12", b"+7", b" 42 ", b"1_000", b"9" * 40]:
+        assert read(good) == int(good)
+    for bad in [b"", b"1.5", b"0x1f", b"1\x002", b"\xff", b"_1"]:
+        assert read_outcome(read, bad) == read_outcome(values._from_text_python(int), bad)

@@ -183,8 +183,9 @@ def _walk_tuple(data: bytes, pos: int, count: int) -> tuple[list[Any], int, int,
     The values are the bytes of each text ('t') or binary ('b') column,
     ``None`` for NULL ('n'), :data:`UNCHANGED` for an unchanged TOASTed value
     ('u'); the counts say how many were 'b', and how many 'n' or 'u'.
-    ``_speedups.tuple_data`` is the compiled equivalent; this is the
-    reference, and the one that says what is wrong with a malformed tuple.
+    ``_speedups.tuple_data`` is the compiled equivalent (and
+    ``_speedups.read_row`` makes the row too); this is the reference, and the
+    one that says what is wrong with a malformed tuple.
     """
     end = len(data)
     if pos > end:
@@ -272,7 +273,9 @@ class PgOutputDecoder:
         self._abort_info = self.extra_options.get("streaming", self.streaming) == "parallel"
         self._dispatch = self._make_dispatch()
         native = _accel.compiled
-        self._split = native.tuple_data if native is not None else None
+        self._read_row: Any = None
+        if native is not None and issubclass(Row, native.RowCore):
+            self._read_row = native.read_row  # it makes rows itself: only on that core
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------
@@ -462,11 +465,16 @@ class PgOutputDecoder:
                 f" has {table.ncolumns}",
                 position=pos - 2,
             )
-        split = self._split
-        # The compiled walk returns None for a malformed tuple: the Python one
-        # then says what is wrong with it.
-        walked = None if split is None else split(data, pos, count, UNCHANGED)
-        raw, end, binary, special = walked or _walk_tuple(data, pos, count)
+        read_row = self._read_row
+        if read_row is not None:
+            made: tuple[Row, int] | None = read_row(
+                data, pos, count, table.text, table.binary, Row, UNCHANGED
+            )
+            if made is not None:
+                return made
+            # Malformed (the Python walk says what is wrong) or mixing text
+            # and binary columns (rare): done below.
+        raw, end, binary, special = _walk_tuple(data, pos, count)
         if not binary:
             return Row(table.text, raw), end
         if binary + special == count:
