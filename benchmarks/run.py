@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg2
 import psycopg2.errors
 
+from replicant import _accel
 from replicant.cluster import LocalCluster
 from replicant.decoders import make_decoder
 from replicant.lsn import LSN
@@ -835,7 +836,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (
         f"## replicant benchmark: PostgreSQL {server.server_version // 10000},"
         f" {args.runs} run(s) per contender, scale {args.scale:g},"
-        f" {os.cpu_count()} CPUs, {total / 60:.1f} min"
+        f" {os.cpu_count()} CPUs, {total / 60:.1f} min,"
+        f" replicant {'compiled' if _accel.compiled is not None else 'in pure Python'}"
     )
     print(report(results, latency, streaming, args.contenders, header))
     if args.json:
