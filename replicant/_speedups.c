@@ -470,6 +470,11 @@ conversion_failed(RowCore *self, PyObject *name)
         PyException_SetTraceback(exc, traceback);
     }
     PyObject *error = PyObject_CallMethod((PyObject *)self, "_error", "OO", name, exc);
+    if (error != NULL && !PyExceptionInstance_Check(error)) {
+        PyErr_Format(PyExc_TypeError, "_error() must return an exception, not %.100s",
+                     Py_TYPE(error)->tp_name);
+        Py_CLEAR(error);
+    }
     if (error == NULL) {
         Py_XDECREF(type);
         Py_XDECREF(exc);

@@ -528,3 +528,12 @@ def test_int_fast_path_agrees_with_int(native: Any) -> None:
         assert read(good) == int(good)
     for bad in [b"", b"1.5", b"0x1f", b"1\x002", b"\xff", b"_1"]:
         assert read_outcome(read, bad) == read_outcome(values._from_text_python(int), bad)
+
+
+def test_row_core_needs_an_exception_from_error(native: Any) -> None:
+    class Odd(native.RowCore):  # type: ignore[misc,name-defined]
+        def _error(self, name: str, exc: Exception) -> Any:
+            return "not an exception"
+
+    with pytest.raises(TypeError, match="must return an exception"):
+        Odd(RowLayout(["a"], [23], [int]), [b"x"])["a"]
