@@ -8,8 +8,8 @@
  *
  *   drain       libpq.py's _drain_python: pull every complete CopyData
  *               message out of libpq, parsing XLogData headers on the way.
- *   tuple_data  decoders/pgoutput.py's _walk_tuple: split pgoutput TupleData
- *               into its column values; read_row also makes the Row of them.
+ *   read_row    decoders/pgoutput.py's _walk_tuple: split pgoutput TupleData
+ *               into its column values, and make the Row of them.
  *   RowCore     changes.py's _RowCore: the storage of a Row, and the
  *               mapping protocol (a value is converted on first access).
  *   maker       changes.py's new_insert and friends: build a slotted
@@ -18,7 +18,7 @@
  *               decodes UTF-8 bytes and parses the text.
  *
  * None raises for malformed input: drain hands back what it cannot parse
- * as bytes, tuple_data returns None, and RowCore asks the Row's own _error
+ * as bytes, read_row returns None, and RowCore asks the Row's own _error
  * method for the exception, so that the Python code says what is wrong.
  * What the functions need (libpq's functions, the result types) comes in as
  * arguments; the one thing kept is changes.UNCHANGED, looked up once.
@@ -225,7 +225,7 @@ drain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nni)", items, raw, outcome);
 }
 
-/* The columns of TupleData: what tuple_data returns, as a struct. */
+/* The columns of TupleData, as split_tuple found them. */
 typedef struct {
     PyObject *values;   /* list, or NULL */
     Py_ssize_t end;     /* the position after the tuple */
@@ -321,38 +321,6 @@ tuple_arguments(PyObject *const *args, Py_ssize_t *pos, Py_ssize_t *count)
         return -1;
     }
     return 0;
-}
-
-PyDoc_STRVAR(tuple_data_doc,
-"tuple_data(data, pos, count, unchanged)\n"
-"--\n\n"
-"Split the `count` columns of pgoutput TupleData starting at `pos` in `data`.\n\n"
-"Returns (values, end, binary, special): a list with the bytes of each 't'\n"
-"or 'b' column, None for 'n' and `unchanged` for 'u'; the position after\n"
-"the tuple; how many columns were 'b'; how many were 'n' or 'u'. Returns\n"
-"None if the tuple is malformed (truncated, an unknown kind), so that the\n"
-"caller can say precisely what is wrong.");
-
-static PyObject *
-tuple_data(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_ssize_t pos, count;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "tuple_data() takes exactly 4 arguments");
-        return NULL;
-    }
-    if (tuple_arguments(args, &pos, &count) < 0) {
-        return NULL;
-    }
-    Columns columns;
-    int split = split_tuple(args[0], pos, count, args[3], &columns);
-    if (split <= 0) {
-        if (split < 0) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    return Py_BuildValue("(Nnnn)", columns.values, columns.end, columns.binary, columns.special);
 }
 
 /* --- RowCore ------------------------------------------------------------- */
@@ -644,7 +612,9 @@ make_row(PyTypeObject *type, PyObject *layout, PyObject *values)
 PyDoc_STRVAR(read_row_doc,
 "read_row(data, pos, count, text, binary, row_type, unchanged)\n"
 "--\n\n"
-"tuple_data, and the row made of it: ``row_type(text, values)`` when no\n"
+"Split the `count` columns of pgoutput TupleData at `pos` in `data` (the\n"
+"bytes of each 't' or 'b' column, None for 'n', `unchanged` for 'u') and\n"
+"make the row of them: ``row_type(text, values)`` when no\n"
 "column is binary, ``row_type(binary, values)`` when every column is binary\n"
 "(or NULL, or unchanged). Returns (row, end), or None when the tuple is\n"
 "malformed or mixes text and binary columns: the Python code handles those.\n"
@@ -941,7 +911,6 @@ from_text(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"drain", (PyCFunction)(void (*)(void))drain, METH_FASTCALL, drain_doc},
-    {"tuple_data", (PyCFunction)(void (*)(void))tuple_data, METH_FASTCALL, tuple_data_doc},
     {"read_row", (PyCFunction)(void (*)(void))read_row, METH_FASTCALL, read_row_doc},
     {"maker", (PyCFunction)maker, METH_VARARGS, maker_doc},
     {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},

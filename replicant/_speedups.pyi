@@ -1,6 +1,5 @@
-# The compiled module's interface; see _speedups.c. Both functions have a
-# pure-Python equivalent that defines their behaviour: libpq._drain_python
-# and decoders.pgoutput._walk_tuple.
+# The compiled module's interface; see _speedups.c, which names the
+# pure-Python equivalent of each piece (that one defines its behaviour).
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,9 +24,6 @@ def read_row(
     unchanged: object,
     /,
 ) -> tuple[Any, int] | None: ...
-def tuple_data(
-    data: bytes, pos: int, count: int, unchanged: object, /
-) -> tuple[list[Any], int, int, int] | None: ...
 
 class RowCore:
     _layout: Any

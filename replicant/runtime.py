@@ -21,6 +21,7 @@ commit lies after the last acknowledged LSN.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import random
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec
 
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import ReplicationConnection, ReplicationStream, mask_dsn
@@ -38,6 +39,8 @@ from replicant.decoders import Decoder, make_decoder
 from replicant.errors import ConfigurationError, ConnectionLost, ReplicantError, SlotError
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
+
+_P = ParamSpec("_P")
 
 __all__ = [
     "Backoff",
@@ -845,55 +848,27 @@ def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:
     return str(options.get("two_phase", "")).lower() in ("true", "on", "1")
 
 
-def run(
-    dsn: str | None = None,
-    *,
-    slot: str,
-    callback: Callback,
-    plugin: str = "pgoutput",
-    publication: str | Sequence[str] | None = None,
-    options: Mapping[str, str] | None = None,
-    create_slot: bool = True,
-    temporary: bool = False,
-    start_lsn: LSN | int | str | None = None,
-    status_interval: float = 10.0,
-    idle_advance: bool = True,
-    end_lsn: LSN | int | str | None = None,
-    decode_values: bool = True,
-    reconnect: bool = True,
-    max_retries: int | None = None,
-    backoff_initial: float = 0.5,
-    backoff_max: float = 30.0,
-    receive_timeout: float | None = 60.0,
-    **connect_params: Any,
-) -> None:
-    """Stream every committed change of ``slot`` into ``callback`` until stopped.
+def _blocking(make: Callable[_P, Consumer]) -> Callable[_P, None]:
+    """A function taking ``make``'s arguments that makes a consumer and runs it."""
 
-    Blocks until the stream ends or fails; see :class:`Consumer` for the
-    arguments. The callback returns the LSN it has finished with
-    (``event.lsn``) or ``None``; a restart resumes right after the last
-    acknowledged LSN. In the main thread Ctrl-C and SIGTERM stop gracefully.
-    A failure (including the callback's own exception) is re-raised as it
-    was raised, after the connection is closed.
-    """
-    Consumer(
-        dsn,
-        slot=slot,
-        callback=callback,
-        plugin=plugin,
-        publication=publication,
-        options=options,
-        create_slot=create_slot,
-        temporary=temporary,
-        start_lsn=start_lsn,
-        status_interval=status_interval,
-        idle_advance=idle_advance,
-        end_lsn=end_lsn,
-        decode_values=decode_values,
-        reconnect=reconnect,
-        max_retries=max_retries,
-        backoff_initial=backoff_initial,
-        backoff_max=backoff_max,
-        receive_timeout=receive_timeout,
-        **connect_params,
-    ).run()
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        """Stream every committed change of ``slot`` into ``callback`` until stopped.
+
+        Blocks until the stream ends or fails; see :class:`Consumer` for the
+        arguments. The callback returns the LSN it has finished with
+        (``event.lsn``) or ``None``; a restart resumes right after the last
+        acknowledged LSN. In the main thread Ctrl-C and SIGTERM stop gracefully.
+        A failure (including the callback's own exception) is re-raised as it
+        was raised, after the connection is closed.
+        """
+        make(*args, **kwargs).run()
+
+    # Documented with Consumer's own parameters, so they are written once.
+    run.__signature__ = inspect.signature(make).replace(  # type: ignore[attr-defined]
+        return_annotation="None"
+    )
+    run.__qualname__ = "run"
+    return run
+
+
+run = _blocking(Consumer)

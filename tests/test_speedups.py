@@ -80,7 +80,7 @@ def test_pure_python_switch() -> None:
         _accel.compiled = saved
 
 
-# --- tuple_data
+# --- read_row
 
 
 def column(kind: str, value: bytes = b"") -> bytes:
@@ -89,8 +89,16 @@ def column(kind: str, value: bytes = b"") -> bytes:
     return kind.encode()
 
 
+def layouts(count: int) -> tuple[RowLayout, RowLayout]:
+    """A text and a binary layout of ``count`` columns, told apart by converters."""
+    text = RowLayout([f"c{i}" for i in range(count)], [0] * count, [str] * count)
+    return text, RowLayout(text.names, text.type_oids, [bytes] * count)
+
+
 def both(data: bytes, pos: int, count: int, native: Any) -> tuple[Any, Any]:
-    compiled = native.tuple_data(data, pos, count, UNCHANGED)
+    """read_row's result, and _walk_tuple's (None where it raises DecodeError)."""
+    text, binary = layouts(count)
+    compiled = native.read_row(data, pos, count, text, binary, Row, UNCHANGED)
     try:
         python: Any = _walk_tuple(data, pos, count)
     except DecodeError:
@@ -98,29 +106,39 @@ def both(data: bytes, pos: int, count: int, native: Any) -> tuple[Any, Any]:
     return compiled, python
 
 
-def test_tuple_data_examples(native: Any) -> None:
-    data = b"head" + column("t", b"42") + column("n") + column("u") + column("b", b"\0\1") + b"tail"
-    compiled, python = both(data, 4, 4, native)
-    assert compiled == python == ([b"42", None, UNCHANGED, b"\0\1"], len(data) - 4, 1, 2)
-    assert compiled[0][2] is UNCHANGED
-    assert both(b"", 0, 0, native) == (([], 0, 0, 0), ([], 0, 0, 0))
+def assert_alike(compiled: Any, python: Any, count: int) -> None:
+    """read_row made the row _walk_tuple's split calls for, or left it to Python."""
+    if python is None or (python[2] and python[2] + python[3] != count):
+        assert compiled is None  # malformed, or mixed text and binary: the Python code's
+        return
+    row, end = compiled
+    text, binary = layouts(count)
+    assert type(row) is Row and end == python[1] and row._raw == python[0]
+    assert [v is UNCHANGED for v in row._raw] == [v is UNCHANGED for v in python[0]]
+    assert row._layout.convert == (binary if python[2] else text).convert
+
+
+def test_read_row_examples(native: Any) -> None:
+    data = b"head" + column("t", b"42") + column("n") + column("u") + b"tail"
+    (row, end), python = both(data, 4, 3, native)
+    assert (row._raw, end) == ([b"42", None, UNCHANGED], len(data) - 4) == python[:2]
+    assert row._raw[2] is UNCHANGED and row["c0"] == "b'42'"  # the text layout's str
+    (row, end), _ = both(column("b", b"\0\1") + column("n"), 0, 2, native)
+    assert row._raw == [b"\0\1", None] and row["c0"] == b"\0\1"  # the binary layout's
+    mixed = column("t", b"1") + column("b", b"\0")
+    compiled, python = both(mixed, 0, 2, native)
+    assert compiled is None and python == ([b"1", b"\0"], len(mixed), 1, 0)
+    assert both(b"", 0, 0, native)[0][0]._raw == []
     for malformed, count in [
         (column("t", b"42")[:-1], 1),  # value cut short
         (column("t", b"42")[:3], 1),  # length cut short
         (column("t", b"42"), 2),  # a column missing
         (b"x", 1),  # unknown kind
         (b"t\xff\xff\xff\xff", 1),  # length past any end
+        (b"", 0),  # pos below, past the end
     ]:
-        assert both(malformed, 0, count, native) == (None, None), malformed
-
-
-def test_tuple_data_refuses_wrong_arguments(native: Any) -> None:
-    with pytest.raises(TypeError):
-        native.tuple_data(bytearray(b"n"), 0, 1, UNCHANGED)
-    with pytest.raises(ValueError):
-        native.tuple_data(b"n", -1, 1, UNCHANGED)
-    with pytest.raises(TypeError):
-        native.tuple_data(b"n", 0)
+        pos = 1 if malformed == b"" else 0
+        assert both(malformed, pos, count, native) == (None, None), malformed
 
 
 columns = st.lists(
@@ -142,7 +160,7 @@ columns = st.lists(
     flip=st.tuples(st.integers(0, 400), st.integers(0, 255)),
     mutate=st.sampled_from(["none", "cut", "flip"]),
 )
-def test_tuple_data_matches_python(
+def test_read_row_matches_python(
     native: Any,
     columns: list[tuple[str, bytes]],
     prefix: bytes,
@@ -160,19 +178,7 @@ def test_tuple_data_matches_python(
         data = data[:at] + bytes([flip[1]]) + data[at + 1 :]
     count = max(0, len(columns) + extra)
     compiled, python = both(data, len(prefix), count, native)
-    assert compiled == python
-    if compiled is not None:
-        assert [v is UNCHANGED for v in compiled[0]] == [v is UNCHANGED for v in python[0]]
-    # read_row: the same split, and the row on the layout the kinds call for.
-    text = RowLayout([f"c{i}" for i in range(count)], [0] * count, [str] * count)
-    binary = RowLayout(text.names, text.type_oids, [bytes] * count)
-    made = native.read_row(data, len(prefix), count, text, binary, Row, UNCHANGED)
-    if python is None or (python[2] and python[2] + python[3] != count):
-        assert made is None  # malformed, or mixed: left to the Python code
-    else:
-        row, end = made
-        assert type(row) is Row and end == python[1] and row._raw == python[0]
-        assert row._layout is (binary if python[2] else text)
+    assert_alike(compiled, python, count)
 
 
 @pytest.mark.parametrize("read", READS)
@@ -513,6 +519,10 @@ def test_from_text_examples(native: Any) -> None:
 
 def test_read_row_refuses_wrong_arguments(native: Any) -> None:
     layout = RowLayout(["a"], [23], [int])
+    with pytest.raises(TypeError):
+        native.read_row(bytearray(b"n"), 0, 1, layout, layout, Row, UNCHANGED)
+    with pytest.raises(ValueError):
+        native.read_row(b"n", -1, 1, layout, layout, Row, UNCHANGED)
     with pytest.raises(TypeError, match="RowCore"):
         native.read_row(b"n", 0, 1, layout, layout, dict, UNCHANGED)
     with pytest.raises(TypeError):

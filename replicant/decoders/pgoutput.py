@@ -183,9 +183,9 @@ def _walk_tuple(data: bytes, pos: int, count: int) -> tuple[list[Any], int, int,
     The values are the bytes of each text ('t') or binary ('b') column,
     ``None`` for NULL ('n'), :data:`UNCHANGED` for an unchanged TOASTed value
     ('u'); the counts say how many were 'b', and how many 'n' or 'u'.
-    ``_speedups.tuple_data`` is the compiled equivalent (and
-    ``_speedups.read_row`` makes the row too); this is the reference, and the
-    one that says what is wrong with a malformed tuple.
+    ``_speedups.read_row`` is the compiled equivalent (and makes the row
+    too); this is the reference, and the one that says what is wrong with a
+    malformed tuple.
     """
     end = len(data)
     if pos > end:
