@@ -248,8 +248,10 @@ class Consumer:
     ``decode_values`` ``False`` leaves column values as the server sent them;
     ``on_stop`` is called (in the supervisor thread, once the reader has
     stopped) before each final status update, so that work finished outside
-    the callback (a file written and fsynced in batches, say) can be
-    acknowledged with :meth:`acknowledge` in time to be reported.
+    the callback (a file written and fsynced in batches, say) is reported:
+    it returns the LSN to acknowledge (the same rules as the callback's) or
+    ``None``; an exception from it ends the consumer and, unless another
+    failure ended it first, comes out of ``join()``/``run()``.
 
     Reconnecting: when the connection is lost (reset, server restart,
     terminated walsender, or ``receive_timeout`` seconds without a byte from
@@ -284,7 +286,7 @@ class Consumer:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         receive_timeout: float | None = 60.0,
-        on_stop: Callable[[], object] | None = None,
+        on_stop: Callable[[], LSN | int | str | None] | None = None,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
@@ -633,7 +635,9 @@ class Consumer:
         if stream.ended:
             return
         if self._on_stop is not None:
-            self._on_stop()
+            finished = self._on_stop()
+            if finished is not None:
+                self._progress.acknowledge(finished)
         self._send_status(stream, reply=False, timeout=min(timeout, 10.0))
         stream.stop(timeout=timeout)
         logger.info("stopped slot %s at %s", self.slot, self._reported_flush)

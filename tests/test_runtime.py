@@ -754,6 +754,44 @@ def test_on_stop_acknowledges_before_the_final_update(workload_db: Database) -> 
     assert confirmed_flush(db, "app") == max(batch)
 
 
+def test_on_stop_returns_the_lsn_to_acknowledge(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    batch: list[LSN] = []
+
+    def callback(event: Event) -> None:
+        batch.append(event.lsn)  # processed later, in a batch: nothing returned
+
+    consumer = consumer_for(db, callback, on_stop=lambda: max(batch))
+    with consumer:
+        wait_for(lambda: len(batch) == 4, what="one transaction")
+        assert consumer.progress.flushed < max(batch)
+    assert confirmed_flush(db, "app") == max(batch)
+
+
+def test_on_stop_failing_comes_out_of_join(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    before = confirmed_flush(db, "app")
+    seen: list[Event] = []
+    failure = RuntimeError("the batch could not be written")
+
+    def on_stop() -> LSN:
+        raise failure
+
+    consumer = consumer_for(db, seen.append, on_stop=on_stop)
+    consumer.start()
+    wait_for(lambda: len(seen) == 4, what="one transaction")
+    consumer.stop()
+    with pytest.raises(RuntimeError) as raised:
+        consumer.join(20)
+    assert raised.value is failure
+    assert confirmed_flush(db, "app") == before  # nothing was acknowledged
+    assert_no_threads_left()
+
+
 def test_signal_delivered_to_another_thread_still_stops_run(workload_db: Database) -> None:
     # The kernel may hand a process-directed SIGTERM to any thread; Python
     # then runs the handler only when the main thread runs bytecode. Aim the
