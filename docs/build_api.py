@@ -40,6 +40,7 @@ MODULES = (
     "replicant.values",
     "replicant.cluster",
     "replicant.protocol",
+    "replicant.formatting",
     "replicant.cli",
 )
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import IO
 
 from replicant.changes import Commit, Event, Message, Relation, Update
-from replicant.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, format_json, format_text
 from replicant.cluster import ClusterError, LocalCluster
 from replicant.errors import ReplicantError
+from replicant.formatting import format_json, format_text
 from replicant.lsn import LSN
 from replicant.runtime import Consumer
 
-__all__ = ["run_demo"]
+__all__ = ["DemoFailed", "run_demo"]
 
 SLOT = "demo"
 PUBLICATION = "demo_pub"
@@ -35,6 +35,13 @@ _SETUP = (
 )
 # How long one step may take to show its events before the demo gives up.
 _STEP_TIMEOUT = 20.0
+
+
+class DemoFailed(ReplicantError):
+    """The demo stopped on an error, has said so on its output and cleaned up.
+
+    Its message is the error's; ``__cause__`` is the error itself.
+    """
 
 
 @dataclass(frozen=True)
@@ -136,11 +143,15 @@ def run_demo(
     bindir: str | None = None,
     json_lines: bool = False,
     pause: float = 0.5,
-) -> int:
-    """Run the demo, writing to ``out``; return the exit code (0, 1, or 130 on Ctrl-C).
+) -> None:
+    """Run the demo, writing to ``out``.
 
     Leaves nothing behind: the consumer is stopped, the server stopped and
-    its directory removed, whatever happens.
+    its directory removed, whatever happens. Raises :class:`DemoFailed`
+    when a step fails (after telling ``out`` what went wrong and showing the
+    server's last log lines), :class:`~replicant.errors.ReplicantError` when
+    no server can be started (nothing was shown yet but the title), and
+    ``KeyboardInterrupt`` on Ctrl-C (after saying that it cleans up).
     """
 
     def say(text: str = "") -> None:
@@ -221,7 +232,7 @@ def run_demo(
     except KeyboardInterrupt:
         say()
         say("Interrupted; cleaning up.")
-        return EXIT_INTERRUPTED
+        raise
     except ReplicantError as error:
         say()
         say(f"The demo failed: {error}")
@@ -230,7 +241,7 @@ def run_demo(
         if log:
             say("The server's last log lines:")
             say(log)
-        return EXIT_ERROR
+        raise DemoFailed(str(error)) from error
     finally:
         if consumer is not None:
             consumer.stop(timeout=10)
@@ -241,7 +252,6 @@ def run_demo(
     say("Next: replicant check DSN --publication P      is your database ready?")
     say("      replicant stream DSN --slot S --publication P --create-slot")
     say("      replicant --help, and docs/guide.md")
-    return EXIT_OK
 
 
 def _wait_streaming(cluster: LocalCluster, consumer: Consumer) -> None:

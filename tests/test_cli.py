@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from replicant import LSN
-from replicant.cli import human_bytes
 from replicant.cluster import LocalCluster
+from replicant.formatting import human_bytes
 
 from .conftest import Database
 
