@@ -41,6 +41,7 @@ MODULES = (
     "replicant.cluster",
     "replicant.protocol",
     "replicant.formatting",
+    "replicant.sinks",
     "replicant.cli",
 )
 

@@ -1,0 +1,22 @@
+"""Sinks: destinations for events, and the writer that acknowledges only what they made durable.
+
+:class:`Sink` is the protocol a destination implements (``write``,
+``flush``, ``close``); :class:`SinkWriter` drives one for a consumer: it
+owns the flush timer and the acknowledgement watermarks, so a new
+destination is one class. :class:`JsonLinesSink` writes JSON Lines (or
+text) to a file or standard output; it is what ``replicant stream`` uses.
+
+::
+
+    from replicant.sinks import JsonLinesSink, SinkWriter
+
+    with SinkWriter(JsonLinesSink("changes.jsonl"), flush_interval=10) as writer:
+        writer.consumer("dbname=app", slot="app", publication="app_pub").run()
+"""
+
+from __future__ import annotations
+
+from replicant.sinks.base import Sink, SinkWriter, is_boundary
+from replicant.sinks.jsonlines import JsonLinesSink
+
+__all__ = ["JsonLinesSink", "Sink", "SinkWriter", "is_boundary"]

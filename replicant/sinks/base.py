@@ -1,0 +1,415 @@
+"""The sink seam: the :class:`Sink` protocol and the :class:`SinkWriter` that drives one.
+
+A sink is a destination for events (a file, a database, a message broker).
+It writes events, and on ``flush()`` says up to which LSN everything it was
+given is durable; it knows nothing about slots, threads or acknowledgements.
+The :class:`SinkWriter` does the rest, once for every sink: it is the
+consumer's callback, it calls ``flush()`` on a timer (or after every
+transaction), and it acknowledges to the server only what a flush vouched
+for, so a restart resumes right after the last durable change.
+
+The watermark rules, in one place:
+
+- ``delivered``: the highest LSN handed to ``sink.write()``;
+- ``written``: the highest LSN whose ``write()`` returned;
+- ``durable``: the highest LSN a ``flush()`` returned, held at ``written``
+  (a sink cannot vouch for what it was not given) and never going backward;
+- only ``durable`` is acknowledged: through the callback's return value,
+  through the consumer's ``acknowledge()`` after a timed flush, and through
+  ``on_stop``'s return value before the final status update;
+- after a ``write()`` or ``flush()`` raised, the sink is not called again
+  (except ``close()``), nothing more is acknowledged, and the exception ends
+  the consumer: ``join()``/``run()`` raise it as it was raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from replicant.changes import (
+    Commit,
+    CommitPrepared,
+    Event,
+    Message,
+    Prepare,
+    RawChange,
+    RollbackPrepared,
+    StreamAbort,
+    StreamCommit,
+    StreamPrepare,
+    StreamStop,
+)
+from replicant.errors import ConfigurationError, ReplicantError
+from replicant.lsn import LSN
+from replicant.runtime import Consumer
+
+__all__ = ["Sink", "SinkWriter", "is_boundary"]
+
+logger = logging.getLogger("replicant")
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for events: the one class a new destination implements.
+
+    ``write(event)`` takes every event, in stream order (transaction framing,
+    relations and messages included: skip what the destination does not
+    want). It may buffer: in memory, in an OS buffer, in an open transaction
+    of the target. Nothing written counts as done until a flush says so;
+    after a crash, everything after the last durable LSN comes again, so a
+    sink sees some events twice (at least once), unless it stores the LSN
+    with the data and skips what it already has (exactly once).
+
+    ``flush()`` makes what was written durable, blocking until it is, and
+    returns an LSN ``L`` that promises: every event written whose ``lsn`` is
+    at most ``L``, and every event written before it, survives a crash.
+    Usually that is the ``lsn`` of the last event written; a sink that
+    commits only whole transactions returns the last commit it committed.
+    ``None`` means nothing (more) is durable. Returning less than everything
+    written is allowed (what is left is vouched for by a later flush); the
+    writer never acknowledges beyond the highest LSN written.
+
+    ``close()`` releases the destination. It comes last: after the final
+    ``flush()``, or without one after a failure; a sink is not used after it.
+
+    An exception from ``write()`` or ``flush()`` ends the stream and comes
+    out of ``Consumer.join()``/``run()`` as it was raised; the sink then gets
+    no further call but ``close()``.
+
+    Threads: the :class:`SinkWriter` calls these methods one at a time, never
+    two at once, so a sink needs no lock of its own for them. They may come
+    from different threads (``write`` from the consumer's reader thread,
+    ``flush`` from the writer's timer thread, the reader, or the thread
+    that stops the consumer; ``close`` from the thread that closes the
+    writer): an object bound to one thread (a ``sqlite3`` connection) must
+    allow that (``check_same_thread=False``).
+    """
+
+    def write(self, event: Event) -> None:
+        """Take ``event`` (it may stay buffered until :meth:`flush`)."""
+
+    def flush(self) -> LSN | None:
+        """Make everything written durable; return the LSN up to which it is (or None)."""
+
+    def close(self) -> None:
+        """Release the destination; the sink is not used after it."""
+
+
+# After these events no transaction is being sent (or the event stands
+# alone): where a sink pushes its buffer out and a write-through writer
+# flushes.
+_BOUNDARIES = (
+    Commit,
+    StreamCommit,
+    StreamStop,
+    StreamAbort,
+    Prepare,
+    StreamPrepare,
+    CommitPrepared,
+    RollbackPrepared,
+    RawChange,
+)
+
+
+def is_boundary(event: Event) -> bool:
+    """True when ``event`` ends what the server is sending for now.
+
+    A commit, a prepare, a commit or rollback of a prepared transaction, the
+    end or abort of a streamed chunk, a raw payload (plugins without a
+    decoder frame nothing), or a message outside any transaction: a good
+    moment for a sink to push its buffer out, and where
+    ``SinkWriter(flush_interval=0)`` flushes.
+    """
+    return isinstance(event, _BOUNDARIES) or (type(event) is Message and not event.transactional)
+
+
+# How often the timer thread looks up to notice that its consumer ended
+# (it may end without calling on_stop, after a lost connection).
+_TIMER_POLL = 0.25
+
+
+class SinkWriter:
+    """Feeds a consumer's events into a :class:`Sink`; acknowledges only what is durable.
+
+    It owns the acknowledgement watermarks (``delivered``, ``written``,
+    ``durable``: see :mod:`replicant.sinks.base`) and the flush timer.
+    With ``flush_interval`` seconds (default 1), a timer thread flushes the
+    sink that often when something was written since the last flush, and
+    acknowledges what the flush made durable; with 0, the sink is flushed
+    after every transaction (see :func:`is_boundary`) in the reader thread,
+    before the callback returns. Either way the sink is flushed once more
+    before the consumer's final status update (``on_stop``), so a graceful
+    stop acknowledges everything written.
+
+    The simplest use makes the consumer with :meth:`consumer`::
+
+        with SinkWriter(MySink(), flush_interval=1.0) as writer:
+            writer.consumer("dbname=app", slot="app", publication="app_pub").run()
+
+    For a :class:`~replicant.runtime.Consumer` made by hand, pass
+    ``callback=writer, on_stop=writer.on_stop`` and call
+    :meth:`attach` before starting it. Closing the writer (or leaving the
+    ``with`` block) flushes what is left, unless the sink failed, and closes
+    the sink. A writer serves one consumer.
+    """
+
+    def __init__(self, sink: Sink, *, flush_interval: float = 1.0) -> None:
+        if not isinstance(sink, Sink):
+            raise ConfigurationError(
+                f"{sink!r} is not a sink: it needs write(event), flush() and close()"
+            )
+        if not flush_interval >= 0:  # also refuses NaN
+            raise ConfigurationError(f"flush_interval must be 0 or more, not {flush_interval!r}")
+        self.sink = sink
+        self.flush_interval = float(flush_interval)
+        self._lock = threading.Lock()  # around every sink call and the watermarks
+        self._delivered = self._written = self._durable = LSN(0)
+        self._returned = LSN(0)  # the highest LSN the callback returned
+        self._dirty = False  # written since the last flush
+        self._failure: BaseException | None = None
+        self._failure_raised = False  # the consumer has it already
+        self._closed = False
+        self._consumer: Consumer | None = None
+        self._timer: threading.Thread | None = None
+        self._timer_stop = threading.Event()  # the current timer's; each has its own
+
+    def __repr__(self) -> str:
+        return (
+            f"<SinkWriter {self.sink!r} delivered={self._delivered} written={self._written} "
+            f"durable={self._durable}>"
+        )
+
+    # -- the watermarks
+
+    @property
+    def delivered(self) -> LSN:
+        """The highest LSN handed to the sink's ``write()``."""
+        return self._delivered
+
+    @property
+    def written(self) -> LSN:
+        """The highest LSN whose ``write()`` returned."""
+        return self._written
+
+    @property
+    def durable(self) -> LSN:
+        """The highest LSN a ``flush()`` made durable: what may be acknowledged."""
+        return self._durable
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception a ``write()`` or ``flush()`` raised, if one did."""
+        return self._failure
+
+    # -- wiring it to a consumer
+
+    def consumer(self, dsn: str | None = None, **consumer_args: Any) -> Consumer:
+        """A :class:`~replicant.runtime.Consumer` that streams into this writer's sink.
+
+        Takes the consumer's arguments but ``callback`` and ``on_stop``,
+        which are the writer's own; the consumer is attached (see
+        :meth:`attach`) and not started.
+        """
+        for taken in ("callback", "on_stop"):
+            if taken in consumer_args:
+                raise ConfigurationError(f"{taken} is the sink writer's own; do not pass it")
+        made = Consumer(dsn, callback=self, on_stop=self.on_stop, **consumer_args)
+        self.attach(made)
+        return made
+
+    def attach(self, consumer: Consumer) -> None:
+        """Acknowledge timed flushes to ``consumer``, and stop it when a timed flush fails.
+
+        For a consumer made with ``callback=writer, on_stop=writer.on_stop``;
+        call it before the consumer starts.
+        """
+        if self._consumer is not None and self._consumer is not consumer:
+            raise ConfigurationError("this sink writer is attached to another consumer already")
+        self._consumer = consumer
+
+    # -- the callback (the consumer's reader thread)
+
+    def __call__(self, event: Event) -> LSN | None:
+        """Write ``event`` to the sink; return the durable LSN when it moved, else None."""
+        lsn = event.lsn
+        with self._lock:
+            if self._failure is not None or self._closed:
+                self._raise_failure()
+            if lsn > self._delivered:
+                self._delivered = lsn
+            try:
+                self.sink.write(event)
+            except BaseException as error:
+                self._failure = error
+                self._failure_raised = True  # it goes to the consumer right now
+                raise
+            if lsn > self._written:
+                self._written = lsn
+            self._dirty = True
+            if self.flush_interval == 0:
+                if is_boundary(event):
+                    try:
+                        self._flush_locked()
+                    except BaseException:
+                        self._failure_raised = True  # raised from the callback
+                        raise
+            elif self._timer is None or self._timer_stop.is_set():
+                self._start_timer()
+            durable = self._durable
+            if durable > self._returned:
+                self._returned = durable
+                return durable
+        return None
+
+    # -- flushing
+
+    def flush(self) -> LSN:
+        """Flush the sink now (from any thread); return the durable LSN.
+
+        What the flush made durable is acknowledged to the attached consumer.
+        Raises what the sink's ``flush()`` raised (or an earlier failure).
+        """
+        with self._lock:
+            if self._failure is not None or self._closed:
+                self._raise_failure()
+            durable = self._flush_locked()
+        self._acknowledge(durable)
+        return durable
+
+    def on_stop(self) -> LSN | None:
+        """The consumer's ``on_stop``: flush what is left; return the LSN to acknowledge.
+
+        Called before the final status update. Raises a flush failure the
+        consumer has not had yet (so that ``join()`` raises it); after a
+        failure it already had, returns what was durable before it.
+        """
+        self._timer_stop.set()
+        with self._lock:
+            if self._failure is not None:
+                if not self._failure_raised:
+                    self._failure_raised = True
+                    raise self._failure
+                return self._durable or None
+            if self._dirty and not self._closed:
+                try:
+                    self._flush_locked()
+                finally:
+                    self._failure_raised = self._failure is not None
+            return self._durable or None
+
+    def _flush_locked(self) -> LSN:
+        # Under the lock. A failure is recorded and raised; nothing past the
+        # durable LSN before it is acknowledged from then on.
+        written = self._written
+        self._dirty = False
+        try:
+            result: object = self.sink.flush()  # a sink's own code: checked, not trusted
+            if result is not None:
+                if not isinstance(result, int) or isinstance(result, bool):
+                    raise ConfigurationError(
+                        f"{type(self.sink).__name__}.flush() returned {result!r}: "
+                        "return an LSN or None"
+                    )
+                vouched = min(LSN(result), written)
+                if vouched > self._durable:
+                    self._durable = vouched
+        except BaseException as error:
+            self._failure = error
+            raise
+        return self._durable
+
+    def _acknowledge(self, lsn: LSN) -> None:
+        consumer = self._consumer
+        if consumer is not None and lsn:
+            consumer.acknowledge(lsn)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            self._failure_raised = True
+            raise self._failure
+        raise ReplicantError("this sink writer is closed")
+
+    # -- the timer thread
+
+    def _start_timer(self) -> None:
+        # Under the lock, from the reader: the first write of a stream (or of
+        # a stream that went on after on_stop).
+        self._timer_stop = stop = threading.Event()
+        consumer = self._consumer
+        name = "replicant-flush" + (f"[{consumer.slot}]" if consumer is not None else "")
+        self._timer = threading.Thread(
+            target=self._timer_loop, args=(stop,), name=name, daemon=True
+        )
+        self._timer.start()
+
+    def _timer_loop(self, stop: threading.Event) -> None:
+        clock = time.monotonic
+        due = clock() + self.flush_interval
+        try:
+            while not stop.wait(min(_TIMER_POLL, max(0.0, due - clock()))):
+                consumer = self._consumer
+                if consumer is not None and not consumer.running:
+                    return  # it ended without on_stop (a lost connection): close() flushes
+                if clock() < due:
+                    continue
+                due = clock() + self.flush_interval
+                with self._lock:
+                    if self._failure is not None or self._closed or stop.is_set():
+                        return
+                    if not self._dirty:
+                        continue
+                    try:
+                        durable = self._flush_locked()
+                    except BaseException as error:
+                        failed: BaseException | None = error
+                    else:
+                        failed = None
+                if failed is not None:
+                    logger.debug("flushing the sink failed: %s; stopping", failed)
+                    if consumer is not None:
+                        # Without waiting (the stop calls on_stop, which takes the
+                        # lock): on_stop raises the failure, so join() raises it.
+                        consumer.stop(timeout=0)
+                    return
+                self._acknowledge(durable)
+        finally:
+            with self._lock:
+                if self._timer is threading.current_thread():
+                    self._timer = None
+
+    # -- the end
+
+    def close(self) -> None:
+        """Stop the timer, flush what is left (unless the sink failed), close the sink.
+
+        Raises what the final flush or the sink's ``close()`` raised; the sink
+        is closed either way. Closing twice does nothing.
+        """
+        self._timer_stop.set()
+        timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.join()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._failure is None and self._dirty:
+                    self._flush_locked()
+            finally:
+                self.sink.close()
+
+    def __enter__(self) -> SinkWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

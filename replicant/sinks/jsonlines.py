@@ -1,0 +1,119 @@
+"""JSON Lines (or any one-line form) into a file or standard output: the first sink."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import IO
+
+from replicant.changes import Event, Relation
+from replicant.formatting import format_json
+from replicant.lsn import LSN
+from replicant.sinks.base import is_boundary
+
+__all__ = ["JsonLinesSink"]
+
+logger = logging.getLogger("replicant")
+
+
+class JsonLinesSink:
+    """One line per event, appended to the file at ``path`` or written to standard output.
+
+    Each line is ``formatter(event)``: :func:`~replicant.formatting.format_json`
+    (each event's ``to_dict()``, the default) or, for people,
+    :func:`~replicant.formatting.format_text`. Relation events (table
+    descriptions) are left out unless ``relations`` is true; their LSN
+    still counts as written.
+
+    Lines are buffered and handed to the operating system at every
+    transaction end (see :func:`~replicant.sinks.is_boundary`) and on
+    :meth:`flush`. ``flush()`` vouches for everything written: with
+    ``fsync`` (files only; the default) once it is fsynced, otherwise once
+    it is handed to the operating system, as ``pg_recvlogical
+    --fsync-interval 0`` does. Use it through a
+    :class:`~replicant.sinks.SinkWriter`, whose ``flush_interval`` is then
+    how often the file is fsynced.
+
+    The file is opened (created if missing) when the sink is made, so an
+    unwritable path raises :class:`OSError` at once. Standard output is
+    never closed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        fsync: bool = True,
+        formatter: Callable[[Event], str] = format_json,
+        relations: bool = False,
+    ) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.fsync = fsync and self.path is not None
+        self._format = formatter
+        self._relations = relations
+        self._file: IO[bytes] = self._open() if self.path is not None else sys.stdout.buffer
+        self._dirty = False  # lines in our buffer, not yet handed to the operating system
+        self._last = LSN(0)  # the highest LSN written
+        self._reopen = False
+
+    def __repr__(self) -> str:
+        return f"<JsonLinesSink {self.path or '<stdout>'}{' fsync' if self.fsync else ''}>"
+
+    def _open(self) -> IO[bytes]:
+        assert self.path is not None
+        return open(self.path, "ab")  # kept open until close() or a reopen
+
+    def write(self, event: Event) -> None:
+        """Buffer the event's line; hand the buffer out at a transaction end."""
+        if type(event) is not Relation or self._relations:
+            self._file.write((self._format(event) + "\n").encode("utf-8"))
+            self._dirty = True
+        if event.lsn > self._last:
+            self._last = event.lsn
+        if self._dirty and is_boundary(event):
+            self._file.flush()
+            self._dirty = False
+
+    def flush(self) -> LSN | None:
+        """Hand every line to the operating system, fsync (with ``fsync``), reopen if asked.
+
+        Returns the highest LSN written: all of it is now durable in the
+        sense above.
+        """
+        if self._dirty:
+            self._file.flush()
+            self._dirty = False
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        if self._reopen:
+            self._reopen = False
+            self._swap_file()
+        return self._last or None
+
+    def reopen(self) -> None:
+        """Start a new file at the same path at the next flush (after log rotation moved it).
+
+        Safe from any thread or a signal handler: it only asks. Call
+        :meth:`SinkWriter.flush` afterwards for it to happen now. The old
+        file is fsynced (with ``fsync``) and closed; lines after it go to the
+        new one. Nothing to do on standard output.
+        """
+        self._reopen = self.path is not None
+
+    def _swap_file(self) -> None:
+        # Called from flush(), after everything so far reached the old file.
+        try:
+            new = self._open()
+        except OSError as error:
+            logger.error("cannot reopen %s: %s; still writing the old file", self.path, error)
+            return
+        old, self._file = self._file, new
+        old.close()
+        logger.info("reopened %s", self.path)
+
+    def close(self) -> None:
+        """Close the file; standard output stays open (and is not flushed: it may be broken)."""
+        if self.path is not None:
+            self._file.close()
