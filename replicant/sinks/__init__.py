@@ -5,8 +5,7 @@
 owns the flush timer and the acknowledgement watermarks, so a new
 destination is one class. :class:`JsonLinesSink` writes JSON Lines (or
 text) to a file or standard output; it is what ``replicant stream`` uses.
-
-::
+For example::
 
     from replicant.sinks import JsonLinesSink, SinkWriter
 

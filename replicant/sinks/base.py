@@ -136,7 +136,8 @@ class SinkWriter:
     """Feeds a consumer's events into a :class:`Sink`; acknowledges only what is durable.
 
     It owns the acknowledgement watermarks (``delivered``, ``written``,
-    ``durable``: see :mod:`replicant.sinks.base`) and the flush timer.
+    ``durable``; their rules head ``replicant/sinks/base.py``) and the flush
+    timer.
     With ``flush_interval`` seconds (default 1), a timer thread flushes the
     sink that often when something was written since the last flush, and
     acknowledges what the flush made durable; with 0, the sink is flushed

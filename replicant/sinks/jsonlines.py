@@ -22,7 +22,7 @@ class JsonLinesSink:
     """One line per event, appended to the file at ``path`` or written to standard output.
 
     Each line is ``formatter(event)``: :func:`~replicant.formatting.format_json`
-    (each event's ``to_dict()``, the default) or, for people,
+    (each event's ``to_dict()``, the default, also for ``None``) or, for people,
     :func:`~replicant.formatting.format_text`. Relation events (table
     descriptions) are left out unless ``relations`` is true; their LSN
     still counts as written.
@@ -31,8 +31,8 @@ class JsonLinesSink:
     transaction end (see :func:`~replicant.sinks.is_boundary`) and on
     :meth:`flush`. ``flush()`` vouches for everything written: with
     ``fsync`` (files only; the default) once it is fsynced, otherwise once
-    it is handed to the operating system, as ``pg_recvlogical
-    --fsync-interval 0`` does. Use it through a
+    it is handed to the operating system, as
+    ``pg_recvlogical --fsync-interval 0`` does. Use it through a
     :class:`~replicant.sinks.SinkWriter`, whose ``flush_interval`` is then
     how often the file is fsynced.
 
@@ -46,12 +46,12 @@ class JsonLinesSink:
         path: str | os.PathLike[str] | None = None,
         *,
         fsync: bool = True,
-        formatter: Callable[[Event], str] = format_json,
+        formatter: Callable[[Event], str] | None = None,
         relations: bool = False,
     ) -> None:
         self.path = None if path is None else os.fspath(path)
         self.fsync = fsync and self.path is not None
-        self._format = formatter
+        self._format = formatter or format_json
         self._relations = relations
         self._file: IO[bytes] = self._open() if self.path is not None else sys.stdout.buffer
         self._dirty = False  # lines in our buffer, not yet handed to the operating system
