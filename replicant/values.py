@@ -134,6 +134,10 @@ class OID:
     NUMERIC: Final = 1700
     UUID: Final = 2950
     UUID_ARRAY: Final = 2951
+    MACADDR8: Final = 774
+    MACADDR: Final = 829
+    BIT: Final = 1560
+    VARBIT: Final = 1562
     JSONB: Final = 3802
     JSONB_ARRAY: Final = 3807
     INT4RANGE: Final = 3904
@@ -815,6 +819,23 @@ def _float4_bin(data: bytes) -> float:
     return float(value)
 
 
+def _macaddr_bin(data: bytes) -> str:
+    if len(data) not in (6, 8):
+        raise DecodeError(f"binary macaddr value has {len(data)} bytes, expected 6 or 8")
+    return ":".join(f"{b:02x}" for b in data)
+
+
+def _bits_bin(data: bytes) -> str:
+    """bit and varbit: the bit string as the server writes it (``'1010'``)."""
+    if len(data) < 4:
+        raise DecodeError("binary bit string too short")
+    (length,) = _INT4.unpack_from(data)
+    if length < 0 or (length + 7) // 8 != len(data) - 4:
+        raise DecodeError("binary bit string length does not match its bytes")
+    bits = "".join(f"{b:08b}" for b in data[4:])
+    return bits[:length]
+
+
 def _bool_bin(data: bytes) -> bool:
     if len(data) != 1:
         raise DecodeError(f"binary bool value has {len(data)} bytes, expected 1")
@@ -1306,6 +1327,10 @@ _BINARY: dict[int, Converter] = {
     OID.INT8: _fixed(_INT8, "int8"),
     OID.OID: _fixed(_UINT4, "oid"),
     OID.FLOAT4: _float4_bin,
+    OID.MACADDR: _macaddr_bin,
+    OID.MACADDR8: _macaddr_bin,
+    OID.BIT: _bits_bin,
+    OID.VARBIT: _bits_bin,
     OID.FLOAT8: _fixed(_FLOAT8, "float8"),
     OID.NUMERIC: _numeric_bin,
     OID.DATE: _date_bin,

@@ -7,6 +7,7 @@ expected Python value.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import math
@@ -18,6 +19,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg2.extras import DateRange, DateTimeRange, DateTimeTZRange, NumericRange
 
 from replicant import values
@@ -373,3 +376,123 @@ def test_readers_from_many_threads_at_once() -> None:
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+# --- fidelity details ----------------------------------------------------------------
+
+
+def test_binary_numeric_digit_count_is_unsigned(db: Any) -> None:
+    # 9e131071 + 1 has 131072 digits: 32769 base-10000 digits, above int16's range.
+    ((text, binary),) = db.query("SELECT (9e131071 + 1)::text, numeric_send(9e131071 + 1)")
+    value = values.binary_converter(OID.NUMERIC)(bytes(binary))
+    assert value == Decimal(text) and str(value) == text
+    assert values.binary_json(OID.NUMERIC) is not None
+    assert values.binary_json(OID.NUMERIC)(bytes(binary), value) == text  # type: ignore[misc]
+
+
+@settings(max_examples=500)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_binary_float4_is_the_shortest_decimal_that_round_trips(bits: int) -> None:
+    import struct
+
+    data = struct.pack(">I", bits)
+    (exact,) = struct.unpack(">f", data)
+    got = values.binary_converter(OID.FLOAT4)(data)
+    if math.isnan(exact):
+        assert math.isnan(got)
+        return
+    assert struct.pack(">f", got) == data  # the same float32
+    if math.isfinite(exact) and exact != 0:
+        digits = len(f"{got:e}".split("e")[0].replace(".", "").replace("-", "").rstrip("0"))
+        if digits > 1:  # no shorter decimal reads back as the same float32
+            shorter = float(f"{exact:.{digits - 1}g}")
+            with contextlib.suppress(OverflowError):  # rounded past float32's range
+                assert struct.pack(">f", shorter) != data
+
+
+def test_json_forms_keep_what_python_values_lose() -> None:
+    def form(oid: int, text: str) -> Any:
+        layout = RowLayout(["c"], [oid], [values.text_reader(oid)], [values.text_json(oid)])
+        return Row(layout, [text.encode()]).to_dict()["c"]
+
+    assert form(OID.JSONB, "null") == {"$json": "null"}
+    assert Row(
+        RowLayout(["c"], [OID.JSONB], [values.text_reader(OID.JSONB)]), [None]
+    ).to_dict() == {"c": None}
+    assert form(OID.JSON, '{"a": 1, "a": 2}') == {"$json": '{"a": 1, "a": 2}'}
+    assert form(OID.TIMESTAMPTZ, "infinity") == "infinity"
+    assert form(OID.TIMESTAMP, "-infinity") == "-infinity"
+    assert form(OID.DATE, "infinity") == "infinity"
+    assert form(OID.DATE, "0044-03-15 BC") == "0044-03-15 BC"
+    assert form(OID.TIMESTAMPTZ, "2024-01-01 00:00:00+00") == "2024-01-01T00:00:00+00:00"
+    assert form(OID.INTERVAL, "1 mon") == "P1M"
+    assert form(OID.INTERVAL, "1 year 2 mons 3 days 04:05:06.5") == "P1Y2M3DT4H5M6.5S"
+    assert form(OID.INTERVAL, "-1 years -2 mons +3 days -04:05:06") == "P-1Y-2M3DT-4H-5M-6S"
+    assert form(OID.INTERVAL, "00:00:00") == "PT0S"
+    assert form(OID.NUMERIC, "0.0000001") == "0.0000001"
+    assert form(OID.NUMERIC, "NaN") == "NaN"
+    assert form(OID.FLOAT8, "NaN") == "NaN"
+    assert form(OID.FLOAT8, "-Infinity") == "-Infinity"
+    assert form(OID.INT4_ARRAY, "[0:1]={1,2}") == {"$array": [1, 2], "lower_bounds": [0]}
+    assert form(OID.JSONB_ARRAY, '{"null",NULL,"{\\"a\\": 1}"}') == [
+        {"$json": "null"},
+        None,
+        {"$json": '{"a": 1}'},
+    ]
+    assert form(OID.INT4RANGE, "[1,10)") == "[1,10)"
+    assert form(OID.TIMESTAMPTZ_ARRAY, '{infinity,"2024-01-01 00:00:00+00"}') == [
+        "infinity",
+        "2024-01-01T00:00:00+00:00",
+    ]
+
+
+def test_binary_renderings_match_the_server(db: Any) -> None:
+    db.execute("SET TimeZone = 'UTC'")
+    for sql_type, literal in [
+        ("date", "'0044-03-15 BC'"),
+        ("date", "'4714-11-24 BC'"),
+        ("date", "'5874897-12-31'"),
+        ("timestamp", "'0001-01-01 00:00:00 BC'"),
+        ("timestamp", "'294276-12-31 23:59:59.999999'"),
+        ("timestamptz", "'4713-01-01 00:00:00.5+00 BC'"),
+        ("interval", "'178000000 years 1 mon -2 days 03:00:00.25'"),
+        ("interval", "'-178000000 years'"),
+        ("interval", "'-1 years 2 mons -3 days +04:05:06'"),
+        ("time", "'24:00:00'"),
+        ("timetz", "'24:00:00-03:30'"),
+        ("int4range", "'[1,10)'"),
+        ("tsrange", "'[2024-01-01 00:00,)'"),
+        ("numrange", "'(,1.50]'"),
+    ]:
+        ((oid, send),) = db.query(
+            "SELECT oid::int, typsend::text FROM pg_type WHERE oid = %s::regtype", sql_type
+        )
+        ((text, binary),) = db.query(
+            f"SELECT ({literal})::{sql_type}::text, {send}(({literal})::{sql_type})"
+        )
+        value = values.binary_converter(oid)(bytes(binary))
+        if isinstance(value, PgValue):
+            rendered = value.text
+        elif oid == OID.INTERVAL:
+            rendered = values._interval_postgres(*values._interval_parts(bytes(binary)))
+        else:
+            form = values.binary_json(oid)
+            assert form is not None
+            rendered = form(bytes(binary), value)
+
+        assert rendered == text, (sql_type, literal, rendered, text)
+
+
+def test_strict_readers_raise_for_values_python_cannot_hold() -> None:
+    for oid, text in [
+        (OID.DATE, b"0044-03-15 BC"),
+        (OID.TIMESTAMP, b"10000-01-01 00:00:00"),
+        (OID.INTERVAL, b"178000000 years"),
+        (OID.DATE_ARRAY, b'{"0044-03-15 BC"}'),
+    ]:
+        assert values.text_reader(oid)(text) is not None
+        with pytest.raises(DecodeError, match="out of Python's range"):
+            values.text_reader(oid, strict=True)(text)
+    with pytest.raises(DecodeError):
+        values.binary_reader(OID.DATE, strict=True)(b"\x7f\xff\xff\xfe")
+    assert values.binary_reader(OID.DATE)(b"\x7f\xff\xff\xfe") == PgValue(OID.DATE, "5881610-07-10")

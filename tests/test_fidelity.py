@@ -1,0 +1,450 @@
+"""Value fidelity on real servers: odd server settings, the JSON round trip, values past Python.
+
+* A server configured with DateStyle, IntervalStyle and extra_float_digits
+  far from the defaults gives the same Python values as a default one.
+* For every built-in type, the JSON the ``replicant stream`` command writes
+  reads back, cast with ``::type`` on the server, as the original value.
+* A stream holding a BC date, a year-10000 timestamp and a huge interval
+  runs to its end, in the library and in the command, and resumes after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import replicant
+from replicant import PgValue
+from replicant.changes import Event, Insert
+from replicant.values import OID
+
+from .conftest import Database
+from .test_cli import replicant as run_cli
+
+# (SQL type, SQL literal): a value of every built-in type, with the edge cases.
+VALUES: list[tuple[str, str]] = [
+    ("int2", "-32768"),
+    ("int4", "2147483647"),
+    ("int8", "-9223372036854775808"),
+    ("oid", "4294967295"),
+    ("numeric", "'12.50'"),
+    ("numeric", "'NaN'"),
+    ("numeric", "'-0.0000000500'"),
+    ("numeric", "9e1000 + 1"),
+    ("numeric", "'1e-20'"),
+    ("float4", "1004.3"),
+    ("float4", "'NaN'"),
+    ("float4", "'-Infinity'"),
+    ("float8", "0.1"),
+    ("float8", "'NaN'"),
+    ("float8", "'Infinity'"),
+    ("float8", "1e-308"),
+    ("text", "'héllo \"q\" \\ ☃'"),
+    ("varchar(5)", "'ab'"),
+    ("bpchar(4)", "'ab'"),
+    ("name", "'a name'"),
+    ('"char"', "'x'"),
+    ("bytea", "'\\x00ff10'"),
+    ("bool", "true"),
+    ("date", "'2024-02-29'"),
+    ("date", "'0044-03-15 BC'"),
+    ("date", "'10000-01-01'"),
+    ("date", "'infinity'"),
+    ("date", "'-infinity'"),
+    ("time", "'23:59:59.999999'"),
+    ("time", "'24:00:00'"),
+    ("timetz", "'12:34:56.5+05:30'"),
+    ("timestamp", "'2024-01-01 00:00:00.000001'"),
+    ("timestamp", "'10000-01-01 00:00:00'"),
+    ("timestamp", "'0044-03-15 12:00:00 BC'"),
+    ("timestamp", "'infinity'"),
+    ("timestamptz", "'2024-01-01 12:00+03'"),
+    ("timestamptz", "'0044-03-15 12:00:00+00 BC'"),
+    ("timestamptz", "'10000-01-01 00:00:00+00'"),
+    ("timestamptz", "'-infinity'"),
+    ("interval", "'1 mon'"),
+    ("interval", "'1 year 2 mons -3 days 04:05:06.5'"),
+    ("interval", "'-1 years -2 mons +3 days -04:05:06'"),
+    ("interval", "'178000000 years'"),
+    ("interval", "'2 days 1000000000:00:00'"),
+    ("json", '\'{"a": 1, "a": 2}\''),
+    ("json", "'null'"),
+    ("jsonb", "'null'"),
+    ("jsonb", '\'{"n": 1.000000000000000000001, "s": "é"}\''),
+    ("uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
+    ("inet", "'10.1.2.3/8'"),
+    ("cidr", "'2001:db8::/32'"),
+    ("macaddr", "'08:00:2b:01:02:03'"),
+    ("money", "'12.34'"),
+    ("bit(4)", "B'1010'"),
+    ("varbit", "B'101'"),
+    ("int4[]", "'{1,NULL,3}'"),
+    ("int4[]", "'[0:2][0:2]={{1,2,3},{4,5,6},{7,8,9}}'"),
+    ("int4[]", "'[0:4]={1,2,3,4,5}'"),
+    ("text[]", '\'{a,"b c",NULL,"NULL","\\\\"}\''),
+    ("numeric[]", "'{1.50,NaN,NULL}'"),
+    ("date[]", "'{2024-01-02,\"0044-03-15 BC\",infinity}'"),
+    ("timestamptz[]", "'{\"2024-01-02 03:04:05+00\",-infinity}'"),
+    ("interval[]", '\'{"1 mon","178000000 years"}\''),
+    ("jsonb[]", "ARRAY['null'::jsonb, NULL, '{\"a\": [1]}']"),
+    ("bytea[]", "'{\"\\\\x00ff\",NULL}'"),
+    ("int4range", "'[1,10)'"),
+    ("int8range", "'empty'"),
+    ("numrange", "'(1.50,)'"),
+    ("daterange", "'[2024-01-01,infinity)'"),
+    ("tsrange", "'[2024-01-01 00:00,2024-01-02 12:00:00.5)'"),
+    ("tstzrange", "'(,2024-01-01 00:00+00]'"),
+    ("int4range[]", "ARRAY['[1,2)'::int4range, 'empty']"),
+    ("mood", "'happy'"),
+    ("positive", "5"),
+    ("pair", "ROW(1, 'a b')"),
+]
+MULTIRANGES: list[tuple[str, str]] = [
+    ("int4multirange", "'{[1,3),[5,7)}'"),
+    ("datemultirange", "'{}'"),
+    ("tstzmultirange", "'{[2024-01-01 00:00+00,2024-01-02 00:00+00)}'"),
+]
+
+
+def _server(db: Database) -> int:
+    return int(db.query("SHOW server_version_num")[0][0])
+
+
+def _samples(db: Database) -> list[tuple[str, str]]:
+    return VALUES + (MULTIRANGES if _server(db) >= 140000 else [])
+
+
+def _create_all_types(db: Database, samples: list[tuple[str, str]]) -> None:
+    db.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
+    db.execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)")
+    db.execute("CREATE TYPE pair AS (a int, b text)")
+    columns = ", ".join(f"c{i} {sql_type}" for i, (sql_type, _) in enumerate(samples))
+    db.execute(f"CREATE TABLE everything (id int PRIMARY KEY, {columns})")
+    db.execute("ALTER TABLE everything REPLICA IDENTITY FULL")
+    db.execute("CREATE PUBLICATION pub FOR TABLE everything")
+
+
+def _insert_all_types(db: Database, samples: list[tuple[str, str]]) -> None:
+    names = ", ".join(f"c{i}" for i in range(len(samples)))
+    literals = ", ".join(f"({literal})::{sql_type}" for sql_type, literal in samples)
+    db.execute(f"INSERT INTO everything (id, {names}) VALUES (1, {literals})")
+    db.execute("INSERT INTO everything (id) VALUES (2)")  # every column NULL
+
+
+# --- reading the JSON form back -------------------------------------------------------
+
+
+def _dims(items: list[Any]) -> list[int]:
+    dims = [len(items)]
+    while items and isinstance(items[0], list):
+        items = items[0]
+        dims.append(len(items))
+    return dims
+
+
+def _array_text(items: list[Any]) -> str:
+    parts = []
+    for item in items:
+        if isinstance(item, list):
+            parts.append(_array_text(item))
+        elif item is None:
+            parts.append("NULL")
+        else:
+            text = _sql_text(item)
+            assert text is not None
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+def _sql_text(form: Any) -> str | None:
+    """The text a reader of the JSON form gives the server for ``::type`` (None: NULL).
+
+    What the guide's type table says about each JSON form, as code.
+    """
+    if form is None:
+        return None
+    if isinstance(form, bool):
+        return "true" if form else "false"
+    if isinstance(form, (int, float, str)):
+        return str(form)
+    if isinstance(form, list):
+        return _array_text(form)
+    assert isinstance(form, dict), form
+    if "$json" in form:
+        return str(form["$json"])
+    if "$base64" in form:
+        return "\\x" + base64.b64decode(form["$base64"]).hex()
+    if "$array" in form:
+        items = form["$array"]
+        bounds = "".join(
+            f"[{lower}:{lower + n - 1}]"
+            for lower, n in zip(form["lower_bounds"], _dims(items), strict=True)
+        )
+        return bounds + "=" + _array_text(items)
+    raise AssertionError(f"unknown JSON form {form!r}")
+
+
+def _stream_json(db: Database, slot: str, *args: str) -> list[dict[str, Any]]:
+    ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
+    result = run_cli("stream", db.dsn, "--slot", slot, "--end", end, *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+# Values wal2json writes as JSON null (it cannot write NaN or infinities).
+_WAL2JSON_NULLS = {"'NaN'", "'-Infinity'", "'Infinity'"}
+
+
+@pytest.mark.parametrize("mode", ["text", "binary", "wal2json"])
+def test_the_json_form_round_trips_through_the_server(db: Database, mode: str) -> None:
+    server = _server(db)
+    if mode == "binary" and server < 140000:
+        pytest.skip("pgoutput binary mode needs PostgreSQL 14")
+    if mode == "wal2json" and not db.cluster.has_plugin("wal2json"):
+        pytest.skip("no wal2json on this server")
+    samples = _samples(db)
+    _create_all_types(db, samples)
+    plugin = "wal2json" if mode == "wal2json" else "pgoutput"
+    db.execute("SELECT pg_create_logical_replication_slot('rt', %s)", plugin)
+    _insert_all_types(db, samples)
+    args = ["--plugin", plugin] if mode == "wal2json" else ["--publication", "pub"]
+    if mode == "binary":
+        args += ["-o", "binary=true"]
+    events = [e for e in _stream_json(db, "rt", *args) if e["kind"] == "insert"]
+    assert [e["new"]["id"] for e in events] == [1, 2]
+    full, nulls = events[0]["new"], events[1]["new"]
+    wrong = []
+    opaque: list[str] = []
+    for i, (sql_type, literal) in enumerate(samples):
+        assert nulls[f"c{i}"] is None, (sql_type, nulls[f"c{i}"])
+        form = full[f"c{i}"]
+        if mode == "wal2json" and literal in _WAL2JSON_NULLS:
+            assert form is None, (sql_type, literal, form)  # the documented loss
+            continue
+        text = _sql_text(form)
+        if mode == "binary" and isinstance(form, dict) and "type_oid" in form:
+            # No binary reader (documented): the send form as it came.
+            opaque.append(sql_type)
+            continue
+        ((same,),) = db.query(
+            f"SELECT (%s::{sql_type})::text IS NOT DISTINCT FROM (({literal})::{sql_type})::text",
+            text,
+        )
+        if not same:
+            wrong.append((sql_type, literal, form))
+    assert wrong == []
+    # Money's text depends on lc_monetary; user-defined types have no fixed OID.
+    assert opaque == (["money", "mood", "positive", "pair"] if mode == "binary" else [])
+
+
+# --- odd server settings ------------------------------------------------------------------
+
+# Date, time, interval and float values, compared between a default server and one
+# whose configuration writes them in other styles.
+STYLED: list[tuple[str, str]] = [
+    ("date", "'2024-02-29'"),
+    ("date", "'0044-03-15 BC'"),
+    ("date", "'infinity'"),
+    ("time", "'13:14:15.5'"),
+    ("timetz", "'13:14:15+02'"),
+    ("timestamp", "'2024-12-31 23:59:59.25'"),
+    ("timestamp", "'10000-01-01 00:00:00'"),
+    ("timestamptz", "'2024-06-01 12:00:00+02'"),
+    ("interval", "'10 days'"),
+    ("interval", "'1 min'"),
+    ("interval", "'1 year 2 mons -3 days 04:05:06.5'"),
+    ("interval", "'178000000 years'"),
+    ("float4", "1004.3"),
+    ("float4", "3.14159274"),
+    ("float8", "0.1"),
+    ("float8", "2.718281828459045"),
+    ("float8", "'NaN'"),
+    ("numeric", "'1.50'"),
+    ("date[]", "'{2024-01-02,infinity}'"),
+    ("interval[]", '\'{"10 days","1 mon"}\''),
+    ("float8[]", "'{0.1,1e-300}'"),
+    ("tsrange", "'[2024-01-01 00:00,2024-01-02 00:00)'"),
+]
+
+
+def _styled_values(db: Database, mode: str) -> list[Any]:
+    columns = ", ".join(f"c{i} {sql_type}" for i, (sql_type, _) in enumerate(STYLED))
+    db.execute(f"CREATE TABLE styled (id int PRIMARY KEY, {columns})")
+    db.execute("CREATE PUBLICATION pub FOR TABLE styled")
+    plugin = "wal2json" if mode == "wal2json" else "pgoutput"
+    db.execute("SELECT pg_create_logical_replication_slot('styled', %s)", plugin)
+    literals = ", ".join(f"({literal})::{sql_type}" for sql_type, literal in STYLED)
+    names = ", ".join(f"c{i}" for i in range(len(STYLED)))
+    db.execute(f"INSERT INTO styled (id, {names}) VALUES (1, {literals})")
+    ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
+    got: list[Insert] = []
+
+    def keep(event: Event) -> Any:
+        if isinstance(event, Insert):
+            got.append(event)
+        return event.lsn
+
+    replicant.run(
+        db.dsn,
+        slot="styled",
+        callback=keep,
+        plugin=plugin,
+        publication=None if mode == "wal2json" else "pub",
+        options={"binary": "true"} if mode == "binary" else None,
+        create_slot=False,
+        end_lsn=end,
+    )
+    assert len(got) == 1
+    row = got[0].new
+    return [row[f"c{i}"] for i in range(len(STYLED))]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return str(a) == str(b)
+    return type(a) is type(b) and bool(a == b)
+
+
+@pytest.mark.parametrize("mode", ["text", "binary", "wal2json"])
+def test_odd_server_settings_give_the_same_values(
+    db: Database, make_cluster: Any, mode: str
+) -> None:
+    if mode == "binary" and db.cluster.version < 14:
+        pytest.skip("pgoutput binary mode needs PostgreSQL 14")
+    if mode == "wal2json" and not db.cluster.has_plugin("wal2json"):
+        pytest.skip("no wal2json on this server")
+    odd_cluster = make_cluster(
+        bindir=db.cluster.bindir,
+        settings={
+            "DateStyle": "SQL, DMY",
+            "IntervalStyle": "sql_standard",
+            "extra_float_digits": 0,
+            "TimeZone": "America/New_York",
+        },
+    )
+    odd_cluster.create_database("odd")
+    odd = Database(odd_cluster, "odd")
+    try:
+        # (psycopg2 sets DateStyle ISO on its own ordinary connections: read the default.)
+        styles = odd.query(
+            "SELECT name, reset_val FROM pg_settings"
+            " WHERE name IN ('DateStyle', 'IntervalStyle', 'extra_float_digits') ORDER BY name"
+        )
+        assert sorted(styles) == [
+            ("DateStyle", "SQL, DMY"),
+            ("IntervalStyle", "sql_standard"),
+            ("extra_float_digits", "0"),
+        ]
+        expected = _styled_values(db, mode)
+        got = _styled_values(odd, mode)
+    finally:
+        odd.close()
+    wrong = [
+        (STYLED[i], e, g)
+        for i, (e, g) in enumerate(zip(expected, got, strict=True))
+        if not _same(e, g)
+    ]
+    assert wrong == []
+    # A sanity check that the values really are the intended ones.
+    assert expected[8] == dt.timedelta(days=10) and expected[9] == dt.timedelta(minutes=1)
+    assert expected[12] == 1004.3
+    assert expected[1] == PgValue(OID.DATE, "0044-03-15 BC")
+
+
+# --- values past Python's types do not stop the stream ------------------------------------
+
+
+def _far_values(db: Database, first_id: int) -> None:
+    db.execute(
+        "INSERT INTO far VALUES (%s, '0044-03-15 BC', '10000-01-01 00:00:00', '178000000 years')",
+        first_id,
+    )
+    db.execute(
+        "INSERT INTO far VALUES (%s, '2024-01-01', '2024-01-01 00:00', '1 day')", first_id + 1
+    )
+
+
+@pytest.mark.parametrize("mode", ["text", "binary", "wal2json"])
+def test_values_past_python_do_not_stop_the_stream_and_restart_resumes(
+    db: Database, mode: str
+) -> None:
+    if mode == "binary" and _server(db) < 140000:
+        pytest.skip("pgoutput binary mode needs PostgreSQL 14")
+    if mode == "wal2json" and not db.cluster.has_plugin("wal2json"):
+        pytest.skip("no wal2json on this server")
+    db.execute("CREATE TABLE far (id int PRIMARY KEY, d date, ts timestamp, i interval)")
+    db.execute("CREATE PUBLICATION pub FOR TABLE far")
+    plugin = "wal2json" if mode == "wal2json" else "pgoutput"
+    db.execute("SELECT pg_create_logical_replication_slot('far', %s)", plugin)
+    db.execute("SELECT pg_create_logical_replication_slot('far_cli', %s)", plugin)
+    _far_values(db, 1)
+
+    def run_library() -> list[Insert]:
+        ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
+        got: list[Insert] = []
+
+        def keep(event: Event) -> Any:
+            if isinstance(event, Insert):
+                got.append(event)
+                event.new.to_dict()  # every value read and written
+            return event.lsn
+
+        replicant.run(
+            db.dsn,
+            slot="far",
+            callback=keep,
+            plugin=plugin,
+            publication=None if mode == "wal2json" else "pub",
+            options={"binary": "true"} if mode == "binary" else None,
+            create_slot=False,
+            end_lsn=end,
+        )
+        return got
+
+    first = run_library()
+    assert [e.new["id"] for e in first] == [1, 2]
+    assert first[0].new["d"] == PgValue(OID.DATE, "0044-03-15 BC")
+    assert first[0].new["ts"] == PgValue(OID.TIMESTAMP, "10000-01-01 00:00:00")
+    assert first[0].new["i"] == PgValue(OID.INTERVAL, "178000000 years")
+    assert str(first[0].new["d"]) == "0044-03-15 BC"
+    assert first[0].new.to_dict() == {
+        "id": 1,
+        "d": "0044-03-15 BC",
+        "ts": "10000-01-01 00:00:00",
+        "i": "P178000000Y",
+    }
+    assert first[1].new["d"] == dt.date(2024, 1, 1)
+
+    _far_values(db, 3)
+    assert [e.new["id"] for e in run_library()] == [3, 4]  # resumed after the first run
+
+    args = ["--plugin", plugin] if mode == "wal2json" else ["--publication", "pub"]
+    if mode == "binary":
+        args += ["-o", "binary=true"]
+    lines = [e for e in _stream_json(db, "far_cli", *args) if e["kind"] == "insert"]
+    assert [e["new"]["id"] for e in lines] == [1, 2, 3, 4]
+    assert lines[0]["new"]["d"] == "0044-03-15 BC"
+    assert lines[0]["new"]["i"] == "P178000000Y"
+    _far_values(db, 5)
+    again = [e for e in _stream_json(db, "far_cli", *args) if e["kind"] == "insert"]
+    assert [e["new"]["id"] for e in again] == [5, 6]
+
+
+def test_strict_values_raise_where_asked(db: Database) -> None:
+    from replicant.decoders import PgOutputDecoder
+    from replicant.values import text_reader
+
+    with pytest.raises(replicant.DecodeError, match="out of Python's range"):
+        text_reader(OID.DATE, strict=True)(b"0044-03-15 BC")
+    assert text_reader(OID.DATE, strict=True)(b"2024-01-01") == dt.date(2024, 1, 1)
+    assert PgOutputDecoder("pub", strict_values=True).strict_values
