@@ -301,6 +301,7 @@ class ReplicationConnection:
         try:
             raw = psycopg2.connect(dsn or "", **params)
             if pinned_by_set:
+                raw.autocommit = True
                 with raw.cursor() as cur:
                     for name, value in PINNED_SETTINGS:
                         cur.execute(f"SET {name} = '{value}'")

@@ -448,3 +448,104 @@ def test_strict_values_raise_where_asked(db: Database) -> None:
         text_reader(OID.DATE, strict=True)(b"0044-03-15 BC")
     assert text_reader(OID.DATE, strict=True)(b"2024-01-01") == dt.date(2024, 1, 1)
     assert PgOutputDecoder("pub", strict_values=True).strict_values
+
+
+# --- the pinned session settings ------------------------------------------------------
+
+
+def _settings(conn: Any) -> dict[str, str]:
+    with conn.raw.cursor() as cur:
+        out = {}
+        for name in ("DateStyle", "IntervalStyle", "extra_float_digits", "work_mem"):
+            cur.execute(f"SHOW {name}")
+            out[name] = cur.fetchone()[0]
+        cur.execute("SHOW application_name")
+        out["application_name"] = cur.fetchone()[0]
+        return out
+
+
+def _pinned(got: dict[str, str]) -> bool:
+    return (
+        got["DateStyle"].startswith("ISO")
+        and got["IntervalStyle"] == "postgres"
+        and got["extra_float_digits"] == "3"
+    )
+
+
+def test_replication_connections_pin_the_settings_replicant_parses(
+    db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from replicant.connection import ReplicationConnection
+
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    monkeypatch.delenv("PGSERVICE", raising=False)
+    # The user's options survive, escapes and all; ours win for our three settings.
+    user = r"-c work_mem=12MB -c application_name=a\ b\\c -c DateStyle=SQL,DMY"
+    with ReplicationConnection.connect(db.dsn_with(options=user)) as conn:
+        got = _settings(conn)
+    assert _pinned(got) and got["work_mem"] == "12MB" and got["application_name"] == "a b\\c"
+
+    with ReplicationConnection.connect(db.dsn, options="-c work_mem=13MB") as conn:
+        got = _settings(conn)
+    assert _pinned(got) and got["work_mem"] == "13MB"
+
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=14MB -c intervalstyle=iso_8601")
+    with ReplicationConnection.connect(db.dsn) as conn:
+        got = _settings(conn)
+    assert _pinned(got) and got["work_mem"] == "14MB"
+    monkeypatch.delenv("PGOPTIONS")
+
+    # Options from a service file are libpq's to read: the settings are SET instead.
+    service = tmp_path / "pg_service.conf"
+    params = dict(part.split("=", 1) for part in db.dsn.split())
+    service.write_text(
+        "[fidelity]\n"
+        + "".join(f"{k}={v}\n" for k, v in params.items())
+        + "options=-c work_mem=15MB -c extra_float_digits=0\n"
+    )
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    with ReplicationConnection.connect("service=fidelity") as conn:
+        got = _settings(conn)
+    assert _pinned(got) and got["work_mem"] == "15MB"
+
+
+# --- wal2json after schema changes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("format_version", [1, 2])
+def test_wal2json_reports_only_the_columns_and_types_the_row_has(
+    wal2json_db: Database, format_version: int
+) -> None:
+    from replicant.changes import Update
+    from replicant.decoders import Wal2JsonDecoder
+
+    db = wal2json_db
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, n int, drop1 text, big text)")
+    db.execute("ALTER TABLE t ALTER big SET STORAGE EXTERNAL")
+    db.execute("SELECT pg_create_logical_replication_slot('w2j', 'wal2json')")
+    db.execute("INSERT INTO t VALUES (1, 1, 'x', repeat('B', 5000))")
+    db.execute("ALTER TABLE t DROP COLUMN drop1")
+    db.execute("UPDATE t SET n = 2 WHERE id = 1")
+    db.execute("ALTER TABLE t ALTER COLUMN n TYPE numeric")
+    db.execute("UPDATE t SET n = 1.5 WHERE id = 1")
+    decoder = Wal2JsonDecoder(format_version=format_version)
+    options = decoder.start_options(150000)
+    flat = [x for pair in options.items() for x in pair]
+    rows = db.query(
+        "SELECT lsn::text, data FROM pg_logical_slot_get_changes('w2j', NULL, NULL"
+        + ", %s" * len(flat)
+        + ")",
+        *flat,
+    )
+    events = []
+    for _lsn, data in rows:
+        events.extend(decoder.decode(data.encode(), 0, 0))
+    updates = [e for e in events if isinstance(e, Update)]
+    assert len(updates) == 2
+    first, second = updates
+    assert list(first.new) == ["id", "n"]  # no dropped column, no invented TOASTed one
+    assert dict(first.new) == {"id": 1, "n": 2}
+    assert [c.name for c in first.relation.columns] == ["id", "n"]
+    assert second.new["n"] == Decimal("1.5")  # read with the type the row carries
+    assert second.new.type_oid("n") == OID.NUMERIC
+    assert second.new.to_dict() == {"id": 1, "n": "1.5"}
