@@ -495,15 +495,17 @@ def _parse_array(text: str, element: Converter) -> list[Any]:
 def _array_text(array_oid: int, element_oid: int, fast: Converter | None) -> Converter:
     """The reader of an array's text: ``fast`` (psycopg2's caster) when it can, else the parser."""
 
+    bounded = (b"[", "[")
+
     def convert(value: str | bytes) -> Any:
-        text = _as_str(value)
-        if fast is not None and not text.startswith("["):
+        # psycopg2's caster drops explicit bounds ("[0:2]={...}"): those go to the parser,
+        # and so does what the caster refuses (an element out of Python's range).
+        if fast is not None and value[:1] not in bounded:
             try:
                 return fast(value)
-            except Exception:
+            except Exception:  # the parser below decides whether the text is bad
                 pass
-        element = text_reader(element_oid, from_str=True)
-        return _parse_array(text, element)
+        return _parse_array(_as_str(value), text_reader(element_oid, from_str=True))
 
     return convert
 
