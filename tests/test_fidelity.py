@@ -101,6 +101,8 @@ VALUES: list[tuple[str, str]] = [
     ("tsrange", "'[2024-01-01 00:00,2024-01-02 12:00:00.5)'"),
     ("tstzrange", "'(,2024-01-01 00:00+00]'"),
     ("int4range[]", "ARRAY['[1,2)'::int4range, 'empty']"),
+    ("macaddr[]", "'{08:00:2b:01:02:03,NULL}'"),
+    ("varbit[]", "'{101,\"\"}'"),
     ("mood", "'happy'"),
     ("positive", "5"),
     ("pair", "ROW(1, 'a b')"),
@@ -109,6 +111,7 @@ MULTIRANGES: list[tuple[str, str]] = [
     ("int4multirange", "'{[1,3),[5,7)}'"),
     ("datemultirange", "'{}'"),
     ("tstzmultirange", "'{[2024-01-01 00:00+00,2024-01-02 00:00+00)}'"),
+    ("int4multirange[]", "ARRAY['{[1,3),[5,7)}'::int4multirange, '{}', NULL]"),
 ]
 
 
