@@ -502,14 +502,26 @@ def _parse_array(text: str, element: Converter) -> list[Any]:
     return items
 
 
+# Element texts psycopg2's array casters read silently wrong (interval
+# 'infinity' as 0, time '24:00:00' as midnight): arrays holding them go to
+# the parser, whose element readers give a PgValue.
+_CASTER_TRAPS: Final[dict[int, tuple[bytes, str]]] = {
+    OID.INTERVAL_ARRAY: (b"infinity", "infinity"),
+    OID.TIME_ARRAY: (b"24:", "24:"),
+    OID.TIMETZ_ARRAY: (b"24:", "24:"),
+}
+
+
 def _array_text(array_oid: int, element_oid: int, fast: Converter | None) -> Converter:
     """The reader of an array's text: ``fast`` (psycopg2's caster) when it can, else the parser."""
-
     bounded = (b"[", "[")
+    trap = _CASTER_TRAPS.get(array_oid)
 
     def convert(value: str | bytes) -> Any:
         # psycopg2's caster drops explicit bounds ("[0:2]={...}"): those go to the parser,
         # and so does what the caster refuses (an element out of Python's range).
+        if trap is not None and trap[isinstance(value, str)] in value:  # type: ignore[operator]
+            return _parse_array(_as_str(value), text_reader(element_oid, from_str=True))
         if fast is not None and value[:1] not in bounded:
             try:
                 return fast(value)
@@ -685,7 +697,24 @@ for _oid in (OID.DATE, OID.TIMESTAMP, OID.TIMESTAMPTZ):
         )
     else:
         _TEXT[_oid] = _tolerant(_oid, _caster)
-_TEXT[OID.INTERVAL] = _tolerant(OID.INTERVAL, _TEXT[OID.INTERVAL])
+
+
+def _interval_text(read: Converter) -> Converter:
+    """``read`` for interval, except the infinities of PostgreSQL 17.
+
+    psycopg2's caster reads ``'infinity'`` as ``timedelta(0)``: silently wrong.
+    """
+    infinite = (b"infinity", b"-infinity", "infinity", "-infinity")
+
+    def convert(value: str | bytes) -> Any:
+        if value in infinite:
+            return PgValue(OID.INTERVAL, _as_str(value))
+        return read(value)
+
+    return convert
+
+
+_TEXT[OID.INTERVAL] = _interval_text(_tolerant(OID.INTERVAL, _TEXT[OID.INTERVAL]))
 _TEXT[OID.TIME] = _time_text(OID.TIME, _TEXT[OID.TIME])
 _TEXT[OID.TIMETZ] = _time_text(OID.TIMETZ, _TEXT[OID.TIMETZ])
 for _oid, _element_oid in _ELEMENT.items():

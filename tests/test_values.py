@@ -496,3 +496,32 @@ def test_strict_readers_raise_for_values_python_cannot_hold() -> None:
     with pytest.raises(DecodeError):
         values.binary_reader(OID.DATE, strict=True)(b"\x7f\xff\xff\xfe")
     assert values.binary_reader(OID.DATE)(b"\x7f\xff\xff\xfe") == PgValue(OID.DATE, "5881610-07-10")
+
+
+def test_infinite_intervals_of_newer_servers() -> None:
+    # PostgreSQL 17 has interval 'infinity': all three fields at their extremes.
+    import struct
+
+    assert values.decode_text(OID.INTERVAL, b"infinity") == PgValue(OID.INTERVAL, "infinity")
+    top = struct.pack(">qii", 2**63 - 1, 2**31 - 1, 2**31 - 1)
+    bottom = struct.pack(">qii", -(2**63), -(2**31), -(2**31))
+    assert values.decode_binary(OID.INTERVAL, top) == PgValue(OID.INTERVAL, "infinity")
+    assert values.decode_binary(OID.INTERVAL, bottom) == PgValue(OID.INTERVAL, "-infinity")
+    form = values.binary_json(OID.INTERVAL)
+    assert form is not None and form(bottom, None) == "-infinity"
+    text_form = values.text_json(OID.INTERVAL)
+    assert text_form is not None and text_form(b"infinity", None) == "infinity"
+
+
+def test_arrays_never_take_psycopg2s_silent_readings() -> None:
+    assert values.decode_text(OID.INTERVAL_ARRAY, b'{infinity,"1 day"}') == [
+        PgValue(OID.INTERVAL, "infinity"),
+        dt.timedelta(days=1),
+    ]
+    assert values.decode_text(OID.TIME_ARRAY, b"{24:00:00,12:00:00}") == [
+        PgValue(OID.TIME, "24:00:00"),
+        dt.time(12),
+    ]
+    assert values.text_reader(OID.TIMETZ_ARRAY, from_str=True)("{24:00:00+02}") == [
+        PgValue(OID.TIMETZ, "24:00:00+02")
+    ]
