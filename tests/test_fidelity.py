@@ -92,6 +92,8 @@ VALUES: list[tuple[str, str]] = [
     ("date[]", "'{2024-01-02,\"0044-03-15 BC\",infinity}'"),
     ("timestamptz[]", "'{\"2024-01-02 03:04:05+00\",-infinity}'"),
     ("interval[]", '\'{"1 mon","178000000 years"}\''),
+    ("time[]", "'{24:00:00,12:00:00}'"),
+    ("timetz[]", "'{24:00:00+02,12:00:00-05:30}'"),
     ("jsonb[]", "ARRAY['null'::jsonb, NULL, '{\"a\": [1]}']"),
     ("bytea[]", "'{\"\\\\x00ff\",NULL}'"),
     ("int4range", "'[1,10)'"),
