@@ -860,14 +860,22 @@ def _float4_bin(data: bytes) -> float:
     if not math.isfinite(value):
         return float(value)
     pack = _FLOAT4.pack
-    for digits in range(1, 10):
+    # If d significant digits read back as the same float32, so do d + 1:
+    # search for the fewest (9 always do).
+    low, high = 1, 9
+    best = float(f"{value:.9g}")
+    while low < high:
+        digits = (low + high) // 2
         candidate = float(f"{value:.{digits}g}")
         try:
-            if pack(candidate) == data:
-                return candidate
+            same = pack(candidate) == data
         except OverflowError:  # rounded up past float32's largest value
-            continue
-    return float(value)
+            same = False
+        if same:
+            best, high = candidate, digits
+        else:
+            low = digits + 1
+    return best
 
 
 def _macaddr_bin(data: bytes) -> str:
