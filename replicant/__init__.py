@@ -15,6 +15,7 @@ from replicant.errors import (
 )
 from replicant.lsn import LSN
 from replicant.runtime import Consumer, Progress, Stats, WalProgress, run
+from replicant.values import PgArray, PgValue
 
 __all__ = [
     "LSN",
@@ -22,6 +23,8 @@ __all__ = [
     "ConnectionLost",
     "Consumer",
     "DecodeError",
+    "PgArray",
+    "PgValue",
     "Progress",
     "ProtocolError",
     "ReplicantError",

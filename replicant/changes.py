@@ -45,18 +45,15 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import ipaddress
-import math
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, final
 
 from replicant import _accel
+from replicant import values as _values
 from replicant.errors import DecodeError
 from replicant.lsn import LSN
-from replicant.values import BinaryValue
+from replicant.values import JsonForm
 
 __all__ = [
     "UNCHANGED",
@@ -143,10 +140,14 @@ class RowLayout:
     which the row reports as DecodeError.
     """
 
-    __slots__ = ("convert", "index", "names", "type_oids")
+    __slots__ = ("convert", "index", "json", "names", "type_oids")
 
     def __init__(
-        self, names: Sequence[str], type_oids: Sequence[int], convert: Sequence[Converter]
+        self,
+        names: Sequence[str],
+        type_oids: Sequence[int],
+        convert: Sequence[Converter],
+        json: Sequence[JsonForm | None] | None = None,
     ) -> None:
         self.names: tuple[str, ...] = tuple(names)
         self.type_oids: tuple[int, ...] = tuple(type_oids)
@@ -154,18 +155,30 @@ class RowLayout:
         self.convert: tuple[Converter, ...] = tuple(convert)
         if not len(self.names) == len(self.type_oids) == len(self.convert):
             raise ValueError("a row layout needs one type and one converter per column")
+        # Per column, how to write its JSON form from the raw value when the
+        # Python value alone loses something (see values.text_json); None:
+        # from the Python value.
+        self.json: tuple[JsonForm | None, ...] | None = None
+        if json is not None and any(form is not None for form in json):
+            self.json = tuple(json)
+            if len(self.json) != len(self.names):
+                raise ValueError("a row layout needs one JSON form per column")
 
     def subset(self, positions: Sequence[int]) -> RowLayout:
         """The layout of the columns at ``positions`` (for key-only rows)."""
+        json = self.json
         return RowLayout(
             [self.names[i] for i in positions],
             [self.type_oids[i] for i in positions],
             [self.convert[i] for i in positions],
+            None if json is None else [json[i] for i in positions],
         )
 
-    def with_converters(self, convert: Sequence[Converter]) -> RowLayout:
-        """The same columns with other converters."""
-        return RowLayout(self.names, self.type_oids, convert)
+    def with_converters(
+        self, convert: Sequence[Converter], json: Sequence[JsonForm | None] | None = None
+    ) -> RowLayout:
+        """The same columns with other converters (and JSON forms)."""
+        return RowLayout(self.names, self.type_oids, convert, json)
 
 
 class _RowCore:
@@ -281,8 +294,28 @@ class Row(_Core, Mapping[str, Any]):
         return Row(self._layout.subset(positions), [self._raw[i] for i in positions])
 
     def to_dict(self) -> dict[str, Any]:
-        """Every column converted to its JSON form (see :func:`json_value`)."""
-        return {name: json_value(self[name]) for name in self._layout.names}
+        """Every column in its lossless JSON form (see :func:`json_value`).
+
+        Where the Python value loses something (json ``'null'``, infinite
+        timestamps, interval months, numeric text, ranges), the form is
+        written from the raw value instead. Raises DecodeError for a column
+        that cannot be read.
+        """
+        layout = self._layout
+        forms = layout.json
+        out: dict[str, Any] = {}
+        for i, name in enumerate(layout.names):
+            value = self[name]
+            form = forms[i] if forms is not None else None
+            raw = self._raw[i]
+            if form is None or raw is None or raw is UNCHANGED:
+                out[name] = json_value(value)
+                continue
+            try:
+                out[name] = form(raw, value)
+            except Exception as exc:  # a form parses the raw value: bad input
+                raise self._error(name, exc) from exc
+        return out
 
 
 # --- the JSON form of values ----------------------------------------------------------
@@ -291,47 +324,31 @@ class Row(_Core, Mapping[str, Any]):
 def json_value(value: Any) -> Any:
     """A lossless JSON-serialisable form of a column value.
 
-    ``None``, ``bool``, ``int``, ``str`` and parsed JSON stay as they are;
-    ``Decimal`` becomes its exact string (``"1.50"``); ``float`` stays a
-    number unless it is NaN or infinite (then ``"NaN"``, ``"Infinity"``,
-    ``"-Infinity"``); dates, times and datetimes become ISO 8601 text;
-    ``timedelta`` becomes an ISO 8601 duration in days and seconds
-    (``"P1DT7200S"``, ``"P-1DT86399.5S"``); ``bytes`` become
-    ``{"$base64": "..."}``; UUIDs and network addresses their text; lists
-    element by element; :data:`UNCHANGED` becomes ``{"$unchanged": true}``;
-    a :class:`~replicant.values.BinaryValue` becomes
+    ``None`` (SQL NULL), ``bool``, ``int`` and ``str`` stay as they are;
+    ``Decimal`` becomes its digits as text (``"1.50"``, ``"NaN"``);
+    ``float`` stays a number unless it is NaN or infinite (then ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``); dates, times and datetimes become ISO
+    8601 text; ``timedelta`` an ISO 8601 duration (``"P1DT2H"``); ``bytes``
+    ``{"$base64": "..."}``; UUIDs, network addresses and ranges their text;
+    lists element by element, a :class:`~replicant.values.PgArray`
+    ``{"$array": [...], "lower_bounds": [...]}``; a
+    :class:`~replicant.values.PgValue` its server text; :data:`UNCHANGED`
+    ``{"$unchanged": true}``; a :class:`~replicant.values.BinaryValue`
     ``{"$base64": "...", "type_oid": n}``.
+
+    :meth:`Row.to_dict` writes some types from the value as received
+    instead, so nothing is lost: json and jsonb as ``{"$json": "<server
+    text>"}`` (so JSON ``null`` differs from SQL NULL and duplicate keys
+    stay), numeric as the server printed it, infinite dates and timestamps
+    as ``"infinity"``/``"-infinity"``, intervals as ISO 8601 with months
+    and days apart (``"P1Y2M3DT4H5M6S"``), ranges and multiranges as their
+    server text. The guide's type table lists every type.
     """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, _dt.timedelta):
-        seconds = f"{value.seconds}.{value.microseconds:06d}".rstrip("0").rstrip(".")
-        return f"P{value.days}DT{seconds}S"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, list):
-        return [json_value(item) for item in value]
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
     if value is UNCHANGED:
         return {"$unchanged": True}
-    if isinstance(value, BinaryValue):
-        return {"$base64": base64.b64encode(value.data).decode("ascii"), "type_oid": value.type_oid}
-    if isinstance(value, (uuid.UUID, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return str(value)
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return str(value)
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and not isinstance(value, dict):
         return {str(k): json_value(v) for k, v in value.items()}
-    return str(value)
+    return _values.json_value(value)
 
 
 def _json_field(value: Any) -> Any:

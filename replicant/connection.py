@@ -19,6 +19,7 @@ connection in non-blocking mode.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import select
 import threading
@@ -26,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import psycopg2
 import psycopg2.extensions
@@ -214,6 +215,56 @@ def _dsn_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# --- session settings ---------------------------------------------------------
+
+PINNED_SETTINGS: Final = (
+    ("datestyle", "ISO"),
+    ("intervalstyle", "postgres"),
+    ("extra_float_digits", "3"),
+)
+"""Settings every replication connection gets, whatever the server's defaults.
+
+The plugins write values with the walsender's output functions, so these
+decide the text replicant parses: ISO dates, postgres-style intervals and
+floats with every digit (PostgreSQL's own subscriber pins the same)."""
+
+
+def _option_words(options: str) -> str:
+    """``-c name=value`` words for PINNED_SETTINGS, escaped as libpq's options want."""
+
+    def escape(word: str) -> str:
+        # libpq splits options at unescaped white space; a backslash escapes.
+        return re.sub(r"([\\\s])", r"\\\1", word)
+
+    return " ".join(f"-c {escape(f'{name}={value}')}" for name, value in PINNED_SETTINGS)
+
+
+def _pin_session_settings(dsn: str | None, params: dict[str, Any]) -> bool:
+    """Add PINNED_SETTINGS to the connection's ``options``; True: SET them after connecting.
+
+    The user's own options are kept (from ``params``, else the DSN, else
+    PGOPTIONS, as libpq chooses) and ours are appended, so ours win for
+    these three settings only. When a service file may supply the options
+    (``service`` or PGSERVICE, with no options given otherwise), they are
+    left to libpq and the settings are SET on the open connection instead.
+    """
+    existing: str | None = params.get("options")
+    parsed: dict[str, str] = {}
+    if existing is None:
+        try:
+            parsed = psycopg2.extensions.parse_dsn(dsn or "")
+        except psycopg2.Error:
+            return False  # libpq reports the bad DSN when connecting
+        existing = parsed.get("options")
+    if existing is None:
+        if params.get("service") or parsed.get("service") or os.environ.get("PGSERVICE"):
+            return True
+        existing = os.environ.get("PGOPTIONS")
+    ours = _option_words(existing or "")
+    params["options"] = f"{existing} {ours}" if existing and existing.strip() else ours
+    return False
+
+
 # --- the connection -----------------------------------------------------------
 
 
@@ -246,8 +297,14 @@ class ReplicationConnection:
         """
         params = {key: value for key, value in params.items() if value is not None}
         params["replication"] = "database"
+        pinned_by_set = _pin_session_settings(dsn, params)
         try:
             raw = psycopg2.connect(dsn or "", **params)
+            if pinned_by_set:
+                raw.autocommit = True
+                with raw.cursor() as cur:
+                    for name, value in PINNED_SETTINGS:
+                        cur.execute(f"SET {name} = '{value}'")
         except psycopg2.Error as error:
             raise _connect_error(error) from None
         return cls(raw, description=mask_dsn(dsn, **params))

@@ -166,11 +166,14 @@ def test_every_type_through_every_decoder(db: Any) -> None:
 
     decoders = _decoders(db, server)
     assert len(decoders) >= 1
+    # wal2json leaves an unchanged TOASTed column out of the row.
+    updated_wal2json = {k: v for k, v in updated.items() if v is not UNCHANGED}
     for label, slot, decoder, binary in decoders:
         events = _peek(db, slot, decoder, binary, server)
         rows = [e for e in events if isinstance(e, (Insert, Update))]
         assert [type(e) for e in rows] == [Insert, Insert, Update], label
-        for event, expected in zip(rows, [written, nulls, updated], strict=True):
+        last = updated_wal2json if label.startswith("wal2json") else updated
+        for event, expected in zip(rows, [written, nulls, last], strict=True):
             assert event.new is not None
             got = dict(event.new)
             assert list(got) == list(expected), label
@@ -248,7 +251,10 @@ def _change(event: Event) -> Change:
         old = _values(event.old) if event.old is not None else None
         return ("update", event.schema, event.table, _values(event.new), old)
     if isinstance(event, Delete):
-        return ("delete", event.schema, event.table, None, _values(event.old))
+        # NULL columns left out: wal2json format 1 does not write them in an
+        # old row, and a delete has no new row to recover them from.
+        old = tuple((n, v) for n, v in _values(event.old) if v is not None)
+        return ("delete", event.schema, event.table, None, old)
     if isinstance(event, Truncate):
         return ("truncate", event.tables)
     assert isinstance(event, Message)

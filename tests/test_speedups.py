@@ -547,3 +547,71 @@ def test_row_core_needs_an_exception_from_error(native: Any) -> None:
 
     with pytest.raises(TypeError, match="must return an exception"):
         Odd(RowLayout(["a"], [23], [int]), [b"x"])["a"]
+
+
+# Server texts of dates and timestamps past Python's range, and some that are malformed:
+# the compiled reader hands them to the same Python fallback.
+EDGE_TEXTS = [
+    b"0044-03-15 BC",
+    b"10000-01-01",
+    b"5874897-12-31",
+    b"4713-01-01 BC",
+    b"10000-01-01 00:00:00",
+    b"0001-12-31 23:59:59.25 BC",
+    b"0044-03-15 12:09:21+00:09:21 BC",
+    b"294276-12-31 23:59:59.999999+00",
+    b"infinity",
+    b"-infinity",
+    b"2024-13-01",
+    b"garbage",
+]
+
+
+def _date_like_texts() -> Any:
+    year = st.integers(min_value=1, max_value=300000)
+    day = st.tuples(year, st.integers(1, 12), st.integers(1, 28)).map(
+        lambda t: f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}"
+    )
+    clock = st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59)).map(
+        lambda t: f" {t[0]:02d}:{t[1]:02d}:{t[2]:02d}"
+    )
+    return st.tuples(
+        day,
+        st.one_of(st.just(""), clock),
+        st.sampled_from(["", "+00", "-05:30"]),
+        st.sampled_from(["", " BC"]),
+    ).map(lambda t: "".join(t).encode())
+
+
+def _value_readers(native: Any) -> list[tuple[Any, Any]]:
+    pairs = []
+    for oid, parse in (
+        (values.OID.DATE, dt.date.fromisoformat),
+        (values.OID.TIMESTAMP, dt.datetime.fromisoformat),
+        (values.OID.TIMESTAMPTZ, dt.datetime.fromisoformat),
+    ):
+        otherwise = values._tolerant(oid, values._cast_with(values._TEXT_CASTERS[oid]))
+        pairs.append(
+            (native.from_text(parse, otherwise), values._from_text_python(parse, otherwise))
+        )
+    return pairs
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(_date_like_texts(), st.sampled_from(EDGE_TEXTS)))
+def test_date_readers_match_python_past_pythons_range(native: Any, value: bytes) -> None:
+    for compiled, python in _value_readers(native):
+        got, expected = read_outcome(compiled, value), read_outcome(python, value)
+        assert got == expected, value
+        if got[0] == "value":
+            assert type(got[1]) is type(expected[1])
+
+
+def test_date_readers_golden(native: Any) -> None:
+    date_compiled, date_python = _value_readers(native)[0]
+    for read in (date_compiled, date_python):
+        assert read(b"0044-03-15 BC") == values.PgValue(values.OID.DATE, "0044-03-15 BC")
+        assert read(b"2024-02-29") == dt.date(2024, 2, 29)
+        assert read(b"infinity") == dt.date.max
+        with pytest.raises(ValueError):
+            read(b"2024-13-01")

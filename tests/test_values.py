@@ -7,6 +7,7 @@ expected Python value.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import math
@@ -18,11 +19,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg2.extras import DateRange, DateTimeRange, DateTimeTZRange, NumericRange
 
 from replicant import values
 from replicant.changes import Row, RowLayout
 from replicant.errors import DecodeError
-from replicant.values import OID, BinaryValue
+from replicant.values import OID, BinaryValue, PgArray, PgValue
 
 UTC = dt.timezone.utc
 
@@ -30,6 +34,8 @@ UTC = dt.timezone.utc
 def same(a: Any, b: Any) -> bool:
     """Equal values of the same type; NaNs equal; Decimals with the same digits and scale."""
     if isinstance(a, list) and isinstance(b, list):
+        if getattr(a, "lower_bounds", ()) != getattr(b, "lower_bounds", ()):
+            return False
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if type(a) is not type(b):
         return False
@@ -78,7 +84,66 @@ SAMPLES: list[tuple[str, str, Any]] = [
     ("date", "'infinity'", dt.date.max),
     ("date", "'-infinity'", dt.date.min),
     ("time", "'23:59:59.999999'", dt.time(23, 59, 59, 999999)),
-    ("time", "'24:00:00'", dt.time(0, 0)),
+    ("time", "'24:00:00'", PgValue(OID.TIME, "24:00:00")),
+    ("timetz", "'24:00:00+05:30'", PgValue(OID.TIMETZ, "24:00:00+05:30")),
+    ("date", "'0044-03-15 BC'", PgValue(OID.DATE, "0044-03-15 BC")),
+    ("date", "'10000-01-01'", PgValue(OID.DATE, "10000-01-01")),
+    ("date", "'4713-01-01 BC'", PgValue(OID.DATE, "4713-01-01 BC")),
+    ("date", "'5874897-12-31'", PgValue(OID.DATE, "5874897-12-31")),
+    ("timestamp", "'10000-01-01 00:00:00'", PgValue(OID.TIMESTAMP, "10000-01-01 00:00:00")),
+    (
+        "timestamp",
+        "'0001-12-31 23:59:59.25 BC'",
+        PgValue(OID.TIMESTAMP, "0001-12-31 23:59:59.25 BC"),
+    ),
+    (
+        "timestamptz",
+        "'0044-03-15 12:00:00+00 BC'",
+        PgValue(OID.TIMESTAMPTZ, "0044-03-15 12:00:00+00 BC"),
+    ),
+    (
+        "timestamptz",
+        "'294276-12-31 23:59:59.999999+00'",
+        PgValue(OID.TIMESTAMPTZ, "294276-12-31 23:59:59.999999+00"),
+    ),
+    ("interval", "'178000000 years'", PgValue(OID.INTERVAL, "178000000 years")),
+    (
+        "interval",
+        "'-178000000 years -3 mons +5 days -01:02:03.5'",
+        PgValue(OID.INTERVAL, "-178000000 years -3 mons +5 days -01:02:03.5"),
+    ),
+    ("float4", "1004.3", 1004.3),
+    ("float4", "3.4028235e38", 3.4028235e38),
+    ("float4", "1.4e-45", 1e-45),
+    ("numeric", "9e1000 + 1", Decimal("9" + "0" * 999 + "1")),
+    (
+        "int4[]",
+        "'[0:2][0:2]={{1,2,3},{4,5,6},{7,8,9}}'",
+        PgArray([[1, 2, 3], [4, 5, 6], [7, 8, 9]], (0, 0)),
+    ),
+    ("int4[]", "'[0:4]={1,2,3,4,5}'", PgArray([1, 2, 3, 4, 5], (0,))),
+    ("text[]", "'[-2:-1]={\"a b\",NULL}'", PgArray(["a b", None], (-2,))),
+    (
+        "date[]",
+        "'{2024-01-02,\"0044-03-15 BC\"}'",
+        [dt.date(2024, 1, 2), PgValue(OID.DATE, "0044-03-15 BC")],
+    ),
+    ("int4range", "'[1,10)'", NumericRange(1, 10, "[)")),
+    ("int4range", "'empty'", NumericRange(empty=True)),
+    ("int8range", "'(,5]'", NumericRange(None, 6, "()")),
+    ("numrange", "'(1.50,2.5]'", NumericRange(Decimal("1.50"), Decimal("2.5"), "(]")),
+    ("daterange", "'[2024-01-01,infinity)'", DateRange(dt.date(2024, 1, 1), dt.date.max, "[)")),
+    (
+        "tsrange",
+        "'[2024-01-01 00:00,2024-01-02 12:00:00.5)'",
+        DateTimeRange(dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2, 12, 0, 0, 500000), "[)"),
+    ),
+    (
+        "tstzrange",
+        "'(2024-01-01 00:00+00,)'",
+        DateTimeTZRange(dt.datetime(2024, 1, 1, tzinfo=UTC), None, "()"),
+    ),
+    ("int4range[]", "ARRAY['[1,2)'::int4range, NULL]", [NumericRange(1, 2, "[)"), None]),
     (
         "timetz",
         "'12:34:56.5+05:30'",
@@ -164,12 +229,22 @@ def samples(db: Any) -> list[tuple[str, int, str, bytes, Any]]:
 
 
 def test_text_and_binary_representations_give_the_same_value(
-    samples: list[tuple[str, int, str, bytes, Any]],
+    samples: list[tuple[str, int, str, bytes, Any]], db: Any
 ) -> None:
     for type_name, oid, text, binary, expected in samples:
         from_text = values.text_converter(oid)(text.encode())
         from_str = values.text_reader(oid, from_str=True)(text)
         from_binary = values.binary_converter(oid)(binary)
+        if isinstance(expected, PgValue) and oid == OID.TIMESTAMPTZ:
+            # The text is in the session's zone, the binary rendering in UTC:
+            # the server must read both as the same instant.
+            for got in (from_text, from_str, from_binary):
+                assert isinstance(got, PgValue), (text, got)
+                ((equal,),) = db.query(
+                    "SELECT %s::timestamptz = %s::timestamptz", got.text, expected.text
+                )
+                assert equal, (text, got)
+            continue
         assert same(from_text, expected), (type_name, text, from_text)
         assert same(from_str, expected), (type_name, text, from_str)
         assert same(from_binary, expected), (type_name, binary, from_binary)
@@ -199,8 +274,11 @@ def test_every_reader_runs_safely_in_a_fresh_process(
 @pytest.mark.parametrize(
     ("oid", "text"),
     [
-        (OID.DATE, "2024-01-02 BC"),
-        (OID.TIMESTAMP, "10000-01-01 00:00:00"),
+        (OID.DATE, "2024-13-02"),
+        (OID.TIMESTAMP, "2024-01-01 25:00:00"),
+        (OID.INTERVAL, "3 fortnights"),
+        (OID.INT4_ARRAY, "[0:1={1,2}"),
+        (OID.INT4RANGE, "[1,2"),
         (OID.INT4, "twelve"),
         (OID.NUMERIC, "1.2.3"),
         (OID.BOOL, "maybe"),
@@ -230,7 +308,6 @@ def test_malformed_text_raises_decode_error(oid: int, text: str | bytes) -> None
         (OID.BOOL, b""),
         (OID.NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00"),
         (OID.NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00\x27\x10"),  # digit 10000
-        (OID.DATE, b"\x7f\xff\xff\xfe"),  # far beyond year 9999
         (OID.TIME, b"\x7f" + b"\x00" * 7),
         (OID.TIMETZ, b"\x00" * 8 + b"\x7f\xff\xff\xff"),
         (OID.JSONB, b"\x02{}"),
@@ -299,3 +376,152 @@ def test_readers_from_many_threads_at_once() -> None:
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+# --- fidelity details ----------------------------------------------------------------
+
+
+def test_binary_numeric_digit_count_is_unsigned(db: Any) -> None:
+    # 9e131071 + 1 has 131072 digits: 32769 base-10000 digits, above int16's range.
+    ((text, binary),) = db.query("SELECT (9e131071 + 1)::text, numeric_send(9e131071 + 1)")
+    value = values.binary_converter(OID.NUMERIC)(bytes(binary))
+    assert value == Decimal(text) and str(value) == text
+    assert values.binary_json(OID.NUMERIC) is not None
+    assert values.binary_json(OID.NUMERIC)(bytes(binary), value) == text  # type: ignore[misc]
+
+
+@settings(max_examples=500)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_binary_float4_is_the_shortest_decimal_that_round_trips(bits: int) -> None:
+    import struct
+
+    data = struct.pack(">I", bits)
+    (exact,) = struct.unpack(">f", data)
+    got = values.binary_converter(OID.FLOAT4)(data)
+    if math.isnan(exact):
+        assert math.isnan(got)
+        return
+    assert struct.pack(">f", got) == data  # the same float32
+    if math.isfinite(exact) and exact != 0:
+        digits = len(f"{got:e}".split("e")[0].replace(".", "").replace("-", "").rstrip("0"))
+        if digits > 1:  # no shorter decimal reads back as the same float32
+            shorter = float(f"{exact:.{digits - 1}g}")
+            with contextlib.suppress(OverflowError):  # rounded past float32's range
+                assert struct.pack(">f", shorter) != data
+
+
+def test_json_forms_keep_what_python_values_lose() -> None:
+    def form(oid: int, text: str) -> Any:
+        layout = RowLayout(["c"], [oid], [values.text_reader(oid)], [values.text_json(oid)])
+        return Row(layout, [text.encode()]).to_dict()["c"]
+
+    assert form(OID.JSONB, "null") == {"$json": "null"}
+    assert Row(
+        RowLayout(["c"], [OID.JSONB], [values.text_reader(OID.JSONB)]), [None]
+    ).to_dict() == {"c": None}
+    assert form(OID.JSON, '{"a": 1, "a": 2}') == {"$json": '{"a": 1, "a": 2}'}
+    assert form(OID.TIMESTAMPTZ, "infinity") == "infinity"
+    assert form(OID.TIMESTAMP, "-infinity") == "-infinity"
+    assert form(OID.DATE, "infinity") == "infinity"
+    assert form(OID.DATE, "0044-03-15 BC") == "0044-03-15 BC"
+    assert form(OID.TIMESTAMPTZ, "2024-01-01 00:00:00+00") == "2024-01-01T00:00:00+00:00"
+    assert form(OID.INTERVAL, "1 mon") == "P1M"
+    assert form(OID.INTERVAL, "1 year 2 mons 3 days 04:05:06.5") == "P1Y2M3DT4H5M6.5S"
+    assert form(OID.INTERVAL, "-1 years -2 mons +3 days -04:05:06") == "P-1Y-2M3DT-4H-5M-6S"
+    assert form(OID.INTERVAL, "00:00:00") == "PT0S"
+    assert form(OID.NUMERIC, "0.0000001") == "0.0000001"
+    assert form(OID.NUMERIC, "NaN") == "NaN"
+    assert form(OID.FLOAT8, "NaN") == "NaN"
+    assert form(OID.FLOAT8, "-Infinity") == "-Infinity"
+    assert form(OID.INT4_ARRAY, "[0:1]={1,2}") == {"$array": [1, 2], "lower_bounds": [0]}
+    assert form(OID.JSONB_ARRAY, '{"null",NULL,"{\\"a\\": 1}"}') == [
+        {"$json": "null"},
+        None,
+        {"$json": '{"a": 1}'},
+    ]
+    assert form(OID.INT4RANGE, "[1,10)") == "[1,10)"
+    assert form(OID.TIMESTAMPTZ_ARRAY, '{infinity,"2024-01-01 00:00:00+00"}') == [
+        "infinity",
+        "2024-01-01T00:00:00+00:00",
+    ]
+
+
+def test_binary_renderings_match_the_server(db: Any) -> None:
+    db.execute("SET TimeZone = 'UTC'")
+    for sql_type, literal in [
+        ("date", "'0044-03-15 BC'"),
+        ("date", "'4714-11-24 BC'"),
+        ("date", "'5874897-12-31'"),
+        ("timestamp", "'0001-01-01 00:00:00 BC'"),
+        ("timestamp", "'294276-12-31 23:59:59.999999'"),
+        ("timestamptz", "'4713-01-01 00:00:00.5+00 BC'"),
+        ("interval", "'178000000 years 1 mon -2 days 03:00:00.25'"),
+        ("interval", "'-178000000 years'"),
+        ("interval", "'-1 years 2 mons -3 days +04:05:06'"),
+        ("time", "'24:00:00'"),
+        ("timetz", "'24:00:00-03:30'"),
+        ("int4range", "'[1,10)'"),
+        ("tsrange", "'[2024-01-01 00:00,)'"),
+        ("numrange", "'(,1.50]'"),
+    ]:
+        ((oid, send),) = db.query(
+            "SELECT oid::int, typsend::text FROM pg_type WHERE oid = %s::regtype", sql_type
+        )
+        ((text, binary),) = db.query(
+            f"SELECT ({literal})::{sql_type}::text, {send}(({literal})::{sql_type})"
+        )
+        value = values.binary_converter(oid)(bytes(binary))
+        if isinstance(value, PgValue):
+            rendered = value.text
+        elif oid == OID.INTERVAL:
+            rendered = values._interval_postgres(*values._interval_parts(bytes(binary)))
+        else:
+            form = values.binary_json(oid)
+            assert form is not None
+            rendered = form(bytes(binary), value)
+
+        assert rendered == text, (sql_type, literal, rendered, text)
+
+
+def test_strict_readers_raise_for_values_python_cannot_hold() -> None:
+    for oid, text in [
+        (OID.DATE, b"0044-03-15 BC"),
+        (OID.TIMESTAMP, b"10000-01-01 00:00:00"),
+        (OID.INTERVAL, b"178000000 years"),
+        (OID.DATE_ARRAY, b'{"0044-03-15 BC"}'),
+    ]:
+        assert values.text_reader(oid)(text) is not None
+        with pytest.raises(DecodeError, match="out of Python's range"):
+            values.text_reader(oid, strict=True)(text)
+    with pytest.raises(DecodeError):
+        values.binary_reader(OID.DATE, strict=True)(b"\x7f\xff\xff\xfe")
+    assert values.binary_reader(OID.DATE)(b"\x7f\xff\xff\xfe") == PgValue(OID.DATE, "5881610-07-10")
+
+
+def test_infinite_intervals_of_newer_servers() -> None:
+    # PostgreSQL 17 has interval 'infinity': all three fields at their extremes.
+    import struct
+
+    assert values.decode_text(OID.INTERVAL, b"infinity") == PgValue(OID.INTERVAL, "infinity")
+    top = struct.pack(">qii", 2**63 - 1, 2**31 - 1, 2**31 - 1)
+    bottom = struct.pack(">qii", -(2**63), -(2**31), -(2**31))
+    assert values.decode_binary(OID.INTERVAL, top) == PgValue(OID.INTERVAL, "infinity")
+    assert values.decode_binary(OID.INTERVAL, bottom) == PgValue(OID.INTERVAL, "-infinity")
+    form = values.binary_json(OID.INTERVAL)
+    assert form is not None and form(bottom, None) == "-infinity"
+    text_form = values.text_json(OID.INTERVAL)
+    assert text_form is not None and text_form(b"infinity", None) == "infinity"
+
+
+def test_arrays_never_take_psycopg2s_silent_readings() -> None:
+    assert values.decode_text(OID.INTERVAL_ARRAY, b'{infinity,"1 day"}') == [
+        PgValue(OID.INTERVAL, "infinity"),
+        dt.timedelta(days=1),
+    ]
+    assert values.decode_text(OID.TIME_ARRAY, b"{24:00:00,12:00:00}") == [
+        PgValue(OID.TIME, "24:00:00"),
+        dt.time(12),
+    ]
+    assert values.text_reader(OID.TIMETZ_ARRAY, from_str=True)("{24:00:00+02}") == [
+        PgValue(OID.TIMETZ, "24:00:00+02")
+    ]

@@ -47,8 +47,16 @@ class Decoder(Protocol):
 
 
 _KEYWORDS = {
-    "pgoutput": {"proto_version", "binary", "messages", "streaming", "two_phase", "origin"},
-    "wal2json": {"format_version"},
+    "pgoutput": {
+        "proto_version",
+        "binary",
+        "messages",
+        "streaming",
+        "two_phase",
+        "origin",
+        "strict_values",
+    },
+    "wal2json": {"format_version", "strict_values"},
 }
 
 
@@ -65,9 +73,9 @@ def make_decoder(
     * ``"pgoutput"``: :class:`PgOutputDecoder`; ``publication`` (a name or a
       list) is required; ``kwargs`` may be ``proto_version``, ``binary``,
       ``messages``, ``streaming`` (bool or ``"parallel"``), ``two_phase``,
-      ``origin``.
+      ``origin``, ``strict_values``.
     * ``"wal2json"``: :class:`Wal2JsonDecoder`; ``kwargs`` may be
-      ``format_version`` (1 or 2, default 2). ``options`` are wal2json's own
+      ``format_version`` (1 or 2, default 2), ``strict_values``. ``options`` are wal2json's own
       (``add-tables``, ``include-typmod``, ...).
     * anything else: :class:`RawDecoder`, whose events carry the payload bytes.
 

@@ -155,19 +155,23 @@ class _Table:
         "text",
     )
 
-    def __init__(self, relation: Relation, decode_values: bool) -> None:
+    def __init__(self, relation: Relation, decode_values: bool, strict: bool = False) -> None:
         columns = relation.columns
         names = [c.name for c in columns]
         oids = [c.type_oid for c in columns]
+        text_json: list[Any] | None = None
+        binary_json: list[Any] | None = None
         if decode_values:
-            text = [_values.text_reader(oid) for oid in oids]
-            binary = [_values.binary_reader(oid) for oid in oids]
+            text = [_values.text_reader(oid, strict=strict) for oid in oids]
+            binary = [_values.binary_reader(oid, strict=strict) for oid in oids]
+            text_json = [_values.text_json(oid) for oid in oids]
+            binary_json = [_values.binary_json(oid) for oid in oids]
         else:
             text = binary = [_keep] * len(columns)
         self.relation = relation
         self.ncolumns = len(columns)
-        self.text = RowLayout(names, oids, text)
-        self.binary = RowLayout(names, oids, binary)
+        self.text = RowLayout(names, oids, text, text_json)
+        self.binary = RowLayout(names, oids, binary, binary_json)
         self.key_positions = [i for i, c in enumerate(columns) if c.key]
         self.key_text = self.text.subset(self.key_positions)
         self.key_binary = self.binary.subset(self.key_positions)
@@ -228,6 +232,9 @@ class PgOutputDecoder:
     form; :meth:`start_options` turns them into the option strings for a
     given server version. ``decode_values=False`` gives rows whose values
     stay as the bytes the server sent (text or binary representation).
+    A value Python's type cannot hold (a BC date, year 10000, a huge
+    interval) reads as a :class:`~replicant.values.PgValue`;
+    ``strict_values=True`` makes reading it raise DecodeError instead.
     """
 
     plugin = "pgoutput"
@@ -244,6 +251,7 @@ class PgOutputDecoder:
         origin: str | None = None,
         options: Mapping[str, str] | None = None,
         decode_values: bool = True,
+        strict_values: bool = False,
     ) -> None:
         self._publication_names = quote_publication_names(publication)
         if proto_version is not None and (
@@ -270,6 +278,7 @@ class PgOutputDecoder:
         self.origin = origin
         self.extra_options = dict(options or {})
         self.decode_values = decode_values
+        self.strict_values = strict_values
         self._abort_info = self.extra_options.get("streaming", self.streaming) == "parallel"
         self._dispatch = self._make_dispatch()
         native = _accel.compiled
@@ -489,11 +498,14 @@ class PgOutputDecoder:
         Rare, so the tuple's kinds are simply read again.
         """
         convert = []
+        json: list[Any] = []
         for i in range(count):
             kind, length = _KIND_LEN.unpack_from(data + _PAD, pos)
-            convert.append((table.binary if kind == 98 else table.text).convert[i])
+            layout = table.binary if kind == 98 else table.text
+            convert.append(layout.convert[i])
+            json.append(layout.json[i] if layout.json is not None else None)
             pos += 5 + length if kind in (98, 116) else 1
-        return table.text.with_converters(convert)
+        return table.text.with_converters(convert, json)
 
     @staticmethod
     def _key_row(row: Row, table: _Table) -> Row:
@@ -562,7 +574,7 @@ class PgOutputDecoder:
             tuple(columns),
             identity,
         )
-        self._tables[relid] = _Table(relation, self.decode_values)
+        self._tables[relid] = _Table(relation, self.decode_values, self.strict_values)
         return [relation]
 
     def _type(self, data: bytes, wal_start: LSN) -> list[Event]:

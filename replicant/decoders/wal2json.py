@@ -14,17 +14,20 @@ What wal2json does not say, and how the decoder fills the gap:
   ``replica_identity`` ``"unknown"``), and no :class:`Relation` event is
   produced. Key flags are the primary key's columns, or the columns the
   server sent as the old row's identity once one has been seen.
-* It leaves out a column whose value is an unchanged TOASTed datum. The
-  decoder remembers each table's columns from its last Insert (which always
-  has them all) and marks the missing ones :data:`~replicant.changes.UNCHANGED`
-  in an Update; before any Insert of that table on this stream it cannot,
-  and the row simply lacks the column.
+* It leaves out a column whose value is an unchanged TOASTed datum: such a
+  column is simply absent from the Update's new row (``"col" in row`` is
+  false). The decoder does not fill it in from an earlier row of the table:
+  the table may have changed since (a dropped column, a new type), and a
+  row never carries a column the server did not send, nor a type it did
+  not send with it. A row event's ``relation`` has the columns of its own
+  row.
 * It always gives an Update's old identity, computed from the new row when
   the server logged none. The decoder reports ``old=None`` when the identity
   equals the new row's values, as pgoutput does when no old row was logged.
-* Format 1 leaves NULL columns out of an old identity row; for a table whose
-  identity is not its primary key (REPLICA IDENTITY FULL) the decoder puts
-  them back as ``None`` from the table's known columns.
+* Format 1 leaves NULL columns out of an old identity row; for an Update of
+  a table whose identity is not its primary key (REPLICA IDENTITY FULL) the
+  decoder puts them back as ``None`` from the same change's new row. A
+  Delete has no new row: its old row lacks them.
 * Format 1 carries no position per change: events inside a transaction get
   the end of the previous transaction this decoder saw (see
   :mod:`replicant.changes` on why that is safe to acknowledge). Format 1
@@ -37,8 +40,15 @@ What wal2json does not say, and how the decoder fills the gap:
   decoder drops it.
 * wal2json writes a message's content as a C string: it ends at the first
   NUL byte, so binary content does not survive.
-* wal2json writes numeric NaN and infinities as ``null`` (2.5); with
-  ``numeric-data-types-as-string`` (2.6 and later) they are read exactly.
+* wal2json writes NaN and infinite ``float4``, ``float8`` and ``numeric``
+  values as JSON ``null`` (2.5), exactly as it writes SQL NULL: nothing in
+  its output tells them apart, so such a value reads as ``None``. With
+  wal2json 2.6 or later, pass ``numeric-data-types-as-string='1'`` in
+  ``options``: numbers then come as strings and NaN and infinities are read
+  exactly.
+* Values Python's types cannot hold (BC dates, year 10000, huge intervals)
+  read as :class:`~replicant.values.PgValue`, as with pgoutput;
+  ``strict_values=True`` makes them raise DecodeError.
 """
 
 from __future__ import annotations
@@ -51,7 +61,6 @@ from typing import Any
 
 from replicant import values as _values
 from replicant.changes import (
-    UNCHANGED,
     Begin,
     Column,
     Commit,
@@ -84,14 +93,21 @@ def _bool(value: Any) -> Any:
     return _values.text_reader(_values.OID.BOOL)(value)
 
 
-def _converter(type_oid: int) -> _values.Converter:
+def _converter(type_oid: int, strict: bool = False) -> _values.Converter:
     """The reader for a wal2json value of ``type_oid`` (text, or a JSON bool)."""
     if type_oid == _values.OID.BOOL:
         return _bool
     if type_oid == _values.OID.BYTEA:
         # wal2json writes bytea as its hex digits without the leading "\x".
         return bytes.fromhex
-    return _values.text_reader(type_oid, from_str=True)
+    return _values.text_reader(type_oid, from_str=True, strict=strict)
+
+
+def _json_form(type_oid: int) -> _values.JsonForm | None:
+    """The JSON form of a wal2json value of ``type_oid`` (see values.text_json)."""
+    if type_oid in (_values.OID.BOOL, _values.OID.BYTEA):
+        return None
+    return _values.text_json(type_oid)
 
 
 def _lsn(text: Any) -> LSN:
@@ -153,7 +169,7 @@ def _str(value: Any, what: str) -> str:
 class _Table:
     """What the decoder learned about one table from the rows it has seen."""
 
-    __slots__ = ("identity", "last", "layouts", "pk", "relation", "relation_shape", "signature")
+    __slots__ = ("identity", "last", "layouts", "pk", "relation", "relation_shape")
 
     def __init__(self) -> None:
         # The names and OIDs lists of the last row read, and its layout: rows
@@ -161,7 +177,6 @@ class _Table:
         self.last: tuple[list[Any], list[Any], RowLayout] | None = None
         self.pk: tuple[str, ...] | None = None
         self.identity: tuple[str, ...] | None = None
-        self.signature: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # from Insert
         self.relation: Relation | None = None
         self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
@@ -173,7 +188,10 @@ class Wal2JsonDecoder:
     ``options`` are wal2json's own (``add-tables``, ``filter-msg-prefixes``,
     ``include-typmod``, ...); they are passed through and override the
     defaults this decoder sets. ``decode_values=False`` gives rows whose
-    values stay as wal2json wrote them (text, or ``bool``).
+    values stay as wal2json wrote them (text, or ``bool``);
+    ``strict_values=True`` makes a value Python's type cannot hold raise
+    DecodeError when read instead of giving a
+    :class:`~replicant.values.PgValue`.
     """
 
     plugin = "wal2json"
@@ -184,6 +202,7 @@ class Wal2JsonDecoder:
         format_version: int = 2,
         options: Mapping[str, str] | None = None,
         decode_values: bool = True,
+        strict_values: bool = False,
     ) -> None:
         options = dict(options or {})
         if "format-version" in options:
@@ -202,6 +221,7 @@ class Wal2JsonDecoder:
         self.format_version = format_version
         self.extra_options = options
         self.decode_values = decode_values
+        self.strict_values = strict_values
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------------
@@ -280,11 +300,13 @@ class Wal2JsonDecoder:
     def _layout(self, state: _Table, names: tuple[str, ...], oids: tuple[int, ...]) -> RowLayout:
         layout = state.layouts.get((names, oids))
         if layout is None:
+            forms: list[_values.JsonForm | None] | None = None
             if self.decode_values:
-                converters = [_converter(oid) for oid in oids]
+                converters = [_converter(oid, self.strict_values) for oid in oids]
+                forms = [_json_form(oid) for oid in oids]
             else:
                 converters = [_keep] * len(oids)
-            layout = RowLayout(names, oids, converters)
+            layout = RowLayout(names, oids, converters, forms)
             if len(state.layouts) > 64:  # a table whose shape keeps changing: start over
                 state.layouts.clear()
             state.layouts[(names, oids)] = layout
@@ -303,15 +325,14 @@ class Wal2JsonDecoder:
             raise DecodeError("wal2json column names, types and values differ in number")
         return Row(layout, values)
 
-    def _with_missing(self, state: _Table, row: Row, fill: Any) -> Row:
-        """``row`` widened to the table's known columns, absent ones set to ``fill``."""
-        if state.signature is None:
-            return row
-        names, oids = state.signature
-        present = row._layout.index
-        if len(present) >= len(names) or not all(n in names for n in present):
-            return row
-        raw = [row._raw[present[n]] if n in present else fill for n in names]
+    def _with_nulls(self, state: _Table, old: Row, new: Row) -> Row:
+        """``old`` widened to ``new``'s columns (same change, so same schema), absent ones NULL."""
+        present = old._layout.index
+        names = new.columns
+        if len(present) >= len(names) or not all(n in new for n in present):
+            return old
+        oids = tuple(new._layout.type_oids)
+        raw = [old._raw[present[n]] if n in present else None for n in names]
         return Row(self._layout(state, names, oids), raw)
 
     def _event_for(
@@ -333,15 +354,15 @@ class Wal2JsonDecoder:
         if kind == "insert":
             if new_row is None:
                 raise DecodeError("wal2json insert without columns")
-            state.signature = (new_row.columns, tuple(new_row._layout.type_oids))
-            relation = self._relation(state, schema, table, *state.signature)
+            relation = self._relation(
+                state, schema, table, new_row.columns, new_row._layout.type_oids
+            )
             return new_insert(lsn, xid, relation, new_row)
         if old_row is not None:
-            old_row = self._identity(state, old_row)
+            old_row = self._identity(state, old_row, new_row)
         if kind == "update":
             if new_row is None:
                 raise DecodeError("wal2json update without columns")
-            new_row = self._with_missing(state, new_row, UNCHANGED)
             if old_row is not None and all(
                 n in new_row and new_row.raw(n) == old_row.raw(n) for n in old_row.columns
             ):
@@ -353,19 +374,20 @@ class Wal2JsonDecoder:
         if kind == "delete":
             if old_row is None:
                 raise DecodeError("wal2json delete without an old identity")
-            names, oids = state.signature or (old_row.columns, old_row._layout.type_oids)
-            relation = self._relation(state, schema, table, names, oids)
+            relation = self._relation(
+                state, schema, table, old_row.columns, old_row._layout.type_oids
+            )
             return new_delete(lsn, xid, relation, old_row)
         raise DecodeError(f"unknown wal2json change kind {kind!r}")
 
-    def _identity(self, state: _Table, old: Row) -> Row:
+    def _identity(self, state: _Table, old: Row, new: Row | None) -> Row:
         """Learn the identity columns from an old row; put back left-out NULLs (format 1)."""
         names = old.columns
         pk = state.pk or ()
         if state.pk is None or any(n not in pk for n in names):
             # Not (only) the primary key: REPLICA IDENTITY FULL (or an index).
-            if self.format_version == 1:
-                old = self._with_missing(state, old, None)
+            if self.format_version == 1 and new is not None:
+                old = self._with_nulls(state, old, new)
             state.identity = old.columns
         elif names == pk:
             state.identity = None
