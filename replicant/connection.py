@@ -499,7 +499,7 @@ class ReplicationStream:
         self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
-        self._drain_copy_data = libpq.drain_function()  # compiled when built
+        self._drain_copy_data = libpq.drain
         self._ended = False  # the COPY is over (either side ended it, or it broke)
         self._stop_requested = False  # we sent CopyDone
         # What ended the stream, raised again by every later call: set when
