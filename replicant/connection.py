@@ -37,6 +37,7 @@ from replicant.errors import (
     ReplicantError,
     ServerError,
     SlotError,
+    UsageError,
 )
 from replicant.lsn import LSN
 from replicant.protocol import (
@@ -799,7 +800,7 @@ class ReplicationStream:
         if self._error is not None:
             raise self._error
         if self._ended:
-            raise ReplicantError("the replication stream has ended")
+            raise UsageError("the replication stream has ended")
 
     def _record_lost(self, doing: str) -> ConnectionLost:
         """End the stream as lost, with libpq's message. Call with the lock held."""
