@@ -508,6 +508,24 @@ _MOVES: dict[_State, frozenset[_State]] = {
 _OVER = frozenset({_State.ENDED, _State.ABANDONED})
 
 
+def _wait_socket(socket: int, timeout: float | None, *, write: bool) -> bool:
+    """Wait up to ``timeout`` seconds for ``socket`` to be readable (or writable).
+
+    True when it is, False when the time ran out; :class:`ConnectionLost` if
+    the socket was closed under us. The one place a stream waits: never
+    with the lock held.
+    """
+    try:
+        if write:
+            _, ready, _ = select.select([], [socket], [], timeout)
+        else:
+            ready, _, _ = select.select([socket], [], [], timeout)
+    except (OSError, ValueError) as error:
+        doing = "waiting to send to the server" if write else "waiting for the server"
+        raise ConnectionLost(f"{doing}: {error}") from None
+    return bool(ready)
+
+
 class ReplicationStream:
     """An open COPY BOTH replication stream.
 
@@ -668,18 +686,7 @@ class ReplicationStream:
         return frames
 
     def _wait_readable(self, timeout: float | None) -> bool:
-        try:
-            readable, _, _ = select.select([self._socket], [], [], timeout)
-        except (OSError, ValueError) as error:  # the socket was closed under us
-            raise ConnectionLost(f"waiting for the server: {error}") from None
-        return bool(readable)
-
-    def _wait_writable(self, timeout: float | None) -> bool:
-        try:
-            _, writable, _ = select.select([], [self._socket], [], timeout)
-        except (OSError, ValueError) as error:
-            raise ConnectionLost(f"waiting to send to the server: {error}") from None
-        return bool(writable)
+        return _wait_socket(self._socket, timeout, write=False)
 
     # -- writing
 
@@ -738,7 +745,7 @@ class ReplicationStream:
 
     def _wait_until_writable(self, deadline: float, doing: str) -> None:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self._wait_writable(remaining):
+        if remaining <= 0 or not _wait_socket(self._socket, remaining, write=True):
             raise ConnectionLost(f"timed out {doing}: the server is not reading")
 
     # -- ending
