@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             (
                 "transport: ReplicationStream.read (live; compiled drain and frame parsing)",
                 us(read_cpu),
-                "connection.py, _speedups.c",
+                "connection.py, _drain.c",
             ),
             ("(frame parsing in Python, the fallback's cost)", us(t_parse), "protocol.py"),
         ]

@@ -4,7 +4,8 @@
     python docs/build_api.py --check    # exit 1 if docs/api.md is out of date
     python docs/build_api.py -o FILE    # write elsewhere ("-": standard output)
 
-Documents every name in each listed module's ``__all__``: classes with
+Documents every name in each listed module's ``__all__`` (less those
+:data:`INTERNAL` names): classes with
 their public methods and properties, functions, and constants, each with
 its signature and docstring. Docstrings are reStructuredText-flavoured;
 the few constructs they use (``literals``, :class:`roles`, ``::`` blocks)
@@ -44,6 +45,12 @@ MODULES = (
     "replicant.sinks",
     "replicant.cli",
 )
+
+# Names a module exports for its own parts and tests, not for users: left
+# out of the reference (and of the package's top level).
+INTERNAL = {
+    "replicant.runtime": {"Backoff", "StatusTimer", "WalProgress"},
+}
 
 _ROLE = re.compile(r":(?:class|meth|func|data|attr|mod|exc|obj):`~?([^`]+)`")
 _LITERAL = re.compile(r"``(.+?)``")
@@ -207,6 +214,8 @@ def document_module(module_name: str) -> list[str]:
     module = importlib.import_module(module_name)
     lines = [f"## `{module_name}`", "", markdown(module.__doc__), ""]
     for name in getattr(module, "__all__", []):
+        if name in INTERNAL.get(module_name, ()):
+            continue
         value = getattr(module, name)
         home = getattr(value, "__module__", module_name)
         if module_name == "replicant" and home != module_name and not isinstance(value, str):

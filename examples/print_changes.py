@@ -20,8 +20,7 @@ from __future__ import annotations
 import sys
 
 import replicant
-from replicant.changes import Event
-from replicant.lsn import LSN
+from replicant import LSN, Event
 
 
 def on_change(event: Event) -> LSN:

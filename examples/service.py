@@ -23,8 +23,7 @@ import threading
 from types import FrameType
 
 import replicant
-from replicant.changes import Delete, Event, Insert, Update
-from replicant.lsn import LSN
+from replicant import LSN, Delete, Event, Insert, Update
 
 
 class ChangeCounter:

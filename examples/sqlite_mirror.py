@@ -27,8 +27,7 @@ import sys
 from typing import Any
 
 import replicant
-from replicant.changes import Begin, Commit, Delete, Event, Insert, Row, Truncate, Update
-from replicant.lsn import LSN
+from replicant import LSN, Begin, Commit, Delete, Event, Insert, Row, Truncate, Update
 
 SLOT = "sqlite_mirror"
 

@@ -20,8 +20,7 @@ import sys
 from collections.abc import Callable
 
 import replicant
-from replicant.changes import Begin, Commit, Event, Message, Relation
-from replicant.lsn import LSN
+from replicant import LSN, Begin, Commit, Event, Message, Relation
 
 Handler = Callable[[Commit, list[Event]], None]
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import sys
 
 import replicant
-from replicant.changes import Delete, Event, Insert, Update
-from replicant.lsn import LSN
+from replicant import LSN, Delete, Event, Insert, Update
 
 
 def on_change(event: Event) -> LSN:

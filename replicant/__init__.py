@@ -1,9 +1,39 @@
-"""replicant: consume PostgreSQL logical replication streams from plain Python."""
+"""replicant: consume PostgreSQL logical replication streams from plain Python.
+
+What a callback needs is here: :func:`run` and :class:`Consumer`, the
+events and :class:`Row` (from :mod:`replicant.changes`), :data:`UNCHANGED`,
+:class:`LSN` and every error.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from replicant.changes import (
+    UNCHANGED,
+    Begin,
+    BeginPrepare,
+    Column,
+    Commit,
+    CommitPrepared,
+    Delete,
+    Event,
+    Insert,
+    Message,
+    Origin,
+    Prepare,
+    RawChange,
+    Relation,
+    RollbackPrepared,
+    Row,
+    StreamAbort,
+    StreamCommit,
+    StreamPrepare,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Update,
+)
 from replicant.errors import (
     ConfigurationError,
     ConnectionLost,
@@ -12,26 +42,50 @@ from replicant.errors import (
     ReplicantError,
     ServerError,
     SlotError,
+    UsageError,
 )
 from replicant.lsn import LSN
-from replicant.runtime import Consumer, Progress, Stats, WalProgress, run
+from replicant.runtime import Consumer, Progress, Stats, run
 from replicant.values import PgArray, PgValue
 
 __all__ = [
     "LSN",
+    "UNCHANGED",
+    "Begin",
+    "BeginPrepare",
+    "Column",
+    "Commit",
+    "CommitPrepared",
     "ConfigurationError",
     "ConnectionLost",
     "Consumer",
     "DecodeError",
+    "Delete",
+    "Event",
+    "Insert",
+    "Message",
+    "Origin",
     "PgArray",
     "PgValue",
+    "Prepare",
     "Progress",
     "ProtocolError",
+    "RawChange",
+    "Relation",
     "ReplicantError",
+    "RollbackPrepared",
+    "Row",
     "ServerError",
     "SlotError",
     "Stats",
-    "WalProgress",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamPrepare",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "Update",
+    "UsageError",
     "__version__",
     "run",
 ]

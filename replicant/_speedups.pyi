@@ -1,5 +1,5 @@
-# The compiled module's interface; see _speedups.c, which names the
-# pure-Python equivalent of each piece (that one defines its behaviour).
+# The compiled module's interface; see _speedups.c, which names the C file and
+# the pure-Python equivalent of each piece (that one defines its behaviour).
 from collections.abc import Callable, Iterator
 from typing import Any
 

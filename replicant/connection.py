@@ -19,6 +19,7 @@ connection in non-blocking mode.
 from __future__ import annotations
 
 import ctypes
+import enum
 import os
 import re
 import select
@@ -38,6 +39,7 @@ from replicant.errors import (
     ReplicantError,
     ServerError,
     SlotError,
+    UsageError,
 )
 from replicant.lsn import LSN
 from replicant.protocol import (
@@ -533,6 +535,54 @@ class ReplicationConnection:
 # --- the stream -----------------------------------------------------------------
 
 
+class _State(enum.Enum):
+    """Where a :class:`ReplicationStream` is; it only moves along :data:`_MOVES`.
+
+    - STARTING: START_REPLICATION sent, the server has not answered yet.
+    - STREAMING: in COPY BOTH; frames come and status updates go.
+    - STOPPING: we sent CopyDone; what still comes is discarded.
+    - ENDED: the COPY is over: either side ended it, it failed, or it broke
+      (what ended it, if anything went wrong, is the stream's ``_error``).
+    - ABANDONED: the connection is closing or closed: touch the PGconn no more.
+    """
+
+    STARTING = "starting"
+    STREAMING = "streaming"
+    STOPPING = "stopping"
+    ENDED = "ended"
+    ABANDONED = "abandoned"
+
+
+# The allowed moves. A move to the state a stream is in is no move; a stream
+# abandoned is over, so ending it again leaves it abandoned.
+_MOVES: dict[_State, frozenset[_State]] = {
+    _State.STARTING: frozenset({_State.STREAMING, _State.ENDED, _State.ABANDONED}),
+    _State.STREAMING: frozenset({_State.STOPPING, _State.ENDED, _State.ABANDONED}),
+    _State.STOPPING: frozenset({_State.ENDED, _State.ABANDONED}),
+    _State.ENDED: frozenset({_State.ABANDONED}),
+    _State.ABANDONED: frozenset(),
+}
+_OVER = frozenset({_State.ENDED, _State.ABANDONED})
+
+
+def _wait_socket(socket: int, timeout: float | None, *, write: bool) -> bool:
+    """Wait up to ``timeout`` seconds for ``socket`` to be readable (or writable).
+
+    True when it is, False when the time ran out; :class:`ConnectionLost` if
+    the socket was closed under us. The one place a stream waits: never
+    with the lock held.
+    """
+    try:
+        if write:
+            _, ready, _ = select.select([], [socket], [], timeout)
+        else:
+            ready, _, _ = select.select([socket], [], [], timeout)
+    except (OSError, ValueError) as error:
+        doing = "waiting to send to the server" if write else "waiting for the server"
+        raise ConnectionLost(f"{doing}: {error}") from None
+    return bool(ready)
+
+
 class ReplicationStream:
     """An open COPY BOTH replication stream.
 
@@ -556,14 +606,21 @@ class ReplicationStream:
         self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
-        self._drain_copy_data = libpq.drain_function()  # compiled when built
-        self._ended = False  # the COPY is over (either side ended it, or it broke)
-        self._stop_requested = False  # we sent CopyDone
+        self._drain_copy_data = libpq.drain
+        self._state = _State.STARTING
         # What ended the stream, raised again by every later call: set when
         # the connection broke, the server failed it, or a frame was bad.
         self._error: ReplicantError | None = None
-        self._abandoned = False  # the PGconn is gone: touch nothing
         self._begin(command, timeout)
+
+    def _move(self, state: _State) -> None:
+        """Go to ``state``, one of the moves :data:`_MOVES` allows."""
+        current = self._state
+        if state is current or (state is _State.ENDED and current is _State.ABANDONED):
+            return
+        if state not in _MOVES[current]:
+            raise AssertionError(f"a replication stream cannot go from {current} to {state}")
+        self._state = state
 
     # -- setup
 
@@ -587,11 +644,12 @@ class ReplicationStream:
                 status = lib.PQresultStatus(result)
                 if status == libpq.PGRES_COPY_BOTH:
                     lib.PQclear(result)
+                    self._move(_State.STREAMING)
                     return
                 if error is None:
                     error = self._result_error(result, "START_REPLICATION failed")
                 lib.PQclear(result)
-        self._ended = True
+        self._move(_State.ENDED)
         self._restore_blocking()
         self._connection._stream_closed(self)
         raise error or ConnectionLost("START_REPLICATION ended without starting a stream")
@@ -621,7 +679,7 @@ class ReplicationStream:
     @property
     def ended(self) -> bool:
         """True once the stream is over (stopped, ended by the server, or broken)."""
-        return self._ended
+        return self._state in _OVER
 
     def fileno(self) -> int:
         """The socket, for ``select()``."""
@@ -656,7 +714,7 @@ class ReplicationStream:
         by the next call.
         """
         with self._lock:
-            if self._abandoned:
+            if self._state is _State.ABANDONED:
                 raise ConnectionLost("the connection was closed")
             items, raw, outcome = self._drain_copy_data(
                 self._pgconn, self.MAX_BATCH, self._extra_reads
@@ -679,24 +737,13 @@ class ReplicationStream:
         except ReplicantError as error:
             if self._error is None:
                 self._error = error
-                self._ended = True
+                self._move(_State.ENDED)
         if self._error is not None and not frames:
             raise self._error
         return frames
 
     def _wait_readable(self, timeout: float | None) -> bool:
-        try:
-            readable, _, _ = select.select([self._socket], [], [], timeout)
-        except (OSError, ValueError) as error:  # the socket was closed under us
-            raise ConnectionLost(f"waiting for the server: {error}") from None
-        return bool(readable)
-
-    def _wait_writable(self, timeout: float | None) -> bool:
-        try:
-            _, writable, _ = select.select([], [self._socket], [], timeout)
-        except (OSError, ValueError) as error:
-            raise ConnectionLost(f"waiting to send to the server: {error}") from None
-        return bool(writable)
+        return _wait_socket(self._socket, timeout, write=False)
 
     # -- writing
 
@@ -744,7 +791,7 @@ class ReplicationStream:
         while True:
             self._wait_until_writable(deadline, doing)
             with self._lock:
-                if self._abandoned:
+                if self._state is _State.ABANDONED:
                     raise ConnectionLost("the connection was closed")
                 pending = lib.PQflush(self._pgconn)
             if pending < 0:
@@ -755,7 +802,7 @@ class ReplicationStream:
 
     def _wait_until_writable(self, deadline: float, doing: str) -> None:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self._wait_writable(remaining):
+        if remaining <= 0 or not _wait_socket(self._socket, remaining, write=True):
             raise ConnectionLost(f"timed out {doing}: the server is not reading")
 
     # -- ending
@@ -774,7 +821,7 @@ class ReplicationStream:
         with self._read_lock:
             if self.ended:
                 return
-            self._stop_requested = True
+            self._move(_State.STOPPING)
             while True:
                 with self._lock:
                     self._check_open()
@@ -790,7 +837,7 @@ class ReplicationStream:
                     # Frames still arriving were never acknowledged, so the
                     # server sends them again next time: drop them.
                     self._drain()
-                    if self._ended:
+                    if self._state in _OVER:
                         break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -827,10 +874,11 @@ class ReplicationStream:
                 if status not in (libpq.PGRES_COMMAND_OK, libpq.PGRES_TUPLES_OK) and error is None:
                     error = self._result_error(result, "replication stream failed")
                 lib.PQclear(result)
-        self._ended = True
+        stopping = self._state is _State.STOPPING
+        self._move(_State.ENDED)
         self._restore_blocking()
         self._connection._stream_closed(self)
-        if error is None and not self._stop_requested:
+        if error is None and not stopping:
             # A CopyDone we did not ask for: the server is shutting down.
             error = ConnectionLost("the server ended the replication stream")
         if error is not None:
@@ -839,29 +887,28 @@ class ReplicationStream:
 
     def _restore_blocking(self) -> None:
         with self._lock:
-            if not self._abandoned:
+            if self._state is not _State.ABANDONED:
                 libpq.lib.PQsetnonblocking(self._pgconn, 0)
 
     def _abandon(self) -> None:
         """The connection is about to close: never touch the PGconn again."""
         with self._lock:
-            self._abandoned = True
-            self._ended = True
+            self._move(_State.ABANDONED)
 
     # -- helpers
 
     def _check_open(self) -> None:
-        if self._abandoned:
+        if self._state is _State.ABANDONED:
             raise ConnectionLost("the connection was closed")
         if self._error is not None:
             raise self._error
-        if self._ended:
-            raise ReplicantError("the replication stream has ended")
+        if self._state in _OVER:
+            raise UsageError("the replication stream has ended")
 
     def _record_lost(self, doing: str) -> ConnectionLost:
         """End the stream as lost, with libpq's message. Call with the lock held."""
         message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
-        self._ended = True
+        self._move(_State.ENDED)
         self._error = ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
         return self._error
 

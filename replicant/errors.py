@@ -14,6 +14,7 @@ __all__ = [
     "ReplicantError",
     "ServerError",
     "SlotError",
+    "UsageError",
 ]
 
 
@@ -89,3 +90,11 @@ class ConnectionLost(ReplicantError):
 
 class SlotError(ServerError):
     """The replication slot is missing, in use, invalidated or of the wrong kind."""
+
+
+class UsageError(ReplicantError, RuntimeError):
+    """Misuse: a call out of order, which no retry fixes.
+
+    A consumer started twice or joined before it was started, a stream read
+    after it ended. Also a :class:`RuntimeError`.
+    """

@@ -50,7 +50,7 @@ __all__ = [
     "PG_DIAG_MESSAGE_PRIMARY",
     "PG_DIAG_SQLSTATE",
     "Drain",
-    "drain_function",
+    "drain",
     "lib",
     "library_version",
 ]
@@ -195,11 +195,8 @@ def _address(function: Any) -> int:
     return address
 
 
-def drain_function() -> Drain:
-    """The :data:`Drain` to use: the compiled one when built and enabled."""
-    native = _accel.compiled
-    if native is None:
-        return _drain_python
+def _compiled_drain(native: Any) -> Drain:
+    """The compiled :data:`Drain`: ``native.drain`` with libpq's function addresses bound."""
     compiled_drain = native.drain
     functions = (
         _address(lib.PQconsumeInput),
@@ -215,3 +212,8 @@ def drain_function() -> Drain:
         return result
 
     return drain
+
+
+# Chosen once, with every other fast path (see replicant._accel).
+drain: Final[Drain] = _drain_python if _accel.compiled is None else _compiled_drain(_accel.compiled)
+"""The :data:`Drain` in use: compiled when the process runs compiled."""

@@ -36,7 +36,13 @@ from typing import Any, NamedTuple, ParamSpec
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import ReplicationConnection, ReplicationStream, mask_dsn
 from replicant.decoders import Decoder, make_decoder
-from replicant.errors import ConfigurationError, ConnectionLost, ReplicantError, SlotError
+from replicant.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    ReplicantError,
+    SlotError,
+    UsageError,
+)
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
 
@@ -373,7 +379,7 @@ class Consumer:
         """Start consuming in the background. Returns ``self``."""
         with self._state_lock:
             if self._supervisor is not None:
-                raise ReplicantError("this consumer was already started")
+                raise UsageError("this consumer was already started")
             self._supervisor = threading.Thread(
                 target=self._supervise, name=f"replicant-supervisor[{self.slot}]", daemon=True
             )
@@ -404,7 +410,7 @@ class Consumer:
         """
         supervisor = self._supervisor
         if supervisor is None:
-            raise ReplicantError("this consumer was never started")
+            raise UsageError("this consumer was never started")
         supervisor.join(timeout)
         if supervisor.is_alive():
             raise TimeoutError(f"the consumer did not end within {timeout} s")

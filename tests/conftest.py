@@ -16,16 +16,11 @@
   dropped at teardown.
 - ``wal2json_db``: ``db``, or a skip when the installation lacks wal2json.
   ``@pytest.mark.requires_plugin("name", ...)`` does the same for any test.
-- ``implementation``: runs a test twice, with the compiled fast paths
-  (``replicant._speedups``) and with their pure-Python equivalents. Where
-  the module is not built, the compiled run is skipped, or fails when
-  ``REPLICANT_REQUIRE_SPEEDUPS`` is set (as CI does).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import time
@@ -37,7 +32,6 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
-from replicant import _accel
 from replicant.cluster import Installation, LocalCluster, find_installations
 
 # How long teardown keeps trying to drop a slot that is still active: the
@@ -323,24 +317,3 @@ def wal2json_db(installation: Installation, request: pytest.FixtureRequest) -> D
         pytest.skip(f"PostgreSQL {installation.version} lacks wal2json")
     database: Database = request.getfixturevalue("db")
     return database
-
-
-def require_compiled() -> None:
-    """Skip (or, with REPLICANT_REQUIRE_SPEEDUPS, fail) when _speedups is not built."""
-    if _accel.available is None:
-        if os.environ.get("REPLICANT_REQUIRE_SPEEDUPS"):
-            pytest.fail("replicant._speedups was not built (REPLICANT_REQUIRE_SPEEDUPS is set)")
-        pytest.skip("replicant._speedups is not built here")
-
-
-@pytest.fixture(params=["compiled", "python"])
-def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The test runs with the compiled fast paths, then with the Python ones."""
-    if request.param == "compiled":
-        require_compiled()
-    saved = _accel.compiled
-    _accel.use_compiled(request.param == "compiled")
-    try:
-        yield request.param
-    finally:
-        _accel.compiled = saved

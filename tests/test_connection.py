@@ -457,3 +457,20 @@ def test_psycopg2_unaffected_after_stream(
         cur.execute("SELECT 42")
         assert cur.fetchone() == (42,)
     assert isinstance(conn.raw, psycopg2.extensions.connection)
+
+
+def test_stream_states_move_only_as_written() -> None:
+    from replicant.connection import _MOVES, _State
+
+    assert set(_MOVES) == set(_State)
+    assert not _MOVES[_State.ABANDONED], "abandoned is the end"
+    stream = ReplicationStream.__new__(ReplicationStream)  # no connection needed
+    stream._state = _State.STREAMING
+    stream._move(_State.STOPPING)
+    with pytest.raises(AssertionError, match="cannot go from"):
+        stream._move(_State.STREAMING)
+    stream._move(_State.ENDED)
+    assert stream.ended
+    stream._move(_State.ABANDONED)
+    stream._move(_State.ENDED)  # ending an abandoned stream leaves it abandoned
+    assert stream._state is _State.ABANDONED and stream.ended

@@ -42,9 +42,6 @@ from .fakeserver import (
     xlogdata,
 )
 
-# Everything here runs with the compiled fast paths and with the Python ones.
-pytestmark = pytest.mark.usefixtures("implementation")
-
 LSN0 = 0x1000000  # the fake slot's confirmed position, 0/1000000
 PROMPT = 5.0  # seconds within which a broken stream must end the consumer
 

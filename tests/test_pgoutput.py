@@ -47,9 +47,6 @@ from replicant.errors import ConfigurationError, DecodeError, ProtocolError
 from replicant.lsn import LSN
 from replicant.values import BinaryValue
 
-# Everything here runs with the compiled fast paths and with the Python ones.
-pytestmark = pytest.mark.usefixtures("implementation")
-
 GOLDEN = Path(__file__).parent / "golden"
 UTC = dt.timezone.utc
 

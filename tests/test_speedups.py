@@ -2,13 +2,19 @@
 
 Each compiled function must give exactly what its pure-Python equivalent
 gives, for well-formed and malformed input alike (where the Python one
-raises, the compiled one hands the input back for it to say why).
+raises, the compiled one hands the input back for it to say why). A process
+runs wholly compiled or wholly in Python (replicant._accel): the compiled
+functions are compared here with the Python reference functions directly,
+and where a whole path must run both ways (decoding, a live stream), the
+pure-Python side runs in a fresh process with REPLICANT_PURE_PYTHON=1. In a
+pure-Python process the comparisons are skipped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import os
 import struct
 import subprocess
@@ -23,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant import _accel, changes, libpq, values
+from replicant import _accel, changes, values
 from replicant.changes import (
     UNCHANGED,
     Begin,
@@ -43,7 +49,7 @@ from replicant.errors import DecodeError
 from replicant.lsn import LSN
 from replicant.protocol import XLogData
 
-from .conftest import Database, require_compiled
+from .conftest import Database
 from .test_pgoutput import READS, _decoder, _messages
 
 (
@@ -55,29 +61,35 @@ from .test_pgoutput import READS, _decoder, _messages
 ) = changes._PYTHON_CONSTRUCTORS
 
 
+ROOT = Path(__file__).parent.parent
+PURE_PYTHON = {**os.environ, "REPLICANT_PURE_PYTHON": "1"}
+
+# Before any fixture: a skipped test starts no server.
+compiled_only = pytest.mark.skipif(
+    _accel.compiled is None, reason="this process runs the pure-Python paths"
+)
+
+
 @pytest.fixture
 def native() -> Any:
-    require_compiled()
-    return _accel.available
+    """The compiled module in use; the test is skipped in a pure-Python process."""
+    if _accel.compiled is None:
+        pytest.skip("this process runs the pure-Python paths")
+    return _accel.compiled
 
 
-def test_ci_builds_the_compiled_module() -> None:
-    if os.environ.get("REPLICANT_REQUIRE_SPEEDUPS"):
-        assert _accel.available is not None
-    else:
-        pytest.skip("REPLICANT_REQUIRE_SPEEDUPS is not set")
-
-
-def test_pure_python_switch() -> None:
-    saved = _accel.compiled
-    try:
-        _accel.use_compiled(False)
-        assert _accel.compiled is None
-        assert libpq.drain_function() is libpq._drain_python
-        _accel.use_compiled(True)
-        assert _accel.compiled is _accel.available
-    finally:
-        _accel.compiled = saved
+def run_pure_python(script: str, *args: str) -> Any:
+    """What ``script`` prints (JSON), run in a fresh pure-Python process."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=PURE_PYTHON,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
 
 
 # --- read_row
@@ -181,54 +193,76 @@ def test_read_row_matches_python(
     assert_alike(compiled, python, count)
 
 
+def decoded_reprs(read: dict[str, Any]) -> list[str]:
+    """Every event of a golden read, as the repr of its to_dict()."""
+    decoder = _decoder(read)
+    return [
+        repr(event.to_dict())
+        for data, lsn, _ in _messages(read)
+        for event in decoder.decode(data, lsn, lsn)
+    ]
+
+
+DECODE_GOLDEN = """
+import json
+from replicant import _accel
+from tests.test_pgoutput import READS
+from tests.test_speedups import decoded_reprs
+assert _accel.IMPLEMENTATION == "python", _accel.IMPLEMENTATION
+print(json.dumps({read.id: decoded_reprs(*read.values) for read in READS}))
+"""
+
+
+@pytest.fixture(scope="module")
+def pure_python_decoded() -> dict[str, list[str]]:
+    """Every golden read decoded in a fresh pure-Python process, by read id."""
+    decoded: dict[str, list[str]] = run_pure_python(DECODE_GOLDEN)
+    return decoded
+
+
+@compiled_only
 @pytest.mark.parametrize("read", READS)
-def test_golden_reads_decode_alike(read: dict[str, Any]) -> None:
-    require_compiled()
-    decoded: dict[bool, list[str]] = {}
-    saved = _accel.compiled
-    try:
-        for enabled in (True, False):
-            _accel.use_compiled(enabled)
-            decoder = _decoder(read)
-            decoded[enabled] = [
-                repr(event.to_dict())
-                for data, lsn, _ in _messages(read)
-                for event in decoder.decode(data, lsn, lsn)
-            ]
-    finally:
-        _accel.compiled = saved
-    assert decoded[True] == decoded[False]
+def test_golden_reads_decode_alike(
+    read: dict[str, Any], pure_python_decoded: dict[str, list[str]], request: pytest.FixtureRequest
+) -> None:
+    read_id = request.node.callspec.id
+    assert read_id in pure_python_decoded
+    assert decoded_reprs(read) == pure_python_decoded[read_id]
 
 
 # --- drain
 
 
-def drain_slot(db: Database, slot: str, commits: int, enabled: bool) -> list[tuple[Any, ...]]:
-    """Every XLogData of ``slot`` up to its ``commits``-th Commit, read with one implementation."""
-    saved = _accel.compiled
-    _accel.use_compiled(enabled)
-    try:
-        frames: list[tuple[Any, ...]] = []
-        seen = 0
-        options = {"proto_version": "1", "publication_names": '"pub"'}
-        with ReplicationConnection.connect(db.dsn) as connection:
-            stream = connection.start(slot, 0, options, plugin="pgoutput")
-            deadline = time.monotonic() + 60
-            while seen < commits:
-                assert time.monotonic() < deadline, f"{len(frames)} frames, {seen} commits"
-                for frame in stream.read(0.5):
-                    if type(frame) is XLogData:
-                        assert type(frame.wal_start) is LSN and type(frame.wal_end) is LSN
-                        frames.append((frame.data, frame.wal_start, frame.send_time > 0))
-                        seen += frame.data[:1] == b"C"
-            stream.stop()
-        return frames
-    finally:
-        _accel.compiled = saved
+def drain_slot(dsn: str, slot: str, commits: int) -> list[list[Any]]:
+    """Every XLogData of ``slot`` up to its ``commits``-th Commit: data (hex), start, sent."""
+    frames: list[list[Any]] = []
+    seen = 0
+    options = {"proto_version": "1", "publication_names": '"pub"'}
+    with ReplicationConnection.connect(dsn) as connection:
+        stream = connection.start(slot, 0, options, plugin="pgoutput")
+        deadline = time.monotonic() + 60
+        while seen < commits:
+            assert time.monotonic() < deadline, f"{len(frames)} frames, {seen} commits"
+            for frame in stream.read(0.5):
+                if type(frame) is XLogData:
+                    assert type(frame.wal_start) is LSN and type(frame.wal_end) is LSN
+                    frames.append([frame.data.hex(), int(frame.wal_start), frame.send_time > 0])
+                    seen += frame.data[:1] == b"C"
+        stream.stop()
+    return frames
 
 
+DRAIN_SLOT = """
+import json, sys
+from replicant import _accel, libpq
+from tests.test_speedups import drain_slot
+assert libpq.drain is libpq._drain_python, libpq.drain
+print(json.dumps(drain_slot(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+"""
+
+
+@compiled_only
 def test_drain_matches_python_on_a_live_stream(db: Database) -> None:
-    require_compiled()
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text, b bytea)")
     db.execute("ALTER TABLE t REPLICA IDENTITY FULL")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
@@ -240,8 +274,8 @@ def test_drain_matches_python_on_a_live_stream(db: Database) -> None:
     db.execute("INSERT INTO t VALUES (0, repeat('y', 3000000), decode(repeat('0f', 999), 'hex'))")
     db.execute("UPDATE t SET v = NULL WHERE id % 3 = 0")
     db.execute("DELETE FROM t WHERE id > 2900")
-    compiled = drain_slot(db, "compiled", 4, True)
-    python = drain_slot(db, "python", 4, False)
+    compiled = drain_slot(db.dsn, "compiled", 4)
+    python = run_pure_python(DRAIN_SLOT, db.dsn, "python", "4")
     assert len(compiled) > 2 * ReplicationStream.MAX_BATCH
     assert compiled == python
 
@@ -368,10 +402,13 @@ def test_rows_are_collected(native: Any) -> None:
     assert reference() is None
 
 
+@compiled_only
 def test_decoder_tests_pass_in_pure_python() -> None:
     # The suite runs with the compiled module; the unit tests of what it
-    # replaces run again here without it (Row's Python core included).
-    env = {**os.environ, "REPLICANT_PURE_PYTHON": "1"}
+    # replaces run again here without it (Row's Python core included), so
+    # that a plain pytest run covers both. (.ci/run runs every server-free
+    # test module in pure Python too.)
+    env = PURE_PYTHON
     core = subprocess.run(
         [sys.executable, "-c", "from replicant.changes import Row; print(Row.__mro__[1])"],
         env=env,
@@ -388,12 +425,13 @@ def test_decoder_tests_pass_in_pure_python() -> None:
             "-q",
             "-p",
             "no:cacheprovider",
+            "tests/test_accel.py",
             "tests/test_changes.py",
             "tests/test_pgoutput.py",
             "tests/test_wal2json.py",
             "tests/test_values.py",
         ],
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -225,6 +225,11 @@ def _walk_tuple(data: bytes, pos: int, count: int) -> tuple[list[Any], int, int,
     return raw, pos, binary, special
 
 
+# The compiled tuple walk, chosen once with every other fast path (see
+# replicant._accel). It makes the rows itself, so Row is then on its RowCore.
+_read_row: Final[Any] = None if _accel.compiled is None else _accel.compiled.read_row
+
+
 class PgOutputDecoder:
     """Decodes pgoutput payloads into events, keeping the relation cache of one stream.
 
@@ -281,10 +286,7 @@ class PgOutputDecoder:
         self.strict_values = strict_values
         self._abort_info = self.extra_options.get("streaming", self.streaming) == "parallel"
         self._dispatch = self._make_dispatch()
-        native = _accel.compiled
-        self._read_row: Any = None
-        if native is not None and issubclass(Row, native.RowCore):
-            self._read_row = native.read_row  # it makes rows itself: only on that core
+        self._read_row: Any = _read_row
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------

@@ -1,0 +1,24 @@
+/*
+ * What the parts of replicant._speedups (_drain.c, _rows.c, _events.c,
+ * _values.c) share with the file that makes the module (_speedups.c): each
+ * part adds its functions and types to the module, returning 0, or -1 with
+ * an exception set.
+ */
+#ifndef REPLICANT_SPEEDUPS_H
+#define REPLICANT_SPEEDUPS_H
+
+#include <Python.h>
+
+/* Shared between the parts, not exported from the shared object. */
+#if defined(__GNUC__)
+#define REPLICANT_PART __attribute__((visibility("hidden")))
+#else
+#define REPLICANT_PART
+#endif
+
+REPLICANT_PART int replicant_drain_exec(PyObject *module);
+REPLICANT_PART int replicant_rows_exec(PyObject *module);
+REPLICANT_PART int replicant_events_exec(PyObject *module);
+REPLICANT_PART int replicant_values_exec(PyObject *module);
+
+#endif

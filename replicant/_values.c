@@ -1,0 +1,156 @@
+/*
+ * replicant._speedups, part: from_text, the compiled twin of values.py's
+ * _from_text_python: a text-value reader that decodes UTF-8 bytes and
+ * parses the text (integers straight from ASCII bytes).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <structmember.h> /* PyMemberDef, T_OBJECT_EX (3.10 and 3.11) */
+
+#include "_speedups.h"
+
+/* A reader of one type's text representation: str as it is, or UTF-8 bytes
+ * decoded, then parse(text); if that raises ValueError and there is a
+ * fallback, fallback(value) (the value as it came) instead. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *parse;
+    PyObject *fallback; /* or NULL */
+} FromText;
+
+static PyObject *
+from_text_call(FromText *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a text reader takes exactly one value");
+        return NULL;
+    }
+    PyObject *value = args[0];
+    if (self->parse == (PyObject *)&PyLong_Type && PyBytes_CheckExact(value)) {
+        /* int of ASCII digits, without making a str first. Bytes objects
+         * end in a NUL, as PyLong_FromString needs; anything it does not
+         * read to the end goes the common way, to fail as int(text) fails. */
+        const char *digits = PyBytes_AS_STRING(value);
+        char *stop = NULL;
+        PyObject *number = PyLong_FromString(digits, &stop, 10);
+        if (number != NULL && stop == digits + PyBytes_GET_SIZE(value)) {
+            return number;
+        }
+        Py_XDECREF(number);
+        PyErr_Clear();
+    }
+    PyObject *text;
+    if (PyUnicode_Check(value)) {
+        text = Py_NewRef(value);
+    }
+    else if (PyBytes_Check(value)) {
+        text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
+        if (text == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "a text value must be str or bytes, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    PyObject *result = PyObject_CallOneArg(self->parse, text);
+    Py_DECREF(text);
+    if (result == NULL && self->fallback != NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        result = PyObject_CallOneArg(self->fallback, value);
+    }
+    return result;
+}
+
+static int
+from_text_traverse(FromText *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->parse);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+from_text_clear(FromText *self)
+{
+    Py_CLEAR(self->parse);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+from_text_dealloc(FromText *self)
+{
+    PyObject_GC_UnTrack(self);
+    from_text_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+from_text_repr(FromText *self)
+{
+    return PyUnicode_FromFormat("<text reader %R, falling back to %R>", self->parse,
+                                self->fallback != NULL ? self->fallback : Py_None);
+}
+
+static PyTypeObject FromTextType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "replicant._speedups.FromText",
+    .tp_basicsize = sizeof(FromText),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A reader of a text representation; see from_text().",
+    .tp_dealloc = (destructor)from_text_dealloc,
+    .tp_traverse = (traverseproc)from_text_traverse,
+    .tp_clear = (inquiry)from_text_clear,
+    .tp_repr = (reprfunc)from_text_repr,
+    .tp_vectorcall_offset = offsetof(FromText, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+PyDoc_STRVAR(from_text_doc,
+"from_text(parse, fallback=None)\n"
+"--\n\n"
+"A one-argument reader: ``parse`` of the value as text (``str`` as it is,\n"
+"``bytes`` decoded from UTF-8); when ``parse`` raises ValueError and\n"
+"``fallback`` is given, ``fallback`` of the value as it came. Other values\n"
+"than str and bytes raise TypeError.");
+
+static PyObject *
+from_text(PyObject *module, PyObject *args)
+{
+    PyObject *parse, *fallback = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:from_text", &parse, &fallback)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(parse) || (fallback != Py_None && !PyCallable_Check(fallback))) {
+        PyErr_SetString(PyExc_TypeError, "from_text() needs callables");
+        return NULL;
+    }
+    FromText *self = PyObject_GC_New(FromText, &FromTextType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)from_text_call;
+    self->parse = Py_NewRef(parse);
+    self->fallback = fallback == Py_None ? NULL : Py_NewRef(fallback);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyMethodDef values_methods[] = {
+    {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+replicant_values_exec(PyObject *module)
+{
+    if (PyType_Ready(&FromTextType) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, values_methods);
+}
