@@ -32,6 +32,7 @@ OUTPUT = ROOT / "docs" / "api.md"
 MODULES = (
     "replicant",
     "replicant.runtime",
+    "replicant.acknowledgement",
     "replicant.changes",
     "replicant.lsn",
     "replicant.errors",
