@@ -33,6 +33,7 @@ OUTPUT = ROOT / "docs" / "api.md"
 MODULES = (
     "replicant",
     "replicant.runtime",
+    "replicant.acknowledgement",
     "replicant.changes",
     "replicant.lsn",
     "replicant.errors",
@@ -49,6 +50,7 @@ MODULES = (
 # Names a module exports for its own parts and tests, not for users: left
 # out of the reference (and of the package's top level).
 INTERNAL = {
+    "replicant.acknowledgement": {"WalProgress"},
     "replicant.runtime": {"Backoff", "StatusTimer", "WalProgress"},
 }
 

@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, NamedTuple, ParamSpec
+from typing import Any, ParamSpec
 
+from replicant.acknowledgement import Progress, WalProgress
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import ReplicationConnection, ReplicationStream, mask_dsn
 from replicant.decoders import Decoder, make_decoder
@@ -72,88 +73,6 @@ _POLL_INTERVAL = 0.1
 
 # How often run() in the main thread wakes to let pending signal handlers run.
 _SIGNAL_CHECK_INTERVAL = 0.25
-
-
-class Progress(NamedTuple):
-    """Where the consumer stands.
-
-    ``received``: the highest WAL position seen from the server;
-    ``flushed`` and ``applied``: what is (or next will be) reported as done.
-    """
-
-    received: LSN
-    flushed: LSN
-    applied: LSN
-
-
-class WalProgress:
-    """The progress state shared by the reader and the keepalive thread.
-
-    The reader writes it (and :meth:`acknowledge` may also be called from
-    other threads, under a lock); the keepalive thread reads it. Each field
-    is a single reference, so a reader of one field never sees it torn; the
-    order of reads in :meth:`position` keeps flushed at or below written.
-
-    ``acknowledged`` never goes backward and never passes ``received``.
-    With ``idle_advance``, :meth:`keepalive` lets the flushed position follow
-    the server's WAL end while everything delivered is acknowledged and no
-    transaction is open: every transaction that committed before that WAL
-    end was already delivered, so confirming it skips nothing, and an idle
-    or filtered database does not keep WAL forever.
-    """
-
-    def __init__(self, start: int = 0, *, idle_advance: bool = True) -> None:
-        self.idle_advance = idle_advance
-        self.received = self.acknowledged = self.idle = LSN(start)
-        self._ack_lock = threading.Lock()
-
-    def reset(self, start: int) -> None:
-        """Start over at ``start`` (a new connection), keeping what was acknowledged."""
-        start_lsn = max(LSN(start), self.acknowledged)
-        self.received = self.acknowledged = self.idle = start_lsn
-
-    def receive(self, lsn: int) -> None:
-        """The server sent data or a keepalive reaching ``lsn``."""
-        if lsn > self.received:
-            self.received = LSN.from_int(lsn)
-
-    def acknowledge(self, lsn: LSN | int | str) -> LSN:
-        """The callback finished everything up to ``lsn``; returns the acknowledged LSN.
-
-        A smaller LSN than the current one is ignored; a larger one than
-        received is held at received. Raises :class:`ConfigurationError` for a
-        value that is not an LSN.
-        """
-        if isinstance(lsn, str):
-            lsn = LSN.parse(lsn)
-        elif not isinstance(lsn, int) or isinstance(lsn, bool):
-            raise ConfigurationError(
-                f"the callback returned {lsn!r}: return an LSN (such as event.lsn) or None"
-            )
-        if lsn > self.acknowledged:
-            with self._ack_lock:  # compare and set: never backward, whoever calls
-                if lsn > self.acknowledged:
-                    self.acknowledged = LSN(min(lsn, self.received))
-        return self.acknowledged
-
-    def keepalive(self, wal_end: int, *, in_transaction: bool, last_delivered: int) -> None:
-        """The server's WAL end arrived while the reader is between frames."""
-        self.receive(wal_end)
-        if (
-            self.idle_advance
-            and not in_transaction
-            and self.acknowledged >= last_delivered
-            and wal_end > self.idle
-        ):
-            self.idle = LSN.from_int(wal_end)
-
-    def position(self) -> Progress:
-        """``(written, flushed, applied)`` to report now."""
-        flushed = self.acknowledged
-        if self.idle_advance and self.idle > flushed:
-            flushed = self.idle
-        written = self.received  # read after flushed: it only grows
-        return Progress(written, flushed, flushed)
 
 
 @dataclass(frozen=True)
@@ -243,9 +162,14 @@ class Consumer:
     confirmed.
 
     Arguments: ``dsn`` and ``connect_params`` as psycopg2 takes them;
-    ``slot`` the slot name; ``plugin`` ``"pgoutput"`` (needs
-    ``publication``, a name or a list), ``"wal2json"`` or any other plugin
-    (raw events); ``options`` extra plugin options; ``create_slot`` creates a
+    ``slot`` the slot name; ``plugin`` ``"pgoutput"`` (the default; needs
+    ``publication``, a name or a list), ``"wal2json"``, one added with
+    :func:`replicant.decoders.register_decoder`, or any other plugin (raw
+    events); ``options`` extra plugin options; ``decoder`` instead of
+    ``plugin``: a decoder object of your own (the
+    :class:`replicant.decoders.Decoder` shape), which then takes no
+    ``publication`` or ``options`` (configure the decoder itself) and whose
+    ``plugin`` is the slot's; ``create_slot`` creates a
     missing slot (``temporary`` for one that goes with the connection);
     ``start_lsn`` skips transactions that committed before it;
     ``status_interval`` seconds between timed status updates;
@@ -277,7 +201,8 @@ class Consumer:
         *,
         slot: str,
         callback: Callback,
-        plugin: str = "pgoutput",
+        plugin: str | None = None,
+        decoder: Decoder | None = None,
         publication: str | Sequence[str] | None = None,
         options: Mapping[str, str] | None = None,
         create_slot: bool = True,
@@ -298,18 +223,14 @@ class Consumer:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
         self.slot = validate_slot_name(slot)
-        self.plugin = plugin
+        self._decoder = _pick_decoder(
+            plugin, decoder, publication=publication, options=options, decode_values=decode_values
+        )
+        self.plugin = self._decoder.plugin
         self._dsn = dsn
         self._connect_params = connect_params
         self._callback = callback
         self._on_stop = on_stop
-        self._threads: tuple[threading.Thread, ...] = ()
-        self._decoder: Decoder = make_decoder(
-            plugin,
-            publication=publication,
-            options=dict(options or {}),
-            decode_values=decode_values,
-        )
         self._create_slot = create_slot
         self._temporary = temporary
         self._start_lsn = None if start_lsn is None else LSN(start_lsn)
@@ -332,13 +253,13 @@ class Consumer:
         self._supervisor: threading.Thread | None = None
         self._done = threading.Event()
         self._failure: BaseException | None = None
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._connection: ReplicationConnection | None = None
+        # The connection attempt under way; everything that belongs to one
+        # connection lives on it and goes with it.
+        self._current: _Attempt | None = None
         # What the server was told: a slot confirmed beyond it on reconnect
         # was moved behind our back (dropped and recreated, or advanced).
         self._reported_flush: LSN | None = None
         self._slot_seen = False
-        self._last_heard = time.monotonic()
 
     def __repr__(self) -> str:
         state = (
@@ -395,12 +316,13 @@ class Consumer:
         any number of times. Does not raise the failure: ``join()`` does.
         """
         self._stop_requested.set()
-        self._queue.put(_STOP)
+        attempt = self._wake()
         supervisor = self._supervisor
         current = threading.current_thread()
         # From the callback (the reader) or the supervisor itself, waiting
         # would wait for ourselves: the stop happens once we return.
-        if supervisor is not None and current is not supervisor and current not in self._threads:
+        threads = () if attempt is None else attempt.threads
+        if supervisor is not None and current is not supervisor and current not in threads:
             supervisor.join(timeout)
 
     def join(self, timeout: float | None = None) -> None:
@@ -434,7 +356,7 @@ class Consumer:
                 raise KeyboardInterrupt
             logger.info("signal %s: stopping gracefully", signal.Signals(signum).name)
             self._stop_requested.set()
-            self._queue.put(_STOP)
+            self._wake()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, graceful)
@@ -474,26 +396,36 @@ class Consumer:
 
     def _supervise(self) -> None:
         try:
-            self._sessions()
+            self._attempts()
         except BaseException as error:
             with self._state_lock:
                 self._failure = error
         finally:
-            self._close_connection()
             self._done.set()
 
-    def _sessions(self) -> None:
-        """Run sessions until a graceful end, reconnecting after a lost connection."""
+    def _wake(self) -> _Attempt | None:
+        """Wake the current attempt's keepalive thread (after a stop request); return it.
+
+        A stop requested before an attempt exists needs no wake-up: its
+        threads check the stop flag before they wait.
+        """
+        attempt = self._current
+        if attempt is not None:
+            attempt.queue.put(_STOP)
+        return attempt
+
+    def _attempts(self) -> None:
+        """Run connection attempts until a graceful end, reconnecting after a lost connection."""
         failures = 0
         while not self._stop_requested.is_set():
             frames_before = self._counters.frames
             try:
-                self._session()
+                self._attempt()
                 return
             except (ConnectionLost, SlotError) as error:
                 if not self._retryable(error) or self._stop_requested.is_set():
                     raise
-                # A session that received data was healthy: start the
+                # An attempt that received data was healthy: start the
                 # back-off over; one that never got going backs off further.
                 progressed = self._counters.frames > frames_before
                 failures = 1 if progressed else failures + 1
@@ -509,7 +441,6 @@ class Consumer:
                     failures,
                     "" if self.max_retries is None else f" of {self.max_retries}",
                 )
-                self._close_connection()
                 self._stop_requested.wait(delay)
 
     def _retryable(self, error: ReplicantError) -> bool:
@@ -521,13 +452,24 @@ class Consumer:
         # noticed that our previous connection is gone.
         return isinstance(error, SlotError) and error.sqlstate == "55006"
 
-    def _session(self) -> None:
-        """One connection: prepare the slot, stream until the first thread ends.
+    def _attempt(self) -> None:
+        """One connection attempt: prepare the slot, stream until the first thread ends.
 
-        Returns normally on a graceful end; raises the failure that ended it.
+        Returns normally on a graceful end; raises the failure that ended it,
+        after the connection is closed. The attempt's state (connection,
+        stream, queue, threads) is dropped with it.
         """
+        attempt = _Attempt()
+        self._current = attempt
+        try:
+            self._run_attempt(attempt)
+        finally:
+            attempt.close()
+            self._current = None
+
+    def _run_attempt(self, attempt: _Attempt) -> None:
         connection = ReplicationConnection.connect(self._dsn, **self._connect_params)
-        self._connection = connection
+        attempt.connection = connection
         confirmed = self._prepare_slot(connection)
         start = max(confirmed, self._progress.acknowledged)
         if self._start_lsn is not None:
@@ -542,7 +484,8 @@ class Consumer:
             self._decoder.start_options(connection.server_version),
             plugin=self.plugin,
         )
-        self._last_heard = time.monotonic()
+        attempt.stream = stream
+        attempt.last_heard = time.monotonic()
         logger.info(
             "streaming slot %s from %s (plugin %s, server %s)",
             self.slot,
@@ -550,44 +493,48 @@ class Consumer:
             self.plugin,
             connection.server_version,
         )
-        session = _Session()
         reader = threading.Thread(
-            target=session.guard,
-            args=(self._read_loop, stream),
+            target=attempt.guard,
+            args=(self._read_loop,),
             name=f"replicant-reader[{self.slot}]",
             daemon=True,
         )
         keeper = threading.Thread(
-            target=session.guard,
-            args=(self._keepalive_loop, stream),
+            target=attempt.guard,
+            args=(self._keepalive_loop,),
             name=f"replicant-keepalive[{self.slot}]",
             daemon=True,
         )
-        self._threads = (reader, keeper)
+        attempt.threads = (reader, keeper)
         reader.start()
         keeper.start()
         try:
-            session.first_end.wait()
+            attempt.first_end.wait()
         finally:
             # Whoever ended first, the other follows: the reader finishes the
             # callback in flight, the keepalive thread wakes up.
-            session.ending = True
-            self._queue.put(_STOP)
+            attempt.ending = True
+            attempt.queue.put(_STOP)
             keeper.join()
             reader.join()
-            _drain_queue(self._queue)
-        if session.failure is None:
+        if attempt.failure is None:
             self._finish(stream)
             return
         # After any other failure (the callback's, bad data) the connection
         # still works: tell the server what was acknowledged before closing,
         # briefly. A lost connection (or a silent one) gets no such wait.
-        if not isinstance(session.failure, ConnectionLost):
+        if not isinstance(attempt.failure, ConnectionLost):
             try:
                 self._finish(stream, timeout=2.0)
-            except ReplicantError as error:
-                logger.debug("could not end the stream cleanly after a failure: %s", error)
-        raise session.failure
+            except Exception as error:  # a second failure: logged, the first is raised
+                logger.warning(
+                    "slot %s: could not end the stream cleanly after a failure (%r): %s",
+                    self.slot,
+                    attempt.failure,
+                    error,
+                    exc_info=error,
+                )
+        raise attempt.failure
 
     def _prepare_slot(self, connection: ReplicationConnection) -> LSN:
         """Check (or create) the slot; return the position it confirmed."""
@@ -656,25 +603,21 @@ class Consumer:
         self._reported_flush = flushed
         self._counters.status_updates += 1
 
-    def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-
     def _abort(self) -> None:
         """Give up waiting for a graceful end: close the connection now."""
         self._stop_requested.set()
-        self._queue.put(_STOP)
-        connection = self._connection
-        if connection is not None:
-            connection.close()
+        attempt = self._wake()
+        if attempt is not None:
+            attempt.close()
         supervisor = self._supervisor
         if supervisor is not None:
             supervisor.join(5.0)
 
     # -- the reader
 
-    def _read_loop(self, stream: ReplicationStream, session: _Session) -> None:
+    def _read_loop(self, attempt: _Attempt) -> None:
+        stream = attempt.stream
+        assert stream is not None
         decode = self._decoder.decode
         decoder = self._decoder
         callback = self._callback
@@ -683,20 +626,23 @@ class Consumer:
         stop_requested = self._stop_requested.is_set
         end_lsn = self._end_lsn
         transaction_ends = _TRANSACTION_ENDS
-        put = self._queue.put
+        put = attempt.queue.put
         receive_timeout = self.receive_timeout
         monotonic = time.monotonic
         last_event: Event | None = None  # the last one delivered
-        while not (session.ending or stop_requested()):
+        while not (attempt.ending or stop_requested()):
             frames = stream.read(_POLL_INTERVAL)
             if not frames:
-                if receive_timeout is not None and monotonic() - self._last_heard > receive_timeout:
+                if (
+                    receive_timeout is not None
+                    and monotonic() - attempt.last_heard > receive_timeout
+                ):
                     raise ConnectionLost(
                         f"nothing from the server for {receive_timeout:g} s "
                         "(receive_timeout): the connection is presumed dead"
                     )
                 continue
-            self._last_heard = monotonic()
+            attempt.last_heard = monotonic()
             # Bookkeeping once per batch, not once per event: the highest LSN
             # the callback returned is published on the way out of the batch
             # (one lock, one LSN), and so are the counters.
@@ -729,7 +675,7 @@ class Consumer:
                         if end_lsn is not None and wal_start >= end_lsn:
                             self._reached_end(end_lsn)
                             return
-                        if session.ending or stop_requested():
+                        if attempt.ending or stop_requested():
                             return  # the rest was not delivered, so not acknowledged
                     else:
                         assert type(frame) is PrimaryKeepalive
@@ -765,60 +711,91 @@ class Consumer:
 
     # -- the keepalive thread
 
-    def _keepalive_loop(self, stream: ReplicationStream, session: _Session) -> None:
+    def _keepalive_loop(self, attempt: _Attempt) -> None:
+        stream = attempt.stream
+        assert stream is not None
         timer = StatusTimer(self.status_interval)
-        get = self._queue.get
+        get = attempt.queue.get
         stop_requested = self._stop_requested.is_set
         # An idle walsender that is told it is caught up sends nothing; after
         # half of receive_timeout of silence, ask it for an answer (as the
         # server's own walreceiver does), so silence means a dead link.
         ping_after = None if self.receive_timeout is None else self.receive_timeout / 2
         pinged_for: float | None = None
-        while not (session.ending or stop_requested()):
+        while not (attempt.ending or stop_requested()):
             wait = timer.time_left()
-            ping_at = None if ping_after is None else self._last_heard + ping_after
-            if ping_at is not None and pinged_for != self._last_heard:
+            ping_at = None if ping_after is None else attempt.last_heard + ping_after
+            if ping_at is not None and pinged_for != attempt.last_heard:
                 wait = min(wait, max(0.0, ping_at - time.monotonic()))
             try:
                 item = get(timeout=wait)
             except queue.Empty:
                 item = None  # a timer ran out
-            if item is _STOP or session.ending or stop_requested():
+            if item is _STOP or attempt.ending or stop_requested():
                 return
             ping = (
                 ping_at is not None
-                and pinged_for != self._last_heard
+                and pinged_for != attempt.last_heard
                 and time.monotonic() >= ping_at
             )
             if item is None and not timer.due() and not ping:
                 continue
             if ping:
-                pinged_for = self._last_heard
+                pinged_for = attempt.last_heard
             self._send_status(stream, reply=ping)
             timer.sent()
 
 
-class _Session:
-    """The two threads of one connection, and how the first of them ended."""
+class _Attempt:
+    """One connection attempt: its connection, stream, queue and threads.
+
+    Made for each connection and dropped with it, so nothing of one
+    connection (a stale keepalive in the queue, the time the server was last
+    heard, a failure) reaches the next.
+    """
 
     def __init__(self) -> None:
+        self.connection: ReplicationConnection | None = None
+        self.stream: ReplicationStream | None = None
+        # Keepalives that ask for a reply, and stop wake-ups, for the keepalive thread.
+        self.queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.last_heard = time.monotonic()  # when the server last sent a byte
+        self.threads: tuple[threading.Thread, ...] = ()
         self.first_end = threading.Event()
         self.failure: BaseException | None = None
         self.ending = False  # set by the supervisor: both threads wind down
+        self._failure_lock = threading.Lock()
 
-    def guard(
-        self,
-        body: Callable[[ReplicationStream, _Session], None],
-        stream: ReplicationStream,
-    ) -> None:
-        """Run a thread's body; record its failure (the first wins) and signal the end."""
+    def guard(self, body: Callable[[_Attempt], None]) -> None:
+        """Run a thread's body; record its failure and signal the end.
+
+        The first failure is the one the supervisor re-raises; a later one
+        (say the keepalive thread failing while the reader's error is on its
+        way out) is logged with its traceback, not dropped.
+        """
         try:
-            body(stream, self)
+            body(self)
         except BaseException as error:
-            if self.failure is None:
-                self.failure = error
+            with self._failure_lock:
+                first = self.failure
+                if first is None:
+                    self.failure = error
+            if first is not None:
+                logger.error(
+                    "%s failed after the first failure (%r): %s",
+                    threading.current_thread().name,
+                    first,
+                    error,
+                    exc_info=error,
+                )
         finally:
             self.first_end.set()
+
+    def close(self) -> None:
+        """Close the connection (idempotent, from any thread)."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
 
 
 class Backoff:
@@ -844,13 +821,47 @@ class Backoff:
         return float(window / 2 + self._rng.random() * window / 2)
 
 
-def _drain_queue(pending: queue.SimpleQueue[object]) -> None:
-    """Drop what a finished session left in the queue (stale keepalives, stops)."""
-    while True:
-        try:
-            pending.get_nowait()
-        except queue.Empty:
-            return
+def _pick_decoder(
+    plugin: str | None,
+    decoder: Decoder | None,
+    *,
+    publication: str | Sequence[str] | None,
+    options: Mapping[str, str] | None,
+    decode_values: bool,
+) -> Decoder:
+    """The consumer's decoder: the user's own, or the registry's for ``plugin``."""
+    if decoder is None:
+        return make_decoder(
+            "pgoutput" if plugin is None else plugin,
+            publication=publication,
+            options=dict(options or {}),
+            decode_values=decode_values,
+        )
+    if not isinstance(decoder, Decoder):
+        raise ConfigurationError(
+            f"decoder must have the Decoder shape (plugin, start_options, decode, reset, "
+            f"in_transaction), not {decoder!r}"
+        )
+    if not isinstance(decoder.plugin, str) or not decoder.plugin:
+        raise ConfigurationError(
+            f"the decoder's plugin must be a plugin name, not {decoder.plugin!r}"
+        )
+    if plugin is not None and plugin != decoder.plugin:
+        raise ConfigurationError(
+            f"plugin={plugin!r} conflicts with the decoder's plugin {decoder.plugin!r}: "
+            "pass one of them"
+        )
+    if publication is not None or options:
+        raise ConfigurationError(
+            "publication and options configure the built-in decoders; "
+            "with decoder=..., configure that decoder itself"
+        )
+    if not decode_values:
+        raise ConfigurationError(
+            "decode_values configures the built-in decoders; "
+            "with decoder=..., configure that decoder itself"
+        )
+    return decoder
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:

@@ -52,3 +52,45 @@ def test_bad_plugin_names_and_keywords() -> None:
         RawDecoder("")
     with pytest.raises(ConfigurationError, match="unknown options"):
         make_decoder("decoderbufs", binary=True)
+
+
+def test_register_decoder() -> None:
+    from replicant.decoders import _REGISTRY, needs_publication, register_decoder
+
+    made: list[dict[str, object]] = []
+
+    def factory(**kwargs: object) -> Decoder:
+        made.append(kwargs)
+        return RawDecoder("my_plugin")
+
+    try:
+        register_decoder("my_plugin", factory, keywords={"level"})
+        decoder = make_decoder("my_plugin", options={"x": "1"}, level=3)
+        assert isinstance(decoder, RawDecoder) and decoder.plugin == "my_plugin"
+        assert made == [
+            {"publication": None, "options": {"x": "1"}, "decode_values": True, "level": 3}
+        ]
+        with pytest.raises(ConfigurationError, match="unknown options for plugin my_plugin: depth"):
+            make_decoder("my_plugin", depth=1)
+        with pytest.raises(ConfigurationError, match="does not take it"):
+            make_decoder("my_plugin", publication="p")
+        assert not needs_publication("my_plugin")
+
+        register_decoder("my_plugin", factory, publication=True)  # replaces
+        assert needs_publication("my_plugin")
+        with pytest.raises(ConfigurationError, match="my_plugin needs a publication"):
+            make_decoder("my_plugin")
+        make_decoder("my_plugin", publication=["a", "b"])
+        assert made[-1]["publication"] == ["a", "b"]
+
+        register_decoder("my_plugin", lambda **_: object())  # type: ignore[arg-type,return-value]
+        with pytest.raises(ConfigurationError, match="not a Decoder"):
+            make_decoder("my_plugin")
+        with pytest.raises(ConfigurationError, match="callable"):
+            register_decoder("my_plugin", None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="plugin name"):
+            register_decoder("", factory)
+    finally:
+        _REGISTRY.pop("my_plugin", None)
+    assert isinstance(make_decoder("my_plugin"), RawDecoder)  # unregistered: raw
+    assert needs_publication("pgoutput") and not needs_publication("wal2json")

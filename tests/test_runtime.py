@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from freezegun import freeze_time
 
 import replicant
-from replicant import LSN, ConfigurationError, SlotError
+from replicant import LSN, ConfigurationError, ConnectionLost, SlotError
 from replicant.changes import Commit, Event, Insert
 from replicant.runtime import Backoff, Consumer, StatusTimer, WalProgress
 
@@ -92,6 +93,67 @@ def test_arguments_checked_before_connecting() -> None:
         Consumer("host=nowhere", slot="s", callback=None, publication="p")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="status_interval"):
         Consumer("host=nowhere", slot="s", callback=print, publication="p", status_interval=0)
+
+
+def test_decoder_argument_is_checked() -> None:
+    from replicant.decoders import RawDecoder
+
+    own = RawDecoder("test_decoding")
+    consumer = Consumer("host=nowhere", slot="s", callback=print, decoder=own)
+    assert consumer.plugin == "test_decoding" and consumer._decoder is own
+    # plugin= naming the same plugin is allowed; another one conflicts.
+    Consumer("host=nowhere", slot="s", callback=print, decoder=own, plugin="test_decoding")
+    with pytest.raises(ConfigurationError, match="conflicts"):
+        Consumer("host=nowhere", slot="s", callback=print, decoder=own, plugin="pgoutput")
+    with pytest.raises(ConfigurationError, match="configure that decoder itself"):
+        Consumer("host=nowhere", slot="s", callback=print, decoder=own, publication="p")
+    with pytest.raises(ConfigurationError, match="configure that decoder itself"):
+        Consumer("host=nowhere", slot="s", callback=print, decoder=own, options={"a": "b"})
+    with pytest.raises(ConfigurationError, match="configure that decoder itself"):
+        Consumer("host=nowhere", slot="s", callback=print, decoder=own, decode_values=False)
+    with pytest.raises(ConfigurationError, match="Decoder shape"):
+        Consumer("host=nowhere", slot="s", callback=print, decoder=object())  # type: ignore[arg-type]
+
+
+def test_a_decoder_of_ones_own_streams(workload_db: Database) -> None:
+    from replicant.decoders import Decoder, PgOutputDecoder
+
+    class Counting:
+        """A user's decoder: wraps pgoutput and counts payloads."""
+
+        def __init__(self) -> None:
+            self.inner = PgOutputDecoder("pub_a")
+            self.plugin = "pgoutput"
+            self.payloads = 0
+            self.resets = 0
+
+        def start_options(self, server_version: int) -> dict[str, str]:
+            return self.inner.start_options(server_version)
+
+        def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
+            self.payloads += 1
+            return self.inner.decode(data, wal_start, wal_end)
+
+        def reset(self) -> None:
+            self.resets += 1
+            self.inner.reset()
+
+        @property
+        def in_transaction(self) -> bool:
+            return self.inner.in_transaction
+
+    db = workload_db
+    own = Counting()
+    assert isinstance(own, Decoder)
+    seen: list[Event] = []
+    consumer = Consumer(db.dsn, slot="app", callback=seen.append, decoder=own, status_interval=0.5)
+    with consumer:
+        wait_for(lambda: confirmed_flush(db, "app") is not None, what="the slot")
+        db.execute("INSERT INTO a VALUES (1, 'x')")
+        wait_for(lambda: any(isinstance(e, Commit) for e in seen), what="a commit")
+    consumer.join(20)
+    assert [type(e) for e in seen if isinstance(e, Insert)] == [Insert]
+    assert own.payloads >= 3 and own.resets == 1
 
 
 # --- helpers for the server tests
@@ -792,6 +854,31 @@ def test_on_stop_failing_comes_out_of_join(workload_db: Database) -> None:
     assert_no_threads_left()
 
 
+def test_on_stop_failing_after_the_callback_failed_is_logged(
+    workload_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    first = ValueError("the callback's failure")
+
+    def callback(event: Event) -> None:
+        raise first
+
+    def on_stop() -> LSN:
+        raise RuntimeError("the batch could not be written")
+
+    consumer = consumer_for(db, callback, on_stop=on_stop)
+    with caplog.at_level(logging.WARNING, logger="replicant"):
+        consumer.start()
+        with pytest.raises(ValueError) as raised:
+            consumer.join(20)
+    assert raised.value is first  # the first failure, as it was raised
+    [record] = [r for r in caplog.records if "after a failure" in r.getMessage()]
+    assert "the batch could not be written" in record.getMessage()
+    assert_no_threads_left()
+
+
 def test_signal_delivered_to_another_thread_still_stops_run(workload_db: Database) -> None:
     # The kernel may hand a process-directed SIGTERM to any thread; Python
     # then runs the handler only when the main thread runs bytecode. Aim the
@@ -817,3 +904,91 @@ def test_signal_delivered_to_another_thread_still_stops_run(workload_db: Databas
     assert sent.is_set()
     assert time.monotonic() - started < 15
     assert_no_threads_left()
+
+
+# --- the acknowledgement rules, one by one (replicant/acknowledgement.py)
+
+
+def test_written_only_grows() -> None:
+    progress = WalProgress(LSN("0/100"))
+    progress.receive(LSN("0/300"))
+    progress.receive(LSN("0/200"))  # a later transaction with lower change positions
+    assert progress.position().received == LSN("0/300")
+
+
+def test_reset_starts_at_the_slot_but_keeps_what_was_acknowledged() -> None:
+    progress = WalProgress(LSN("0/100"))
+    progress.receive(LSN("0/500"))
+    progress.acknowledge(LSN("0/400"))
+    progress.reset(LSN("0/200"))  # a reconnect to a slot confirming less
+    assert progress.position() == (LSN("0/400"), LSN("0/400"), LSN("0/400"))
+    progress.reset(LSN("0/600"))  # a slot confirming more: start there
+    assert progress.position() == (LSN("0/600"), LSN("0/600"), LSN("0/600"))
+    progress.acknowledge(LSN("0/500"))
+    assert progress.position().flushed == LSN("0/600")
+
+
+def test_idle_position_never_below_acknowledged_and_needs_new_wal_end() -> None:
+    progress = WalProgress(LSN("0/100"))
+    progress.keepalive(LSN("0/300"), in_transaction=False, last_delivered=0)
+    assert progress.position().flushed == LSN("0/300")
+    progress.keepalive(LSN("0/250"), in_transaction=False, last_delivered=0)  # not backward
+    assert progress.position().flushed == LSN("0/300")
+    progress.acknowledge(LSN("0/200"))  # below the idle position: flushed stays
+    assert progress.position().flushed == LSN("0/300")
+
+
+def test_acknowledge_from_many_threads_never_goes_backward() -> None:
+    progress = WalProgress(0)
+    progress.receive(100_000)
+    barrier = threading.Barrier(4)
+
+    def ack(offset: int) -> None:
+        barrier.wait()
+        for lsn in range(offset, 100_000, 4):
+            progress.acknowledge(lsn)
+
+    threads = [threading.Thread(target=ack, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert progress.acknowledged == 99_999
+
+
+# --- one connection attempt (runtime._Attempt)
+
+
+def test_attempt_keeps_the_first_failure_and_logs_the_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from replicant.runtime import _Attempt
+
+    attempt = _Attempt()
+    first = ConnectionLost("the reader's failure")
+
+    def reader(_: _Attempt) -> None:
+        raise first
+
+    def keeper(_: _Attempt) -> None:
+        raise RuntimeError("the keepalive thread's failure")
+
+    with caplog.at_level(logging.ERROR, logger="replicant"):
+        attempt.guard(reader)
+        attempt.guard(keeper)
+    assert attempt.failure is first
+    assert attempt.first_end.is_set()
+    [record] = [r for r in caplog.records if "after the first failure" in r.getMessage()]
+    assert "the keepalive thread's failure" in record.getMessage()
+    assert "the reader's failure" in record.getMessage()
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_attempt_without_failure_records_none() -> None:
+    from replicant.runtime import _Attempt
+
+    attempt = _Attempt()
+    attempt.guard(lambda _: None)
+    assert attempt.failure is None and attempt.first_end.is_set()
+    attempt.close()  # no connection yet: nothing to do
+    attempt.close()

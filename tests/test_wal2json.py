@@ -264,3 +264,12 @@ def test_values_typed_like_pgoutput() -> None:
     (kept,) = raw.decode(text, 16, 16)
     assert isinstance(kept, Insert)
     assert kept.new["n"] == "12.50" and kept.new["b"] is True
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"action": "X"}', b'{"action": ["B"]}', b'{"action": null}', b"{}"],
+)
+def test_unknown_format_2_action_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError, match="unknown wal2json action"):
+        Wal2JsonDecoder().decode(payload, 1, 1)

@@ -33,6 +33,7 @@ from replicant.cli.common import (
     option_arg,
     seconds_arg,
 )
+from replicant.decoders import needs_publication
 from replicant.errors import ConfigurationError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.runtime import Consumer
@@ -198,9 +199,10 @@ class _Signals:
 def run(args: argparse.Namespace) -> int:
     """``replicant stream``: stream until ``--end``, a signal or a failure."""
     publications: list[str] = args.publication or []
-    if args.plugin == "pgoutput" and not publications:
-        raise UsageError("--publication is required with the pgoutput plugin")
-    if args.plugin != "pgoutput" and publications:
+    # The decoders layer owns the rule; the command words it as a usage error.
+    if needs_publication(args.plugin) and not publications:
+        raise UsageError(f"--publication is required with the {args.plugin} plugin")
+    if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
     path = None if args.file in (None, "-") else args.file
     # A file is fsynced every --fsync-interval seconds and acknowledged as far

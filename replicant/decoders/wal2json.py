@@ -56,7 +56,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from replicant import values as _values
@@ -248,6 +248,16 @@ class Wal2JsonDecoder:
         self._xid: int | None = None
         self._last_end = LSN.from_int(0)
         self._truncate: list[Any] = []  # format 2: [lsn, xid, relations...] being merged
+        # Format 2 dispatches on the record's action, as pgoutput does on the message byte.
+        self._actions: dict[Any, Callable[[_Json, int], Event | None]] = {
+            "B": self._begin_v2,
+            "C": self._commit_v2,
+            "I": self._change_v2,
+            "U": self._change_v2,
+            "D": self._change_v2,
+            "T": self._add_truncate,
+            "M": self._message_v2,
+        }
 
     @property
     def in_transaction(self) -> bool:
@@ -477,47 +487,50 @@ class Wal2JsonDecoder:
         events: list[Event] = []
         if self._truncate and (action != "T" or record.get("lsn") != self._truncate[0]):
             events.append(self._flush_truncate())
-        if action == "B":
-            xid = self._xid_of(record)
-            self._xid = xid
-            self._in_transaction = True
-            final = record.get("lsn")
-            position = LSN.from_int(wal_start) if wal_start else self._last_end
-            events.append(
-                Begin(
-                    position,
-                    xid,
-                    _lsn(final) if final is not None else None,
-                    self._time(record.get("timestamp")),
-                )
-            )
-        elif action == "C":
-            xid = self._xid_of(record)
-            end = record.get("nextlsn")
-            commit = record.get("lsn")
-            lsn = _lsn(end) if end is not None else LSN.from_int(wal_start)
-            if lsn > self._last_end:
-                self._last_end = lsn
-            self._xid = None
-            self._in_transaction = False
-            events.append(
-                Commit(
-                    lsn,
-                    xid,
-                    _lsn(commit) if commit is not None else None,
-                    self._time(record.get("timestamp")),
-                )
-            )
-        elif action in ("I", "U", "D"):
-            events.append(self._row_v2(record, action, wal_start))
-        elif action == "T":
-            self._add_truncate(record, wal_start)
-        elif action == "M":
-            lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
-            events.append(self._message(record, lsn, self._xid_of(record)))
-        else:
-            raise DecodeError(f"unknown wal2json action {action!r}")
+        try:
+            handler = self._actions[action]
+        except (KeyError, TypeError):  # TypeError: an unhashable action
+            raise DecodeError(f"unknown wal2json action {action!r}") from None
+        event = handler(record, wal_start)
+        if event is not None:
+            events.append(event)
         return events
+
+    def _begin_v2(self, record: _Json, wal_start: int) -> Event:
+        xid = self._xid_of(record)
+        self._xid = xid
+        self._in_transaction = True
+        final = record.get("lsn")
+        position = LSN.from_int(wal_start) if wal_start else self._last_end
+        return Begin(
+            position,
+            xid,
+            _lsn(final) if final is not None else None,
+            self._time(record.get("timestamp")),
+        )
+
+    def _commit_v2(self, record: _Json, wal_start: int) -> Event:
+        xid = self._xid_of(record)
+        end = record.get("nextlsn")
+        commit = record.get("lsn")
+        lsn = _lsn(end) if end is not None else LSN.from_int(wal_start)
+        if lsn > self._last_end:
+            self._last_end = lsn
+        self._xid = None
+        self._in_transaction = False
+        return Commit(
+            lsn,
+            xid,
+            _lsn(commit) if commit is not None else None,
+            self._time(record.get("timestamp")),
+        )
+
+    def _change_v2(self, record: _Json, wal_start: int) -> Event:
+        return self._row_v2(record, record["action"], wal_start)
+
+    def _message_v2(self, record: _Json, wal_start: int) -> Event:
+        lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
+        return self._message(record, lsn, self._xid_of(record))
 
     def _change_lsn(self, wal_start: int) -> LSN:
         return LSN.from_int(wal_start) if wal_start else self._last_end
