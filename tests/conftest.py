@@ -2,8 +2,16 @@
 
 - ``installation``: an :class:`~replicant.cluster.Installation`; every test
   that uses it (directly or through ``cluster``/``db``) runs once per
-  PostgreSQL major version found, with ids ``pg15``, ``pg16``, ...
-  ``pytest --pg 15`` restricts the run to chosen major versions.
+  PostgreSQL build found, with ids telling builds apart: ``pg15.18``,
+  ``pg16.2``, ``pg16.14``, ... Builds come from ``find_installations()``
+  (``REPLICANT_PG_BINDIRS`` included) and ``--pg-bindir DIR`` (repeatable).
+  ``pytest --pg 15`` (a major) or ``--pg 16.2`` (a release) restricts the run.
+- The split that keeps a run of every build affordable: the *full* builds
+  (the newest one, and those of the system's packages: ``pg_config``,
+  ``PATH``, ``/usr/lib/postgresql``) run every server test; the other builds
+  run the version-sensitive modules (``VERSION_SENSITIVE``) and tests marked
+  ``@pytest.mark.every_version``. Builds chosen with ``--pg``, or every build
+  with ``--pg-full``, run everything.
 - ``cluster``: the shared, session-wide :class:`~replicant.cluster.LocalCluster`
   for that installation, started on first use, stopped at session end. Keep
   its settings as they are; a test that needs other settings, or that stops
@@ -45,8 +53,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="MAJOR",
-        help="run server tests only against this PostgreSQL major version (repeatable)",
+        help="run server tests only against this PostgreSQL major version or release "
+        "(15, 16.2; repeatable); the chosen builds run the full suite",
     )
+    parser.addoption(
+        "--pg-bindir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="test the PostgreSQL build in DIR too (repeatable; REPLICANT_PG_BINDIRS "
+        "lists more, os.pathsep-separated)",
+    )
+    parser.addoption(
+        "--pg-full",
+        action="store_true",
+        default=False,
+        help="run every server test on every build, not only the version-sensitive ones",
+    )
+
+
+#: Test modules run on every build found; the rest run on the full builds.
+VERSION_SENSITIVE = frozenset(
+    {
+        "test_connection",
+        "test_decoders_integration",
+        "test_runtime",
+        "test_faults",
+        "test_cluster",
+        "test_versions",
+    }
+)
+_SYSTEM_SOURCES = frozenset({"pg_config", "path", "debian"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,22 +91,41 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "requires_plugin(*names): skip unless the test's PostgreSQL has these output plugins",
     )
+    config.addinivalue_line(
+        "markers",
+        "every_version: run on every PostgreSQL build, not only the full ones",
+    )
 
 
 def selected_installations(config: pytest.Config) -> list[Installation]:
     """The installations this run tests against, newest first."""
-    found = find_installations()
-    wanted = {int(v) for v in config.getoption("--pg")}
-    return [i for i in found if not wanted or i.version in wanted]
+    found = find_installations(bindirs=config.getoption("--pg-bindir"))
+    wanted = {v.removeprefix("pg") for v in config.getoption("--pg")}
+    return [i for i in found if not wanted or str(i.version) in wanted or i.release in wanted]
+
+
+def full_installations(config: pytest.Config) -> list[Installation]:
+    """The selected installations that run every server test (see the module doc)."""
+    selected = selected_installations(config)
+    if config.getoption("--pg") or config.getoption("--pg-full"):
+        return selected
+    return [i for n, i in enumerate(selected) if n == 0 or i.source in _SYSTEM_SOURCES]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "installation" in metafunc.fixturenames:
-        installs = selected_installations(metafunc.config)
+        module = metafunc.module.__name__.rpartition(".")[2]
+        every = module in VERSION_SENSITIVE or any(
+            m.name == "every_version" for m in metafunc.definition.iter_markers()
+        )
+        if every:
+            installs = selected_installations(metafunc.config)
+        else:
+            installs = full_installations(metafunc.config)
         metafunc.parametrize(
             "installation",
             installs,
-            ids=[f"pg{i.version}" for i in installs],
+            ids=[i.label for i in installs],
             scope="session",
         )
 
