@@ -41,6 +41,7 @@ from replicant.errors import (
     ConfigurationError,
     ConnectionLost,
     ReplicantError,
+    ServerError,
     SlotError,
     UsageError,
 )
@@ -552,10 +553,15 @@ class Consumer:
         if self._publications:
             missing = connection.missing_publications(self._publications)
             if missing:
+                # The server's own error for it (before 18), with its SQLSTATE,
+                # so that code catching ServerError/42704 sees one error on
+                # every version.
                 names = ", ".join(f'"{name}"' for name in missing)
-                raise ConfigurationError(
-                    f"publication {names} does not exist in this database: create it "
-                    "(CREATE PUBLICATION ... FOR TABLE ...) or fix the name"
+                raise ServerError(
+                    f"publication {names} does not exist",
+                    sqlstate="42704",
+                    hint="create it (CREATE PUBLICATION ... FOR TABLE ...) in this "
+                    "database, or fix the name",
                 )
         state = connection.read_slot(self.slot)
         if state is None and self._slot_seen and not self._temporary:

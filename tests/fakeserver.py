@@ -515,6 +515,8 @@ class FakeServer:
     def _answer(self, query: str, session: Session) -> bytes:
         if "pg_replication_slots" in query:
             return self._slot_rows(query, session)
+        if "pg_publication" in query:
+            return self._publication_rows(query)
         upper = query.strip().upper()
         if upper.startswith("IDENTIFY_SYSTEM"):
             return rows(
@@ -549,6 +551,12 @@ class FakeServer:
             ("wal_status", TEXT),
             ("safe_wal_size", INT8),
             ("two_phase", BOOL),
+            ("conflicting", BOOL),
+            ("invalidation_reason", TEXT),
+            ("inactive_since", TEXT),
+            ("failover", BOOL),
+            ("synced", BOOL),
+            ("two_phase_at", TEXT),
         ]
         slot = session.slot
         data: list[list[str | None]] = []
@@ -567,8 +575,23 @@ class FakeServer:
                     slot.wal_status,
                     None,
                     "f",
+                    # The fake speaks as PostgreSQL 15: later columns are NULL.
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
                 ]
             )
+        return rows(columns, data, "SELECT")
+
+    def _publication_rows(self, query: str) -> bytes:
+        """Every publication asked for exists, and holds every table."""
+        columns = [("pubname", NAME), ("puballtables", BOOL), ("tables", 1009)]  # text[]
+        match = re.search(r"ARRAY\[(.*?)\]", query)
+        names = re.findall(r"'((?:[^']|'')*)'", match.group(1)) if match else []
+        data: list[list[str | None]] = [[n.replace("''", "'"), "t", "{}"] for n in names]
         return rows(columns, data, "SELECT")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from replicant import ConfigurationError, SlotError
+from replicant import ConfigurationError, ServerError, SlotError
 from replicant.changes import Event, Insert
 from replicant.cluster import Installation, LocalCluster
 from replicant.connection import ReplicationConnection, SlotState
@@ -185,8 +185,9 @@ def test_missing_publication_fails_at_start_and_leaves_no_slot(db: Database) -> 
         create_slot=True,
     )
     started = time.monotonic()
-    with pytest.raises(ConfigurationError, match='publication "not_here" does not exist'):
+    with pytest.raises(ServerError, match='publication "not_here" does not exist') as info:
         consumer.run()
+    assert info.value.sqlstate == "42704"
     assert time.monotonic() - started < 20
     assert db.query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nopub'") == [(0,)]
 
