@@ -158,6 +158,7 @@ class PublicationInfo:
 _CONNECTION_STATES = {"57P01", "57P02", "57P03"}
 _SLOT_STATES = {"42704", "42710", "55006", "55000", "22023", "42602"}
 _SLOT_WORDS = re.compile(r"replication slot|\bslot\b", re.IGNORECASE)
+_PLUGIN_REFUSED = re.compile(r"may not be used as an output plugin", re.IGNORECASE)
 
 
 def classify_server_error(
@@ -171,6 +172,14 @@ def classify_server_error(
         return ConnectionLost(message, sqlstate=sqlstate)
     if sqlstate in _SLOT_STATES and _SLOT_WORDS.search(message):
         return SlotError(message, sqlstate=sqlstate, detail=detail, hint=hint)
+    if sqlstate == "42501" and _PLUGIN_REFUSED.search(message):
+        # 18.6+ loads as output plugins only the libraries an administrator
+        # listed: the server's own hint is easy to miss, so say it first.
+        message = (
+            f"{message}: the server accepts only the output plugins listed in its "
+            '"output_plugin_libraries" setting (PostgreSQL 18.6+); add this one '
+            "there and reload the server configuration"
+        )
     return ServerError(message, sqlstate=sqlstate, detail=detail, hint=hint)
 
 

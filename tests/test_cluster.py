@@ -68,10 +68,13 @@ def busy_port() -> Iterator[int]:
 # -- discovery ---------------------------------------------------------------
 
 
-def test_find_installations_one_per_major_newest_first() -> None:
+def test_find_installations_one_per_release_newest_first() -> None:
     found = find_installations()
-    versions = [i.version for i in found]
-    assert versions == sorted(set(versions), reverse=True)
+    # Several builds of one major are all kept (16.2 and 16.14), each release once.
+    releases = [i.release_key for i in found]
+    assert releases == sorted(set(releases), reverse=True)
+    assert len({i.release for i in found}) == len(found)
+    assert len({i.bindir.resolve() for i in found}) == len(found)
     for inst in found:
         assert inst.postgres.is_file()
         assert inst.initdb.is_file()

@@ -246,13 +246,18 @@ def test_consumer_on_a_standby_from_16(
         )
         consumer.start()
         # Slot creation on a standby waits for the primary's next running-xacts
-        # record; this writes one now instead of within 15 s.
+        # record; this writes one now instead of within 15 s. The slot is
+        # listed as soon as creation begins, but decodes only what commits
+        # after its consistent point, when confirmed_flush_lsn gets set:
+        # writing before that would lose the rows.
         deadline = time.monotonic() + 30
-        while standby.execute("SELECT count(*) FROM pg_replication_slots")[0][0] == 0:
-            assert time.monotonic() < deadline
+        while not standby.execute(
+            "SELECT count(*) FROM pg_replication_slots"
+            " WHERE slot_name = 'on_standby' AND confirmed_flush_lsn IS NOT NULL"
+        )[0][0]:
+            assert time.monotonic() < deadline, f"no slot; standby log:\n{standby.log_tail()}"
             primary.execute("SELECT pg_log_standby_snapshot()")
             time.sleep(0.2)
-        time.sleep(0.5)
         primary.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
         assert done.wait(30), f"got only {got}; standby log:\n{standby.log_tail()}"
         consumer.stop()
