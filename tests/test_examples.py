@@ -21,6 +21,7 @@ from replicant import LSN
 from replicant.cluster import Installation
 
 from .conftest import ClusterPool, Database, DatabaseFactory, selected_installations
+from .helpers import confirmed_flush
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -132,13 +133,6 @@ def wait_slot_active(db: Database, slot: str, timeout: float = 20) -> None:
             return
         assert time.monotonic() < deadline, f"slot {slot} never became active"
         time.sleep(0.05)
-
-
-def confirmed_flush(db: Database, slot: str) -> LSN:
-    rows = db.query(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", slot
-    )
-    return LSN(rows[0][0])
 
 
 def last_commit_end(db: Database) -> LSN:
