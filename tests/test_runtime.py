@@ -195,7 +195,9 @@ def test_events_in_order_and_acknowledged(workload_db: Database) -> None:
     db.execute("UPDATE a SET v = 'changed' WHERE id = 7")
     db.execute("DELETE FROM a WHERE id = 8")
     recorder = Recorder()
-    with consumer_for(db, recorder) as consumer:
+    # idle_advance off: the shared server's other databases move its WAL
+    # end, which would otherwise (rightly) carry the slot past the commit.
+    with consumer_for(db, recorder, idle_advance=False) as consumer:
         wait_for(lambda: len(recorder.commits()) == 52, what="52 commits")
         progress = consumer.progress
         stats = consumer.stats
