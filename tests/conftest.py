@@ -19,9 +19,14 @@
 - ``make_cluster(**kwargs)``: a started private cluster (``LocalCluster``
   arguments; same installation as the test's ``installation`` unless
   ``bindir``/``version`` is given), stopped when the test ends.
-- ``db``: a fresh database in ``cluster`` for one test (:class:`Database`);
-  its replication slots, prepared transactions and the database itself are
-  dropped at teardown.
+- ``make_module_cluster(**kwargs)``: the same for a module-scoped fixture
+  (a server with other settings shared by a module's tests): the newest
+  selected installation unless ``bindir``/``version`` is given, stopped
+  when the module ends.
+- ``make_db(cluster=None, prefix="t")``: a fresh database (:class:`Database`)
+  in ``cluster`` (default: the shared one), dropped when the test ends.
+- ``db``: ``make_db()`` once, for one test; its replication slots, prepared
+  transactions and the database itself are dropped at teardown.
 - ``wal2json_db``: ``db``, or a skip when the installation lacks wal2json.
   ``@pytest.mark.requires_plugin("name", ...)`` does the same for any test.
 """
@@ -33,6 +38,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -192,28 +198,65 @@ def cluster(installation: Installation, cluster_pool: ClusterPool) -> LocalClust
     return cluster_pool.get(installation)
 
 
-@pytest.fixture
-def make_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalCluster]]:
-    """A factory of started private clusters, all stopped when the test ends."""
-    made: list[LocalCluster] = []
+def newest_installation(config: pytest.Config) -> Installation:
+    """The newest installation this run tests against; the test is skipped if none."""
+    installs = selected_installations(config)
+    if not installs:
+        pytest.skip("no PostgreSQL installation found")
+    return installs[0]
 
-    def make(**kwargs: Any) -> LocalCluster:
+
+class ClusterFactory:
+    """Makes started private clusters; :meth:`close` stops every one it made.
+
+    ``default_bindir`` names the build used when the arguments give neither
+    ``bindir`` nor ``version``. A cluster that fails to start is stopped too
+    (its directory removed) and the error raised to the caller.
+    """
+
+    def __init__(self, default_bindir: Callable[[], Path]) -> None:
+        self._default_bindir = default_bindir
+        self._made: list[LocalCluster] = []
+
+    def __call__(self, **kwargs: Any) -> LocalCluster:
         if "bindir" not in kwargs and "version" not in kwargs:
-            if "installation" in request.fixturenames:
-                kwargs["bindir"] = request.getfixturevalue("installation").bindir
-            else:
-                installs = selected_installations(request.config)
-                if not installs:
-                    pytest.skip("no PostgreSQL installation found")
-                kwargs["bindir"] = installs[0].bindir
+            kwargs["bindir"] = self._default_bindir()
         new = LocalCluster(**kwargs)
-        made.append(new)
+        self._made.append(new)
         new.start()
         return new
 
-    yield make
-    for made_cluster in made:
-        made_cluster.stop("immediate")
+    def close(self) -> None:
+        for made in self._made:
+            made.stop("immediate")
+        self._made.clear()
+
+
+@pytest.fixture
+def make_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
+    """A factory of started private clusters, all stopped when the test ends."""
+
+    def default_bindir() -> Path:
+        if "installation" in request.fixturenames:
+            installation: Installation = request.getfixturevalue("installation")
+            return installation.bindir
+        return newest_installation(request.config).bindir
+
+    factory = ClusterFactory(default_bindir)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def make_module_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
+    """A factory of started private clusters, all stopped when the module ends.
+
+    For a module-scoped fixture that shares a server with other settings
+    among a module's tests; the newest selected installation by default.
+    """
+    factory = ClusterFactory(lambda: newest_installation(request.config).bindir)
+    yield factory
+    factory.close()
 
 
 class Database:
@@ -349,21 +392,43 @@ class Database:
                     time.sleep(0.05)
 
 
-def _database_name(request: pytest.FixtureRequest) -> str:
+def _database_name(request: pytest.FixtureRequest, prefix: str = "t") -> str:
     base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
-    return f"t_{base[:40]}_{secrets.token_hex(4)}"
+    return f"{prefix}_{base[:40]}_{secrets.token_hex(4)}"
+
+
+#: ``make_db(cluster=None, *, prefix="t")``: see the ``make_db`` fixture.
+DatabaseFactory = Callable[..., Database]
 
 
 @pytest.fixture
-def db(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[Database]:
-    """A fresh database in ``cluster``, dropped (with its slots) after the test."""
-    cluster.start()  # no-op unless an earlier test crashed the shared server
-    database = Database(cluster, _database_name(request))
-    cluster.create_database(database.dbname)
-    try:
-        yield database
-    finally:
+def make_db(request: pytest.FixtureRequest) -> Iterator[DatabaseFactory]:
+    """A factory of fresh databases, each dropped (with its slots) after the test.
+
+    ``make_db(cluster)`` makes one in ``cluster``; without it, in the shared
+    ``cluster`` of the test's installation. ``prefix`` starts the name.
+    """
+    made: list[Database] = []
+
+    def make(cluster: LocalCluster | None = None, *, prefix: str = "t") -> Database:
+        if cluster is None:
+            cluster = request.getfixturevalue("cluster")
+        assert cluster is not None
+        cluster.start()  # no-op unless an earlier test crashed or stopped the server
+        database = Database(cluster, _database_name(request, prefix))
+        cluster.create_database(database.dbname)
+        made.append(database)
+        return database
+
+    yield make
+    for database in reversed(made):
         database.drop()
+
+
+@pytest.fixture
+def db(cluster: LocalCluster, make_db: DatabaseFactory) -> Database:
+    """A fresh database in ``cluster``, dropped (with its slots) after the test."""
+    return make_db(cluster)
 
 
 @pytest.fixture

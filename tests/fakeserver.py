@@ -29,10 +29,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any
+
+from .listener import Listener
 
 __all__ = [
     "Close",
@@ -280,7 +280,7 @@ class _Client:
             raise _Closed from None
 
 
-class FakeServer:
+class FakeServer(Listener):
     """A scripted fake PostgreSQL server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -301,19 +301,11 @@ class FakeServer:
         self.unexpected: list[str] = []
         self.status_updates = 0
         self.copy_done = 0
-        self.errors: list[BaseException] = []  # failures of the fake itself
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.port: int = self._listener.getsockname()[1]
-        self._deadline = time.monotonic() + lifetime
-        self._acceptor = threading.Thread(target=self._accept_loop, name="fakeserver", daemon=True)
-        self._acceptor.start()
+        super().__init__(name="fakeserver", lifetime=lifetime)
+        self.stopping = self.closing  # the name the serving code reads
+        self._start_accepting()
 
     @property
     def dsn(self) -> str:
@@ -327,79 +319,44 @@ class FakeServer:
         with self._lock:
             return [q for _, q in self.queries if q.startswith("START_REPLICATION")]
 
-    def threads(self) -> list[threading.Thread]:
-        """The server's threads still alive."""
-        with self._lock:
-            alive = [t for t in self._threads if t.is_alive()]
-        if self._acceptor.is_alive():
-            alive.append(self._acceptor)
-        return alive
+    # -- serving (the listener calls these)
 
-    def close(self) -> None:
-        self.stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
+    def _accepted(self, sock: socket.socket) -> None:
+        with self._lock:
+            number = self.connections
+            self.connections += 1
+            self._sockets.append(sock)
+        if number >= len(self.sessions):
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        thread = threading.Thread(
+            target=self._serve,
+            args=(sock, number, self.sessions[number]),
+            name=f"fakeserver-{number}",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _serving_threads(self) -> list[threading.Thread]:
+        with self._lock:
+            return list(self._threads)
+
+    def _drop_connections(self) -> None:
         with self._lock:
             sockets = list(self._sockets)
-            threads = list(self._threads)
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.close()
-        self._acceptor.join(5)
-        for thread in threads:
-            thread.join(5)
-
-    def __enter__(self) -> FakeServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- serving
-
-    def _accept_loop(self) -> None:
-        while not self.stopping.is_set() and time.monotonic() < self._deadline:
-            try:
-                readable, _, _ = select.select([self._listener], [], [], _TICK)
-            except (OSError, ValueError):
-                break
-            if not readable:
-                continue
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                continue
-            with self._lock:
-                number = self.connections
-                self.connections += 1
-                self._sockets.append(sock)
-            if number >= len(self.sessions):
-                with contextlib.suppress(OSError):
-                    sock.close()
-                continue
-            thread = threading.Thread(
-                target=self._serve,
-                args=(sock, number, self.sessions[number]),
-                name=f"fakeserver-{number}",
-                daemon=True,
-            )
-            with self._lock:
-                self._threads.append(thread)
-            thread.start()
-        if not self.stopping.is_set():
-            self.stopping.set()  # lifetime over: the connection threads end too
 
     def _serve(self, sock: socket.socket, number: int, session: Session) -> None:
         client = _Client(sock, self.stopping)
         try:
             self._startup(client)
             while not self.stopping.is_set():
-                if time.monotonic() > self._deadline:
+                if self.expired:
                     break
                 incoming = client.message(_TICK * 4)
                 if incoming is None:
@@ -614,12 +571,3 @@ def rows(
         result += message(b"D", body)
     count = f" {len(data)}" if tag == "SELECT" else ""
     return result + message(b"C", _cstr(tag + count))
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str = "condition") -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)

@@ -29,8 +29,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
-from types import TracebackType
+
+from .listener import Listener
 
 __all__ = ["BackendParser", "FaultProxy"]
 
@@ -253,7 +253,7 @@ class _Pipe:
                 self.reset()
 
 
-class FaultProxy:
+class FaultProxy(Listener):
     """A fault-injecting TCP proxy on 127.0.0.1 in front of ``target_host:target_port``.
 
     ``port`` is where clients connect. ``connections`` counts the connections
@@ -271,25 +271,15 @@ class FaultProxy:
     ) -> None:
         self.target = (target_host, target_port)
         self.connect_timeout = connect_timeout
-        self.closing = threading.Event()
         self.delay_seconds = 0.0
         self.connections = 0
         self.refused = 0
         self.mid_copydata_cuts: list[float] = []  # when each armed cut happened
         self._refusing = False
-        self._lock = threading.Lock()
         self._pipes: list[_Pipe] = []
+        super().__init__(name="faultproxy-accept", lifetime=lifetime, backlog=64)
         self._cut_done = threading.Condition(self._lock)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.port: int = self._listener.getsockname()[1]
-        self._deadline = time.monotonic() + lifetime
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name="faultproxy-accept", daemon=True
-        )
-        self._acceptor.start()
+        self._start_accepting()
 
     def __repr__(self) -> str:
         return (
@@ -358,44 +348,6 @@ class FaultProxy:
         """Reset new connections as they arrive (until ``refuse(False)``)."""
         self._refusing = refusing
 
-    # -- lifetime
-
-    def close(self) -> None:
-        """Stop accepting, reset every connection and wait for the threads."""
-        self.closing.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        with self._lock:
-            pipes = list(self._pipes)
-        for pipe in pipes:
-            pipe.reset()
-        if self._acceptor is not threading.current_thread():
-            self._acceptor.join(5)
-        for pipe in pipes:
-            for thread in pipe.threads:
-                if thread is not threading.current_thread():
-                    thread.join(5)
-
-    def threads(self) -> list[threading.Thread]:
-        """The proxy's threads that are still alive."""
-        with self._lock:
-            pipes = list(self._pipes)
-        alive = [t for p in pipes for t in p.threads if t.is_alive()]
-        if self._acceptor.is_alive():
-            alive.append(self._acceptor)
-        return alive
-
-    def __enter__(self) -> FaultProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- internals
 
     def _open_pipes(self) -> list[_Pipe]:
@@ -403,30 +355,30 @@ class FaultProxy:
             self._pipes = [p for p in self._pipes if not p.closed.is_set()]
             return list(self._pipes)
 
-    def _accept_loop(self) -> None:
-        try:
-            while not self.closing.is_set():
-                if time.monotonic() > self._deadline:
-                    break
-                try:
-                    readable, _, _ = select.select([self._listener], [], [], _TICK)
-                except (OSError, ValueError):
-                    break
-                if not readable:
-                    continue
-                try:
-                    client, _ = self._listener.accept()
-                except OSError:
-                    continue
-                if self._refusing:
-                    self.refused += 1
-                    _reset(client)
-                    continue
-                self._forward(client)
-        finally:
-            if not self.closing.is_set():
-                # The lifetime ran out: shut everything down from here.
-                threading.Thread(target=self.close, name="faultproxy-expire", daemon=True).start()
+    # -- serving (the listener calls these)
+
+    def _accepted(self, sock: socket.socket) -> None:
+        if self._refusing:
+            self.refused += 1
+            _reset(sock)
+            return
+        self._forward(sock)
+
+    def _serving_threads(self) -> list[threading.Thread]:
+        with self._lock:
+            pipes = list(self._pipes)
+        return [t for p in pipes for t in p.threads]
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.reset()
+
+    def _expired(self) -> None:
+        # The lifetime ran out: shut everything down, from a thread of its
+        # own (close() waits for the accept thread, which calls this).
+        threading.Thread(target=self.close, name="faultproxy-expire", daemon=True).start()
 
     def _forward(self, client: socket.socket) -> None:
         try:
@@ -443,13 +395,3 @@ class FaultProxy:
             self._pipes.append(pipe)
             self.connections += 1
         pipe.start()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` until true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return condition()
-        time.sleep(0.01)
-    return True

@@ -1,5 +1,9 @@
 """Helpers shared by the test modules: waiting, thread checks, recording callbacks.
 
+Also what more than one module needs: running the command line
+(:func:`run_cli`), comparing decoded values (:func:`same`) and reading a
+slot's raw frames (:func:`drain_slot`).
+
 A test module imports what it needs from here (``from tests.helpers import
 wait_for, Recorder, running``); no test module imports another.
 """
@@ -7,22 +11,40 @@ wait_for, Recorder, running``); no test module imports another.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from replicant import Commit, Consumer, Event, Insert
+from replicant.connection import ReplicationConnection
 from replicant.lsn import LSN
+from replicant.protocol import XLogData
 
 __all__ = [
+    "ROOT",
     "Recorder",
     "assert_no_threads_left",
+    "cli_env",
     "confirmed_flush",
+    "drain_slot",
     "replicant_threads",
+    "run_cli",
     "running",
+    "same",
     "wait_for",
+    "wait_until",
 ]
+
+#: The repository's root (what the command line runs from).
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(
@@ -33,6 +55,19 @@ def wait_for(
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.02)
+
+
+def wait_until(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll ``condition`` until true or ``timeout`` seconds pass; return its last value.
+
+    For a test that asserts with its own message (``assert wait_until(...), why``).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return bool(condition())
+        time.sleep(0.01)
+    return True
 
 
 def replicant_threads() -> list[threading.Thread]:
@@ -119,3 +154,68 @@ def running(consumer: Consumer, timeout: float = 30.0) -> Iterator[Consumer]:
         raise
     consumer.stop(timeout)
     consumer.join(timeout)
+
+
+# --- the command line
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for ``python -m replicant``: this checkout importable, no PG* variables."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Connection defaults must come from the command line, not the caller.
+    for key in [k for k in env if k.startswith("PG")]:
+        del env[key]
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m replicant ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "replicant", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+# --- values and frames
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same type; NaNs equal; Decimals with the same digits and scale."""
+    if isinstance(a, list) and isinstance(b, list):
+        if getattr(a, "lower_bounds", ()) != getattr(b, "lower_bounds", ()):
+            return False
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, (dt.datetime, dt.time)) and a.tzinfo is not None:
+        return a == b and b.tzinfo is not None
+    return bool(a == b)
+
+
+def drain_slot(dsn: str, slot: str, commits: int) -> list[list[Any]]:
+    """Every XLogData of ``slot`` up to its ``commits``-th Commit: data (hex), start, sent."""
+    frames: list[list[Any]] = []
+    seen = 0
+    options = {"proto_version": "1", "publication_names": '"pub"'}
+    with ReplicationConnection.connect(dsn) as connection:
+        stream = connection.start(slot, 0, options, plugin="pgoutput")
+        deadline = time.monotonic() + 60
+        while seen < commits:
+            assert time.monotonic() < deadline, f"{len(frames)} frames, {seen} commits"
+            for frame in stream.read(0.5):
+                if type(frame) is XLogData:
+                    assert type(frame.wal_start) is LSN and type(frame.wal_end) is LSN
+                    frames.append([frame.data.hex(), int(frame.wal_start), frame.send_time > 0])
+                    seen += frame.data[:1] == b"C"
+        stream.stop()
+    return frames

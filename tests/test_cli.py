@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,30 +21,7 @@ from replicant.cluster import LocalCluster
 from replicant.formatting import human_bytes
 
 from .conftest import Database
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    # Connection defaults must come from the command line, not the caller.
-    for key in [k for k in env if k.startswith("PG")]:
-        del env[key]
-    return env
-
-
-def replicant(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m replicant ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "replicant", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-        cwd=ROOT,
-        check=False,
-    )
+from .helpers import ROOT, cli_env, run_cli, wait_for
 
 
 class Background:
@@ -104,13 +80,6 @@ def background() -> Iterator[Callable[..., Background]]:
         process.kill()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def current_lsn(db: Database) -> str:
     return str(db.query("SELECT pg_current_wal_lsn()::text")[0][0])
 
@@ -158,27 +127,27 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_help_version_and_usage_errors() -> None:
-    result = replicant("--help")
+    result = run_cli("--help")
     assert result.returncode == 0 and "examples:" in result.stdout
     for command in (["stream"], ["slot"], ["slot", "list"], ["check"], ["demo"]):
-        result = replicant(*command, "--help")
+        result = run_cli(*command, "--help")
         assert result.returncode == 0, (command, result.stderr)
         assert "examples:" in result.stdout, command
-    version = replicant("--version")
+    version = run_cli("--version")
     assert version.returncode == 0 and re.match(r"replicant \d+\.\d+", version.stdout)
 
-    assert replicant().returncode == 2
-    assert replicant("slot").returncode == 2
-    missing_slot = replicant("stream", "dbname=x", "--publication", "p")
+    assert run_cli().returncode == 2
+    assert run_cli("slot").returncode == 2
+    missing_slot = run_cli("stream", "dbname=x", "--publication", "p")
     assert missing_slot.returncode == 2 and "--slot" in missing_slot.stderr
-    bad_lsn = replicant("stream", "--slot", "s", "--publication", "p", "--end", "nonsense")
+    bad_lsn = run_cli("stream", "--slot", "s", "--publication", "p", "--end", "nonsense")
     assert bad_lsn.returncode == 2 and "not an LSN" in bad_lsn.stderr
-    no_publication = replicant("stream", "--slot", "s")
+    no_publication = run_cli("stream", "--slot", "s")
     assert no_publication.returncode == 2
     assert "--publication is required" in one_line_error(no_publication)
-    bad_option = replicant("stream", "--slot", "s", "--publication", "p", "-o", "novalue")
+    bad_option = run_cli("stream", "--slot", "s", "--publication", "p", "-o", "novalue")
     assert bad_option.returncode == 2 and "key=value" in bad_option.stderr
-    bad_slot = replicant("stream", "--slot", "Bad-Name", "--publication", "p")
+    bad_slot = run_cli("stream", "--slot", "Bad-Name", "--publication", "p")
     assert bad_slot.returncode == 2 and "slot name" in one_line_error(bad_slot)
 
 
@@ -205,13 +174,13 @@ def make_changes(db: Database) -> None:
 
 
 def test_stream_end_writes_json_lines_and_moves_the_slot(shop: Database) -> None:
-    created = replicant("slot", "create", shop.dsn, "--slot", "cli")
+    created = run_cli("slot", "create", shop.dsn, "--slot", "cli")
     assert created.returncode == 0, created.stderr
     assert "created slot cli (plugin pgoutput) at " in created.stdout
     make_changes(shop)
     end = current_lsn(shop)
 
-    result = replicant("stream", shop.dsn, "--slot", "cli", "--publication", "shop", "--end", end)
+    result = run_cli("stream", shop.dsn, "--slot", "cli", "--publication", "shop", "--end", end)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     events = json_lines(result.stdout)
@@ -240,19 +209,19 @@ def test_stream_end_writes_json_lines_and_moves_the_slot(shop: Database) -> None
     assert state is not None and state[1] is not None and state[1] >= last_commit
 
     # Nothing new: a second run up to the same end writes nothing.
-    again = replicant("stream", shop.dsn, "--slot", "cli", "--publication", "shop", "--end", end)
+    again = run_cli("stream", shop.dsn, "--slot", "cli", "--publication", "shop", "--end", end)
     assert again.returncode == 0, again.stderr
     assert again.stdout == ""
 
 
 def test_stream_to_file_is_fsynced_and_acknowledged(shop: Database, tmp_path: Path) -> None:
     make_changes(shop)  # before the slot: not streamed
-    replicant("slot", "create", shop.dsn, "--slot", "tofile")
+    run_cli("slot", "create", shop.dsn, "--slot", "tofile")
     shop.execute("INSERT INTO items VALUES (10, 'cap', 3.00)")
     shop.execute("INSERT INTO items VALUES (11, 'nib', 0.40)")
     end = current_lsn(shop)
     out = tmp_path / "changes.txt"
-    result = replicant(
+    result = run_cli(
         "stream", shop.dsn, "--slot", "tofile", "--publication", "shop",
         "--end", end, "--file", str(out), "--format", "text", "-v",
     )  # fmt: skip
@@ -291,9 +260,7 @@ def test_interrupted_stream_then_resume_repeats_nothing(
     for i in range(21, 31):
         shop.execute("INSERT INTO items (id, name) VALUES (%s, 'y')", i)
     end = current_lsn(shop)
-    second = replicant(
-        "stream", shop.dsn, "--slot", "resume", "--publication", "shop", "--end", end
-    )
+    second = run_cli("stream", shop.dsn, "--slot", "resume", "--publication", "shop", "--end", end)
     assert second.returncode == 0, second.stderr
 
     before, after = json_lines(first.read_text()), json_lines(second.stdout)
@@ -335,13 +302,13 @@ def test_sigterm_sighup_and_progress(
 
 
 def test_stream_errors_are_one_line(shop: Database) -> None:
-    missing = replicant("stream", shop.dsn, "--slot", "nosuch", "--publication", "shop")
+    missing = run_cli("stream", shop.dsn, "--slot", "nosuch", "--publication", "shop")
     assert missing.returncode == 1
     line = one_line_error(missing)
     assert 'replication slot "nosuch" does not exist' in line and "--create-slot" in line
-    verbose = replicant("stream", shop.dsn, "--slot", "nosuch", "--publication", "shop", "-v")
+    verbose = run_cli("stream", shop.dsn, "--slot", "nosuch", "--publication", "shop", "-v")
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
-    unwritable = replicant(
+    unwritable = run_cli(
         "stream", shop.dsn, "--slot", "s", "--publication", "shop", "--file", "/nonexistent/x"
     )
     assert unwritable.returncode == 1
@@ -353,13 +320,13 @@ def test_stream_errors_are_one_line(shop: Database) -> None:
 
 def test_slot_create_list_info_drop(shop: Database) -> None:
     dsn = shop.dsn
-    assert replicant("slot", "create", dsn, "--slot", "ops").returncode == 0
-    again = replicant("slot", "create", dsn, "--slot", "ops")
+    assert run_cli("slot", "create", dsn, "--slot", "ops").returncode == 0
+    again = run_cli("slot", "create", dsn, "--slot", "ops")
     assert again.returncode == 1 and "already exists" in one_line_error(again)
-    assert replicant("slot", "create", dsn, "--slot", "ops", "--if-not-exists").returncode == 0
+    assert run_cli("slot", "create", dsn, "--slot", "ops", "--if-not-exists").returncode == 0
     shop.execute("INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 200) g")
 
-    table = replicant("slot", "list", dsn)
+    table = run_cli("slot", "list", dsn)
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split()[:3] == ["SLOT", "PLUGIN", "DATABASE"]
@@ -368,28 +335,26 @@ def test_slot_create_list_info_drop(shop: Database) -> None:
     assert "pgoutput" in ours and shop.dbname in ours and " no " in f" {ours} "
     assert re.search(r"\d+(\.\d)? kB", ours), ours  # the inserts put it behind
 
-    listed = json.loads(replicant("slot", "list", dsn, "--json").stdout)
+    listed = json.loads(run_cli("slot", "list", dsn, "--json").stdout)
     entry = next(item for item in listed if item["slot"] == "ops")
     assert entry["plugin"] == "pgoutput" and entry["database"] == shop.dbname
     assert entry["active"] is False and entry["active_pid"] is None
     assert entry["lag_bytes"] > 20000 and LSN(entry["confirmed_flush_lsn"]) > 0
     assert entry["wal_status"] == "reserved" and entry["safe_wal_size"] is None
 
-    info = replicant("slot", "info", dsn, "--slot", "ops")
+    info = run_cli("slot", "info", dsn, "--slot", "ops")
     assert info.returncode == 0, info.stderr
     fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in info.stdout.splitlines())
     assert fields["plugin"] == "pgoutput" and fields["active"] == "no"
     assert fields["safe_wal_size"] == "unlimited"
     assert "behind the current WAL" in fields["lag"]
-    assert json.loads(replicant("slot", "info", dsn, "--slot", "ops", "--json").stdout)[
-        "restart_lsn"
-    ]
+    assert json.loads(run_cli("slot", "info", dsn, "--slot", "ops", "--json").stdout)["restart_lsn"]
 
-    assert replicant("slot", "drop", dsn, "--slot", "ops").returncode == 0
-    gone = replicant("slot", "info", dsn, "--slot", "ops")
+    assert run_cli("slot", "drop", dsn, "--slot", "ops").returncode == 0
+    gone = run_cli("slot", "info", dsn, "--slot", "ops")
     assert gone.returncode == 1 and "does not exist" in one_line_error(gone)
-    assert replicant("slot", "drop", dsn, "--slot", "ops").returncode == 1
-    assert replicant("slot", "drop", dsn, "--slot", "ops", "--if-exists").returncode == 0
+    assert run_cli("slot", "drop", dsn, "--slot", "ops").returncode == 1
+    assert run_cli("slot", "drop", dsn, "--slot", "ops", "--if-exists").returncode == 0
     assert slot_state(shop, "ops") is None
 
 
@@ -398,7 +363,7 @@ def test_slot_create_list_info_drop(shop: Database) -> None:
 
 def test_check_reports_a_table_without_replica_identity(shop: Database) -> None:
     shop.execute("CREATE PUBLICATION everything FOR TABLE items, log")
-    result = replicant("check", shop.dsn, "--publication", "everything")
+    result = run_cli("check", shop.dsn, "--publication", "everything")
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     assert "ok    wal_level = logical" in out
@@ -409,11 +374,11 @@ def test_check_reports_a_table_without_replica_identity(shop: Database) -> None:
     assert "ALTER TABLE public.log" in out and "REPLICA IDENTITY FULL" in out
     assert "1 problem to fix" in out
 
-    fine = replicant("check", shop.dsn, "--publication", "shop")
+    fine = run_cli("check", shop.dsn, "--publication", "shop")
     assert fine.returncode == 0, fine.stdout
     assert "FAIL" not in fine.stdout and "Ready for logical replication" in fine.stdout
 
-    missing = replicant("check", shop.dsn, "--publication", "nosuch")
+    missing = run_cli("check", shop.dsn, "--publication", "nosuch")
     assert missing.returncode == 1 and "publication nosuch does not exist" in missing.stdout
 
 
@@ -422,7 +387,7 @@ def test_check_reports_wrong_wal_level_and_missing_privilege(
 ) -> None:
     cluster = make_cluster(settings={"wal_level": "replica"})
     cluster.execute("CREATE ROLE plain LOGIN")
-    result = replicant("check", cluster.dsn_for("postgres", user="plain"))
+    result = run_cli("check", cluster.dsn_for("postgres", user="plain"))
     assert result.returncode == 1
     out = result.stdout
     assert "FAIL  wal_level = replica" in out
@@ -434,13 +399,13 @@ def test_check_reports_wrong_wal_level_and_missing_privilege(
 def test_stream_without_reconnect_fails_at_once() -> None:
     dead = "host=127.0.0.1 port=1 connect_timeout=2"
     for how in (["--no-reconnect"], ["--max-retries", "0"]):
-        result = replicant("stream", dead, "--slot", "s", "--publication", "p", *how)
+        result = run_cli("stream", dead, "--slot", "s", "--publication", "p", *how)
         assert result.returncode == 1, how
         assert "could not connect" in one_line_error(result)
 
 
 def test_check_cannot_connect_is_one_line() -> None:
-    result = replicant("check", "host=127.0.0.1 port=1 connect_timeout=2")
+    result = run_cli("check", "host=127.0.0.1 port=1 connect_timeout=2")
     assert result.returncode == 1
     assert "could not connect" in one_line_error(result)
 
@@ -450,7 +415,7 @@ def test_check_cannot_connect_is_one_line() -> None:
 
 def test_demo_runs_and_leaves_nothing_behind() -> None:
     started = time.monotonic()
-    result = replicant("demo", "--pause", "0", timeout=60)
+    result = run_cli("demo", "--pause", "0", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert time.monotonic() - started < 60
     out = result.stdout

@@ -34,7 +34,7 @@ import pytest
 from replicant.cluster import LocalCluster
 from replicant.lsn import LSN
 
-from .faultproxy import wait_until
+from .helpers import wait_until
 from .workload import (
     PUBLICATION,
     TABLES,

@@ -49,7 +49,7 @@ from replicant.changes import (
 from replicant.decoders import Decoder, make_decoder
 from replicant.lsn import LSN
 
-from .test_values import same
+from .helpers import same
 
 TZ = dt.timezone(dt.timedelta(hours=2))
 

@@ -20,7 +20,8 @@ import pytest
 from replicant import LSN
 from replicant.cluster import Installation
 
-from .conftest import ClusterPool, Database, _database_name, selected_installations
+from .conftest import ClusterPool, Database, DatabaseFactory, selected_installations
+from .helpers import confirmed_flush
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -94,36 +95,34 @@ def run_example() -> Iterator[Callable[..., Example]]:
 
 
 def _database(
-    pool: ClusterPool, request: pytest.FixtureRequest, pick: Callable[[Installation], bool]
-) -> Iterator[Database]:
+    make_db: DatabaseFactory,
+    pool: ClusterPool,
+    request: pytest.FixtureRequest,
+    pick: Callable[[Installation], bool],
+) -> Database:
     installs = [i for i in selected_installations(request.config) if pick(i)]
     if not installs:
         pytest.skip("no suitable PostgreSQL installation")
-    cluster = pool.get(installs[0])
-    cluster.start()
-    database = Database(cluster, _database_name(request))
-    cluster.create_database(database.dbname)
-    try:
-        yield database
-    finally:
-        database.drop()
+    return make_db(pool.get(installs[0]))
 
 
 @pytest.fixture
-def example_db(cluster_pool: ClusterPool, request: pytest.FixtureRequest) -> Iterator[Database]:
+def example_db(
+    make_db: DatabaseFactory, cluster_pool: ClusterPool, request: pytest.FixtureRequest
+) -> Database:
     """A fresh database on the newest server, with the examples' notes table and publication."""
-    for database in _database(cluster_pool, request, lambda i: True):
-        database.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-        database.execute("CREATE PUBLICATION notes_pub FOR TABLE notes")
-        yield database
+    database = _database(make_db, cluster_pool, request, lambda i: True)
+    database.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+    database.execute("CREATE PUBLICATION notes_pub FOR TABLE notes")
+    return database
 
 
 @pytest.fixture
 def wal2json_example_db(
-    cluster_pool: ClusterPool, request: pytest.FixtureRequest
-) -> Iterator[Database]:
+    make_db: DatabaseFactory, cluster_pool: ClusterPool, request: pytest.FixtureRequest
+) -> Database:
     """A fresh database on a server that has wal2json (or a skip)."""
-    yield from _database(cluster_pool, request, lambda i: i.has_plugin("wal2json"))
+    return _database(make_db, cluster_pool, request, lambda i: i.has_plugin("wal2json"))
 
 
 def wait_slot_active(db: Database, slot: str, timeout: float = 20) -> None:
@@ -134,13 +133,6 @@ def wait_slot_active(db: Database, slot: str, timeout: float = 20) -> None:
             return
         assert time.monotonic() < deadline, f"slot {slot} never became active"
         time.sleep(0.05)
-
-
-def confirmed_flush(db: Database, slot: str) -> LSN:
-    rows = db.query(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", slot
-    )
-    return LSN(rows[0][0])
 
 
 def last_commit_end(db: Database) -> LSN:

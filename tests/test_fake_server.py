@@ -10,9 +10,9 @@ a retry cannot fix.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -38,60 +38,36 @@ from .fakeserver import (
     ready_for_query,
     relation,
     transaction,
-    wait_for,
     xlogdata,
 )
+from .helpers import Recorder, assert_no_threads_left, running, wait_for
 
 LSN0 = 0x1000000  # the fake slot's confirmed position, 0/1000000
 PROMPT = 5.0  # seconds within which a broken stream must end the consumer
 
 
-def replicant_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("replicant-")]
+def assert_ended(server: FakeServer) -> None:
+    """No thread of replicant left, and the fake closed with no thread or failure of its own."""
+    assert_no_threads_left()
+    server.assert_closed_cleanly()
 
 
-def assert_no_threads_left(server: FakeServer) -> None:
-    deadline = time.monotonic() + 5
-    while replicant_threads():
-        assert time.monotonic() < deadline, f"threads left: {replicant_threads()}"
-        time.sleep(0.02)
-    server.close()
-    assert not server.threads(), f"fake server threads left: {server.threads()}"
-    assert not server.errors, f"the fake server itself failed: {server.errors!r}"
-
-
-class Recorder:
-    """Records every event; acknowledges every event, or (``commits_only``) each Commit."""
-
-    def __init__(self, *, commits_only: bool = False) -> None:
-        self.events: list[Event] = []
-        self.commits_only = commits_only
-
-    def __call__(self, event: Event) -> LSN | None:
-        self.events.append(event)
-        if self.commits_only and not isinstance(event, Commit):
-            return None
-        return event.lsn
-
-    def kinds(self) -> list[str]:
-        return [type(e).__name__ for e in self.events]
+def fake_consumer(
+    server: FakeServer, callback: Callable[[Event], LSN | None], **kwargs: Any
+) -> Consumer:
+    """A consumer of ``server``'s slot (publication ``pub``, no slot creation, quick status)."""
+    kwargs.setdefault("status_interval", 0.2)
+    kwargs.setdefault("create_slot", False)
+    return Consumer(server.dsn, slot=server.slot, publication="pub", callback=callback, **kwargs)
 
 
 def consume(
     server: FakeServer, recorder: Recorder, **kwargs: object
 ) -> tuple[BaseException | None, float, Consumer]:
     """Run a consumer against ``server`` until it ends; return its failure and duration."""
-    kwargs.setdefault("status_interval", 0.2)
     kwargs.setdefault("backoff_initial", 0.05)
     kwargs.setdefault("backoff_max", 0.2)
-    kwargs.setdefault("create_slot", False)
-    consumer = Consumer(
-        server.dsn,
-        slot=server.slot,
-        publication="pub",
-        callback=recorder,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    consumer = fake_consumer(server, recorder, **kwargs)
     started = time.monotonic()
     consumer.start()
     try:
@@ -120,19 +96,9 @@ def good_transaction() -> list[bytes]:
 def test_fake_server_streams_a_transaction() -> None:
     with FakeServer([Session(script=[*good_transaction(), keepalive(LSN0 + 0x200)])]) as server:
         recorder = Recorder()
-        consumer = Consumer(
-            server.dsn,
-            slot="fake",
-            publication="pub",
-            callback=recorder,
-            create_slot=False,
-            status_interval=0.2,
-        ).start()
-        try:
+        consumer = fake_consumer(server, recorder)
+        with running(consumer, timeout=10):
             wait_for(lambda: any(isinstance(e, Commit) for e in recorder.events), 10, "commit")
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
         assert recorder.kinds() == ["Begin", "Relation", "Insert", "Insert", "Commit"]
         inserts = [e for e in recorder.events if isinstance(e, Insert)]
         assert [dict(e.new) for e in inserts] == [{"id": 1, "v": "one"}, {"id": 2, "v": "two"}]
@@ -140,7 +106,7 @@ def test_fake_server_streams_a_transaction() -> None:
         assert not server.unexpected, server.unexpected
         (command,) = server.start_commands()
         assert "0/1000000" in command and "fake" in command
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 # --- malformed data: ProtocolError / DecodeError, never retried
@@ -214,7 +180,7 @@ def test_malformed_stream_fails_promptly_without_retry(
         assert consumer.stats.reconnects == 0
         # The good transaction before the bad frame was delivered, whole.
         assert recorder.kinds()[:5] == ["Begin", "Relation", "Insert", "Insert", "Commit"]
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 # --- the connection breaks: ConnectionLost, retried
@@ -234,7 +200,7 @@ def test_frame_cut_short_is_connection_lost_and_retried_up_to_max_retries(
         assert server.connections == 3
         warnings = [r for r in fake_log.records if r.levelno == logging.WARNING]
         assert len(warnings) == 2, [r.getMessage() for r in warnings]
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_frame_cut_short_without_reconnect(fake_log: pytest.LogCaptureFixture) -> None:
@@ -246,7 +212,7 @@ def test_frame_cut_short_without_reconnect(fake_log: pytest.LogCaptureFixture) -
         assert elapsed < PROMPT
         assert server.connections == 1
         assert consumer.stats.reconnects == 0
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 # --- ErrorResponse in the middle of the stream
@@ -268,7 +234,7 @@ def test_error_response_mid_stream_is_a_server_error(fake_log: pytest.LogCapture
         assert elapsed < PROMPT
         assert server.connections == 1, "a server error must not be retried"
         assert recorder.kinds() == ["Begin", "Relation", "Insert", "Insert", "Commit"]
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_admin_shutdown_mid_transaction_reconnects_and_resends_it(
@@ -287,21 +253,10 @@ def test_admin_shutdown_mid_transaction_reconnects_and_resends_it(
     ]
     with FakeServer(sessions) as server:
         recorder = Recorder(commits_only=True)
-        consumer = Consumer(
-            server.dsn,
-            slot="fake",
-            publication="pub",
-            callback=recorder,
-            create_slot=False,
-            status_interval=0.2,
-            backoff_initial=0.05,
-        ).start()
-        try:
+        consumer = fake_consumer(server, recorder, backoff_initial=0.05)
+        with running(consumer, timeout=10):
             wait_for(lambda: any(isinstance(e, Commit) for e in recorder.events), 10, "commit")
             stats = consumer.stats
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
         assert server.connections == 2
         assert stats.reconnects == 1
         kinds = recorder.kinds()
@@ -318,7 +273,7 @@ def test_admin_shutdown_mid_transaction_reconnects_and_resends_it(
         assert "0/1000000" in second, second
         (warning,) = [r for r in fake_log.records if r.levelno == logging.WARNING]
         assert warning.name == "replicant"
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_reconnect_warning_gives_the_servers_reason(fake_log: pytest.LogCaptureFixture) -> None:
@@ -333,23 +288,12 @@ def test_reconnect_warning_gives_the_servers_reason(fake_log: pytest.LogCaptureF
         Session(script=[keepalive(LSN0 + 0x200)]),
     ]
     with FakeServer(sessions) as server:
-        consumer = Consumer(
-            server.dsn,
-            slot="fake",
-            publication="pub",
-            callback=Recorder(),
-            create_slot=False,
-            status_interval=0.2,
-            backoff_initial=0.05,
-        ).start()
-        try:
+        consumer = fake_consumer(server, Recorder(), backoff_initial=0.05)
+        with running(consumer, timeout=10):
             wait_for(lambda: server.connections == 2, 10, "the reconnect")
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
         (warning,) = [r for r in fake_log.records if r.levelno == logging.WARNING]
         assert "administrator command" in warning.getMessage(), warning.getMessage()
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_relation_cache_is_reset_on_reconnect(fake_log: pytest.LogCaptureFixture) -> None:
@@ -371,7 +315,7 @@ def test_relation_cache_is_reset_on_reconnect(fake_log: pytest.LogCaptureFixture
         assert "not described" in str(failure)
         assert server.connections == 2
         assert elapsed < PROMPT
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 # --- the watchdog
@@ -389,7 +333,7 @@ def test_silent_server_trips_receive_timeout(fake_log: pytest.LogCaptureFixture)
         assert "receive_timeout" in str(failure)
         assert 0.9 <= elapsed < 1.0 + PROMPT, elapsed
         assert server.connections == 1
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_silent_server_is_left_for_a_new_connection(fake_log: pytest.LogCaptureFixture) -> None:
@@ -399,32 +343,20 @@ def test_silent_server_is_left_for_a_new_connection(fake_log: pytest.LogCaptureF
     ]
     with FakeServer(sessions) as server:
         recorder = Recorder()
-        consumer = Consumer(
-            server.dsn,
-            slot="fake",
-            publication="pub",
-            callback=recorder,
-            create_slot=False,
-            status_interval=0.2,
-            backoff_initial=0.05,
-            receive_timeout=1.0,
-        ).start()
-        started = time.monotonic()
-        try:
+        consumer = fake_consumer(server, recorder, backoff_initial=0.05, receive_timeout=1.0)
+        with running(consumer, timeout=10):
+            started = time.monotonic()
             wait_for(
                 lambda: sum(isinstance(e, Commit) for e in recorder.events) == 2, 10, "2 commits"
             )
             elapsed = time.monotonic() - started
             assert consumer.stats.reconnects == 1
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
         assert server.connections == 2
         assert elapsed < 1.0 + PROMPT
         # The first transaction was acknowledged, so the second stream starts after it.
         second = server.start_commands()[1]
         assert str(LSN(LSN0 + 0x100 + 4)) in second, second
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 # --- "replication slot is active": retried, unless reconnect=False
@@ -442,25 +374,14 @@ def test_slot_active_is_retried(fake_log: pytest.LogCaptureFixture) -> None:
     ]
     with FakeServer(sessions) as server:
         recorder = Recorder()
-        consumer = Consumer(
-            server.dsn,
-            slot="fake",
-            publication="pub",
-            callback=recorder,
-            create_slot=False,
-            status_interval=0.2,
-            backoff_initial=0.05,
-        ).start()
-        try:
+        consumer = fake_consumer(server, recorder, backoff_initial=0.05)
+        with running(consumer, timeout=10):
             wait_for(lambda: any(isinstance(e, Commit) for e in recorder.events), 10, "commit")
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
         assert server.connections == 3
         assert consumer.stats.reconnects == 2
         messages = [r.getMessage() for r in fake_log.records if r.levelno == logging.WARNING]
         assert len(messages) == 2 and all("active for PID" in m for m in messages), messages
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_slot_active_without_reconnect_is_a_slot_error(fake_log: pytest.LogCaptureFixture) -> None:
@@ -470,7 +391,7 @@ def test_slot_active_without_reconnect_is_a_slot_error(fake_log: pytest.LogCaptu
         assert isinstance(failure, SlotError), repr(failure)
         assert "active for PID" in str(failure)
         assert server.connections == 1
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_slot_gone_on_reconnect_is_not_recreated(fake_log: pytest.LogCaptureFixture) -> None:
@@ -487,7 +408,7 @@ def test_slot_gone_on_reconnect_is_not_recreated(fake_log: pytest.LogCaptureFixt
         assert "dropped" in str(failure)
         assert server.connections == 2
         assert not any("CREATE_REPLICATION_SLOT" in q for _, q in server.queries)
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_unknown_message_from_backend_outside_copy(fake_log: pytest.LogCaptureFixture) -> None:
@@ -499,7 +420,7 @@ def test_unknown_message_from_backend_outside_copy(fake_log: pytest.LogCaptureFi
         assert failure is not None
         assert isinstance(failure, (ProtocolError, ConnectionLost, ServerError)), repr(failure)
         assert elapsed < PROMPT
-        assert_no_threads_left(server)
+        assert_ended(server)
 
 
 def test_run_reconnects_then_fails_on_malformed_data(fake_log: pytest.LogCaptureFixture) -> None:
@@ -534,4 +455,4 @@ def test_run_reconnects_then_fails_on_malformed_data(fake_log: pytest.LogCapture
         assert recorder.kinds() == ["Begin", "Relation", "Insert", "Insert", "Commit"]
         # The second stream resumed after the acknowledged commit.
         assert str(LSN(LSN0 + 0x104)) in server.start_commands()[1]
-        assert_no_threads_left(server)
+        assert_ended(server)

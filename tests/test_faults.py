@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,8 +43,9 @@ from replicant.connection import ReplicationConnection
 from replicant.lsn import LSN
 from replicant.runtime import Consumer
 
-from .conftest import Database, selected_installations
-from .faultproxy import BackendParser, FaultProxy, wait_until
+from .conftest import ClusterFactory, Database, DatabaseFactory
+from .faultproxy import BackendParser, FaultProxy
+from .helpers import assert_no_threads_left, running, wait_until
 from .workload import (
     PUBLICATION,
     FaultResult,
@@ -68,37 +68,21 @@ WAL_SENDER_TIMEOUT = "4s"
 
 
 @pytest.fixture(scope="module")
-def fault_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+def fault_cluster(make_module_cluster: ClusterFactory) -> Iterator[LocalCluster]:
     """A private server, newest version, with a short wal_sender_timeout; restarted by tests."""
-    installs = selected_installations(request.config)
-    if not installs:
-        pytest.skip("no PostgreSQL installation found")
-    cluster = LocalCluster(
-        bindir=installs[0].bindir,
+    yield make_module_cluster(
         settings={"wal_sender_timeout": WAL_SENDER_TIMEOUT, "log_min_messages": "warning"},
     )
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop("immediate")
-        print("\n" + format_report())
+    print("\n" + format_report())
 
 
 @pytest.fixture
-def fdb(fault_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[Database]:
+def fdb(fault_cluster: LocalCluster, make_db: DatabaseFactory) -> Database:
     """A fresh database in the fault cluster with the workload's tables and a slot."""
-    fault_cluster.start()  # no-op unless a test left it stopped
-    name = f"f_{request.node.name[:30].lower()}_{secrets.token_hex(3)}"
-    name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-    database = Database(fault_cluster, name)
-    fault_cluster.create_database(name)
+    database = make_db(fault_cluster, prefix="f")
     setup_schema(database.execute)
     database.query("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", SLOT)
-    try:
-        yield database
-    finally:
-        database.drop()
+    return database
 
 
 @pytest.fixture
@@ -107,12 +91,14 @@ def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def replicant_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("replicant-")]
-
-
-def assert_no_threads_left() -> None:
-    assert wait_until(lambda: not replicant_threads(), 10), f"left: {replicant_threads()}"
+def fault_consumer(
+    fdb: Database, callback: Callable[[Event], Any], *, via: FaultProxy | None = None, **kwargs: Any
+) -> Consumer:
+    """A consumer of the fixture's slot and publication, through the proxy ``via`` if given."""
+    dsn = fdb.dsn if via is None else fdb.dsn_with(port=via.port)
+    return Consumer(
+        dsn, slot=SLOT, publication=PUBLICATION, callback=callback, create_slot=False, **kwargs
+    )
 
 
 def reconnect_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -240,7 +226,7 @@ class FaultRun:
                 note=note,
             )
         )
-        assert_no_threads_left()
+        assert_no_threads_left(10)
         return verdict
 
     def close(self) -> None:
@@ -416,14 +402,8 @@ def test_walsender_terminated(
 def test_reconnect_false_keeps_the_old_behaviour(fdb: Database) -> None:
     with FaultProxy(fdb.cluster.host, fdb.cluster.port) as proxy:
         mirror = Mirror()
-        consumer = Consumer(
-            fdb.dsn_with(port=proxy.port),
-            slot=SLOT,
-            publication=PUBLICATION,
-            callback=mirror,
-            create_slot=False,
-            status_interval=0.3,
-            reconnect=False,
+        consumer = fault_consumer(
+            fdb, mirror, via=proxy, status_interval=0.3, reconnect=False
         ).start()
         assert wait_until(lambda: proxy.active == 1, 10)
         fdb.execute("INSERT INTO w_small VALUES (1, 'one', 0)")
@@ -433,17 +413,15 @@ def test_reconnect_false_keeps_the_old_behaviour(fdb: Database) -> None:
             consumer.join(timeout=15)
         assert proxy.connections == 1
         assert consumer.stats.reconnects == 0
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def test_max_retries_gives_up(fdb: Database, log: pytest.LogCaptureFixture) -> None:
     with FaultProxy(fdb.cluster.host, fdb.cluster.port) as proxy:
-        consumer = Consumer(
-            fdb.dsn_with(port=proxy.port),
-            slot=SLOT,
-            publication=PUBLICATION,
-            callback=Mirror(),
-            create_slot=False,
+        consumer = fault_consumer(
+            fdb,
+            Mirror(),
+            via=proxy,
             status_interval=0.3,
             max_retries=3,
             backoff_initial=0.05,
@@ -458,7 +436,7 @@ def test_max_retries_gives_up(fdb: Database, log: pytest.LogCaptureFixture) -> N
         assert time.monotonic() - started < 10
         assert proxy.refused == 3  # three retries, then it gives up
         assert len(reconnect_warnings(log)) == 3
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 # --- "replication slot is active for PID": retried ------------------------------------------
@@ -496,47 +474,30 @@ class SlotHolder:
 def test_slot_active_elsewhere_is_retried(fdb: Database, log: pytest.LogCaptureFixture) -> None:
     holder = SlotHolder(fdb)
     mirror = Mirror()
-    consumer = Consumer(
-        fdb.dsn,
-        slot=SLOT,
-        publication=PUBLICATION,
-        callback=mirror,
-        create_slot=False,
-        status_interval=0.3,
-        backoff_initial=0.1,
-        backoff_max=0.3,
-    ).start()
-    try:
+    consumer = fault_consumer(
+        fdb, mirror, status_interval=0.3, backoff_initial=0.1, backoff_max=0.3
+    )
+    # Leaving: the holder is closed (again), then the consumer stopped.
+    with running(consumer, timeout=10), contextlib.closing(holder):
         assert wait_until(lambda: consumer.stats.reconnects >= 2, 15), "no retries"
         assert consumer.running
         holder.close()
         fdb.execute("INSERT INTO w_small VALUES (1, 'after', 0)")
         assert wait_until(lambda: len(mirror.commits) == 1, 20), "never got going"
-    finally:
-        holder.close()
-        consumer.stop(timeout=10)
-    consumer.join(timeout=10)
     warnings = reconnect_warnings(log)
     assert warnings and all("active for PID" in w for w in warnings), warnings
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def test_slot_active_without_reconnect_is_a_slot_error(fdb: Database) -> None:
     holder = SlotHolder(fdb)
     try:
-        consumer = Consumer(
-            fdb.dsn,
-            slot=SLOT,
-            publication=PUBLICATION,
-            callback=Mirror(),
-            create_slot=False,
-            reconnect=False,
-        ).start()
+        consumer = fault_consumer(fdb, Mirror(), reconnect=False).start()
         with pytest.raises(SlotError, match="active"):
             consumer.join(timeout=15)
     finally:
         holder.close()
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 # --- errors a retry cannot fix ----------------------------------------------------------------
@@ -551,21 +512,14 @@ def test_callback_exception_is_not_retried(fdb: Database) -> None:
         return event.lsn
 
     with FaultProxy(fdb.cluster.host, fdb.cluster.port) as proxy:
-        consumer = Consumer(
-            fdb.dsn_with(port=proxy.port),
-            slot=SLOT,
-            publication=PUBLICATION,
-            callback=callback,
-            create_slot=False,
-            backoff_initial=0.05,
-        ).start()
+        consumer = fault_consumer(fdb, callback, via=proxy, backoff_initial=0.05).start()
         fdb.execute("INSERT INTO w_small VALUES (1, 'x', 0)")
         with pytest.raises(RuntimeError) as info:
             consumer.join(timeout=20)
         assert info.value is failure
         assert proxy.connections == 1
         assert consumer.stats.reconnects == 0
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def test_missing_publication_is_not_retried(fdb: Database, log: pytest.LogCaptureFixture) -> None:
@@ -590,7 +544,7 @@ def test_missing_publication_is_not_retried(fdb: Database, log: pytest.LogCaptur
         assert time.monotonic() - started < 10
         assert proxy.connections == 1, "a missing publication must not be retried"
         assert not reconnect_warnings(log)
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def drop_slot_under(db: Database, slot: str = SLOT, timeout: float = 20) -> None:
@@ -632,21 +586,14 @@ def test_dropped_slot_is_not_recreated(fdb: Database, log: pytest.LogCaptureFixt
         consumer.stop(timeout=5)
     assert "dropped" in str(info.value)
     assert slot_state(fdb) is None, "the slot must not have been recreated"
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def test_recreated_slot_is_detected(fdb: Database, log: pytest.LogCaptureFixture) -> None:
     with FaultProxy(fdb.cluster.host, fdb.cluster.port) as proxy:
         mirror = Mirror()
-        consumer = Consumer(
-            fdb.dsn_with(port=proxy.port),
-            slot=SLOT,
-            publication=PUBLICATION,
-            callback=mirror,
-            create_slot=False,
-            status_interval=0.2,
-            backoff_initial=0.1,
-            backoff_max=0.3,
+        consumer = fault_consumer(
+            fdb, mirror, via=proxy, status_interval=0.2, backoff_initial=0.1, backoff_max=0.3
         ).start()
         try:
             fdb.execute("INSERT INTO w_small VALUES (1, 'x', 0)")
@@ -666,7 +613,7 @@ def test_recreated_slot_is_detected(fdb: Database, log: pytest.LogCaptureFixture
     message = str(info.value)
     assert "skipped" in message or "recreated" in message, message
     assert [xid for xid, _, _ in mirror.commits].__len__() == 1
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 def test_invalidated_slot_is_not_retried(
@@ -727,7 +674,7 @@ def test_invalidated_slot_is_not_retried(
         consumer.stop(timeout=5)
     message = str(info.value)
     assert "invalidated" in message or "lost" in message or "no longer" in message, message
-    assert_no_threads_left()
+    assert_no_threads_left(10)
 
 
 # --- the proxy's message parser (no server) -------------------------------------------------

@@ -24,8 +24,8 @@ from replicant import PgValue
 from replicant.changes import Event, Insert, json_value
 from replicant.values import OID, BinaryValue
 
-from .conftest import Database
-from .test_cli import replicant as run_cli
+from .conftest import Database, DatabaseFactory
+from .helpers import run_cli
 
 # (SQL type, SQL literal): a value of every built-in type, with the edge cases.
 VALUES: list[tuple[str, str]] = [
@@ -278,6 +278,37 @@ STYLED: list[tuple[str, str]] = [
 ]
 
 
+def _inserts_up_to_now(
+    db: Database, slot: str, mode: str, *, read_values: bool = False
+) -> list[Insert]:
+    """Stream the existing ``slot`` in ``mode`` up to the current WAL end; the Inserts seen.
+
+    ``mode`` is ``text``/``binary`` (pgoutput, publication ``pub``) or
+    ``wal2json``; ``read_values`` converts every value of each row as it arrives.
+    """
+    ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
+    got: list[Insert] = []
+
+    def keep(event: Event) -> Any:
+        if isinstance(event, Insert):
+            got.append(event)
+            if read_values:
+                event.new.to_dict()  # every value read and written
+        return event.lsn
+
+    replicant.run(
+        db.dsn,
+        slot=slot,
+        callback=keep,
+        plugin="wal2json" if mode == "wal2json" else "pgoutput",
+        publication=None if mode == "wal2json" else "pub",
+        options={"binary": "true"} if mode == "binary" else None,
+        create_slot=False,
+        end_lsn=end,
+    )
+    return got
+
+
 def _styled_values(db: Database, mode: str) -> list[Any]:
     """The Python values of STYLED and of every built-in type's sample, streamed in ``mode``."""
     samples = STYLED + _samples(db)
@@ -285,24 +316,7 @@ def _styled_values(db: Database, mode: str) -> list[Any]:
     plugin = "wal2json" if mode == "wal2json" else "pgoutput"
     db.execute("SELECT pg_create_logical_replication_slot('styled', %s)", plugin)
     _insert_all_types(db, samples)
-    ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
-    got: list[Insert] = []
-
-    def keep(event: Event) -> Any:
-        if isinstance(event, Insert):
-            got.append(event)
-        return event.lsn
-
-    replicant.run(
-        db.dsn,
-        slot="styled",
-        callback=keep,
-        plugin=plugin,
-        publication=None if mode == "wal2json" else "pub",
-        options={"binary": "true"} if mode == "binary" else None,
-        create_slot=False,
-        end_lsn=end,
-    )
+    got = _inserts_up_to_now(db, "styled", mode)
     assert len(got) == 2
     row = got[0].new
     return [row[f"c{i}"] for i in range(len(samples))]
@@ -320,7 +334,7 @@ def _same(a: Any, b: Any) -> bool:
 
 @pytest.mark.parametrize("mode", ["text", "binary", "wal2json"])
 def test_odd_server_settings_give_the_same_values(
-    db: Database, make_cluster: Any, mode: str
+    db: Database, make_cluster: Any, make_db: DatabaseFactory, mode: str
 ) -> None:
     if mode == "binary" and db.cluster.version < 14:
         pytest.skip("pgoutput binary mode needs PostgreSQL 14")
@@ -335,23 +349,19 @@ def test_odd_server_settings_give_the_same_values(
             "TimeZone": "America/New_York",
         },
     )
-    odd_cluster.create_database("odd")
-    odd = Database(odd_cluster, "odd")
-    try:
-        # (psycopg2 sets DateStyle ISO on its own ordinary connections: read the default.)
-        styles = odd.query(
-            "SELECT name, reset_val FROM pg_settings"
-            " WHERE name IN ('DateStyle', 'IntervalStyle', 'extra_float_digits') ORDER BY name"
-        )
-        assert sorted(styles) == [
-            ("DateStyle", "SQL, DMY"),
-            ("IntervalStyle", "sql_standard"),
-            ("extra_float_digits", "0"),
-        ]
-        expected = _styled_values(db, mode)
-        got = _styled_values(odd, mode)
-    finally:
-        odd.close()
+    odd = make_db(odd_cluster, prefix="odd")
+    # (psycopg2 sets DateStyle ISO on its own ordinary connections: read the default.)
+    styles = odd.query(
+        "SELECT name, reset_val FROM pg_settings"
+        " WHERE name IN ('DateStyle', 'IntervalStyle', 'extra_float_digits') ORDER BY name"
+    )
+    assert sorted(styles) == [
+        ("DateStyle", "SQL, DMY"),
+        ("IntervalStyle", "sql_standard"),
+        ("extra_float_digits", "0"),
+    ]
+    expected = _styled_values(db, mode)
+    got = _styled_values(odd, mode)
     samples = STYLED + _samples(db)
     wrong = []
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
@@ -404,26 +414,7 @@ def test_values_past_python_do_not_stop_the_stream_and_restart_resumes(
     _far_values(db, 1)
 
     def run_library() -> list[Insert]:
-        ((end,),) = db.query("SELECT pg_current_wal_lsn()::text")
-        got: list[Insert] = []
-
-        def keep(event: Event) -> Any:
-            if isinstance(event, Insert):
-                got.append(event)
-                event.new.to_dict()  # every value read and written
-            return event.lsn
-
-        replicant.run(
-            db.dsn,
-            slot="far",
-            callback=keep,
-            plugin=plugin,
-            publication=None if mode == "wal2json" else "pub",
-            options={"binary": "true"} if mode == "binary" else None,
-            create_slot=False,
-            end_lsn=end,
-        )
-        return got
+        return _inserts_up_to_now(db, "far", mode, read_values=True)
 
     first = run_library()
     assert [e.new["id"] for e in first] == [1, 2]

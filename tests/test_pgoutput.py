@@ -10,11 +10,7 @@ and every message, cut short at every byte, must raise DecodeError.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import struct
-from collections.abc import Iterator
-from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +43,8 @@ from replicant.errors import ConfigurationError, DecodeError, ProtocolError
 from replicant.lsn import LSN
 from replicant.values import BinaryValue
 
-GOLDEN = Path(__file__).parent / "golden"
+from .golden_reads import FIRST_ROW, READS, decoder_for, messages_of
+
 UTC = dt.timezone.utc
 
 EVENT_FOR_KIND = {
@@ -71,52 +68,10 @@ EVENT_FOR_KIND = {
     "p": StreamPrepare,
 }
 
-# What the workload in capture_golden.py wrote into "golden" (id 1).
-FIRST_ROW = {
-    "id": 1,
-    "name": 'héllo "wörld"',
-    "amount": Decimal("12.50"),
-    "at": dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
-    "data": b"\x00\xff\x10",
-    "tags": ["a", "b c", None],
-    "doc": {"k": [1, 2.5, None]},
-    "feeling": "happy",
-    "flag": True,
-    "big": "x" * 3000,
-}
-
-
-def _reads() -> Iterator[Any]:
-    for path in sorted(GOLDEN.glob("pgoutput-pg*.json")):
-        content = json.loads(path.read_text(encoding="utf-8"))
-        for read in content["reads"]:
-            yield pytest.param(read, id=f"{path.stem}-{read['label']}")
-
-
-READS = list(_reads())
-
-
-def _decoder(read: dict[str, Any]) -> PgOutputDecoder:
-    options = read["options"]
-    streaming: bool | str = options.get("streaming", "off")
-    streaming = {"on": True, "off": False}.get(str(streaming), streaming)
-    return PgOutputDecoder(
-        "golden_pub",
-        proto_version=int(options["proto_version"]),
-        binary=options.get("binary") == "true",
-        messages=options.get("messages") == "true",
-        streaming=streaming,
-        two_phase=options.get("two_phase") == "on",
-    )
-
-
-def _messages(read: dict[str, Any]) -> list[tuple[bytes, LSN, int]]:
-    return [(bytes.fromhex(m["data"]), LSN.parse(m["lsn"]), m["xid"]) for m in read["messages"]]
-
 
 def _replay(read: dict[str, Any]) -> tuple[PgOutputDecoder, list[list[Event]]]:
-    decoder = _decoder(read)
-    return decoder, [decoder.decode(data, lsn, lsn) for data, lsn, _ in _messages(read)]
+    decoder = decoder_for(read)
+    return decoder, [decoder.decode(data, lsn, lsn) for data, lsn, _ in messages_of(read)]
 
 
 def _case(read: dict[str, Any], name: str) -> Event:
@@ -134,7 +89,7 @@ def test_golden_files_exist() -> None:
 @pytest.mark.parametrize("read", READS)
 def test_every_message_decodes_to_its_event_class(read: dict[str, Any]) -> None:
     decoder, events = _replay(read)
-    for (data, lsn, _), produced in zip(_messages(read), events, strict=True):
+    for (data, lsn, _), produced in zip(messages_of(read), events, strict=True):
         kind = chr(data[0])
         if kind == "Y":
             assert produced == []
@@ -153,9 +108,9 @@ def test_every_message_decodes_to_its_event_class(read: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("read", READS)
 def test_transaction_ids_and_framing(read: dict[str, Any]) -> None:
-    decoder = _decoder(read)
+    decoder = decoder_for(read)
     current: int | None = None
-    for data, lsn, xid in _messages(read):
+    for data, lsn, xid in messages_of(read):
         (event,) = decoder.decode(data, lsn, lsn) or (None,)
         if isinstance(event, (Begin, BeginPrepare)):
             assert event.xid == xid
@@ -323,7 +278,7 @@ def test_two_phase(read: dict[str, Any]) -> None:
 def _one_of_each_kind(read: dict[str, Any]) -> list[int]:
     """The index of the first message of each kind, and every named case."""
     seen: dict[int, int] = {}
-    for i, (data, _, _) in enumerate(_messages(read)):
+    for i, (data, _, _) in enumerate(messages_of(read)):
         seen.setdefault(data[0], i)
     return sorted(set(seen.values()) | set(read["cases"].values()))
 
@@ -340,9 +295,9 @@ def _state(decoder: PgOutputDecoder) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("read", READS)
 def test_every_message_cut_short_raises_decode_error(read: dict[str, Any]) -> None:
-    messages = _messages(read)
+    messages = messages_of(read)
     targets = _one_of_each_kind(read)
-    decoder = _decoder(read)
+    decoder = decoder_for(read)
     for i, (data, lsn, _) in enumerate(messages):
         if i in targets:
             before = _state(decoder)
@@ -356,9 +311,9 @@ def test_every_message_cut_short_raises_decode_error(read: dict[str, Any]) -> No
 
 @pytest.mark.parametrize("read", READS)
 def test_messages_with_trailing_bytes_raise_decode_error(read: dict[str, Any]) -> None:
-    decoder = _decoder(read)
+    decoder = decoder_for(read)
     targets = set(_one_of_each_kind(read))
-    for i, (data, lsn, _) in enumerate(_messages(read)):
+    for i, (data, lsn, _) in enumerate(messages_of(read)):
         if i in targets and data[:1] not in (b"M",):
             with pytest.raises(DecodeError):
                 decoder.decode(data + b"\x00", lsn, lsn)

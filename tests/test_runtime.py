@@ -24,6 +24,12 @@ from replicant.changes import Begin, Commit, Event, Insert
 from replicant.runtime import Backoff, Consumer, StatusTimer, WalProgress
 
 from .conftest import Database
+from .helpers import (
+    Recorder,
+    assert_no_threads_left,
+    confirmed_flush,
+    wait_for,
+)
 
 # --- pure parts
 
@@ -159,54 +165,6 @@ def test_a_decoder_of_ones_own_streams(workload_db: Database) -> None:
 # --- helpers for the server tests
 
 
-def replicant_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("replicant-")]
-
-
-def assert_no_threads_left() -> None:
-    deadline = time.monotonic() + 5
-    while replicant_threads():
-        assert time.monotonic() < deadline, f"threads left: {replicant_threads()}"
-        time.sleep(0.02)
-
-
-def confirmed_flush(db: Database, slot: str) -> LSN | None:
-    rows = db.query(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", slot
-    )
-    return LSN(rows[0][0]) if rows and rows[0][0] else None
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-class Recorder:
-    """A callback that records events and acknowledges each one."""
-
-    def __init__(self, stop_after: Callable[[Event], bool] | None = None) -> None:
-        self.events: list[Event] = []
-        self.acknowledged: LSN | None = None
-        self.consumer: Consumer | None = None
-        self._stop_after = stop_after
-
-    def __call__(self, event: Event) -> LSN:
-        self.events.append(event)
-        self.acknowledged = event.lsn
-        if self._stop_after is not None and self._stop_after(event) and self.consumer:
-            self.consumer._stop_requested.set()
-        return event.lsn
-
-    def inserted_ids(self) -> list[int]:
-        return [e.new["id"] for e in self.events if isinstance(e, Insert)]
-
-    def commits(self) -> list[Commit]:
-        return [e for e in self.events if isinstance(e, Commit)]
-
-
 @pytest.fixture
 def workload_db(db: Database) -> Database:
     db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
@@ -237,7 +195,9 @@ def test_events_in_order_and_acknowledged(workload_db: Database) -> None:
     db.execute("UPDATE a SET v = 'changed' WHERE id = 7")
     db.execute("DELETE FROM a WHERE id = 8")
     recorder = Recorder()
-    with consumer_for(db, recorder) as consumer:
+    # idle_advance off: the shared server's other databases move its WAL
+    # end, which would otherwise (rightly) carry the slot past the commit.
+    with consumer_for(db, recorder, idle_advance=False) as consumer:
         wait_for(lambda: len(recorder.commits()) == 52, what="52 commits")
         progress = consumer.progress
         stats = consumer.stats

@@ -21,10 +21,9 @@ import logging
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,15 @@ import pytest
 
 import replicant
 from replicant import ConfigurationError, ConnectionLost, ServerError
-from replicant.changes import Commit, Event, Insert
+from replicant.changes import Insert
 from replicant.cluster import ClusterError, LocalCluster, find_installations
 from replicant.connection import ReplicationConnection, mask_dsn
-from replicant.lsn import LSN
 from replicant.runtime import Consumer
 
-from .conftest import Database, selected_installations
+from .conftest import ClusterFactory, Database, selected_installations
 from .fakeserver import FakeServer, Session
-from .faultproxy import FaultProxy, wait_until
+from .faultproxy import FaultProxy
+from .helpers import Recorder, replicant_threads, running, wait_until
 
 # A password with the characters that break naive quoting, around a token
 # that must never show up anywhere.
@@ -53,22 +52,6 @@ PASSWORD = f"{TOKEN} it's a \\ pässword"
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, event: Event) -> LSN:
-        self.events.append(event)
-        return event.lsn
-
-    def commits(self) -> int:
-        return sum(isinstance(e, Commit) for e in self.events)
-
-
-def replicant_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("replicant-")]
 
 
 def exception_texts(error: BaseException) -> list[str]:
@@ -122,18 +105,14 @@ def stream_one(
     consumer = Consumer(
         dsn, slot=slot, publication="p", callback=recorder, status_interval=0.3, **params
     )
-    consumer.start()
-    try:
+    with running(consumer, timeout=10):
         wait_streaming(cluster, slot)
         key = int(time.monotonic_ns() % 1_000_000_000)
         cluster.execute("INSERT INTO t VALUES (%s, 'secure')", (key,))
-        assert wait_until(lambda: recorder.commits() >= 1, 15), "the row never arrived"
+        assert wait_until(lambda: len(recorder.commits()) >= 1, 15), "the row never arrived"
         assert [e.new["id"] for e in recorder.events if isinstance(e, Insert)] == [key]
         if check is not None:
             check()
-    finally:
-        consumer.stop(timeout=10)
-    consumer.join(timeout=10)
     cluster.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     return consumer
 
@@ -167,18 +146,10 @@ def expect_refusal(dsn: str | None, **params: Any) -> tuple[ServerError, float]:
 
 
 @pytest.fixture(scope="module")
-def scram(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    installs = selected_installations(request.config)
-    if not installs:
-        pytest.skip("no PostgreSQL installation found")
-    cluster = LocalCluster(
-        bindir=installs[0].bindir, auth="scram-sha-256", password=PASSWORD
-    ).start()
-    try:
-        prepare(cluster)
-        yield cluster
-    finally:
-        cluster.stop("immediate")
+def scram(make_module_cluster: ClusterFactory) -> LocalCluster:
+    cluster = make_module_cluster(auth="scram-sha-256", password=PASSWORD)
+    prepare(cluster)
+    return cluster
 
 
 def test_scram_password_in_dsn_uri_and_keyword(
@@ -234,8 +205,8 @@ def test_password_never_logged_across_reconnects(
             callback=recorder,
             status_interval=0.3,
             backoff_initial=0.05,
-        ).start()
-        try:
+        )
+        with running(consumer, timeout=10):
             for _ in range(3):
                 wait_streaming(scram, "scram_reconnect")
                 before = consumer.stats.reconnects
@@ -243,11 +214,8 @@ def test_password_never_logged_across_reconnects(
                 assert wait_until(lambda b=before: consumer.stats.reconnects > b, 10)
             wait_streaming(scram, "scram_reconnect")
             scram.execute("INSERT INTO t VALUES (-1, 'after reconnects')")
-            assert wait_until(lambda: recorder.commits() >= 1, 15)
+            assert wait_until(lambda: len(recorder.commits()) >= 1, 15)
             assert_secret_absent([repr(consumer)], TOKEN, PASSWORD)
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
     scram.execute("SELECT pg_drop_replication_slot('scram_reconnect')")
     scram.execute("DELETE FROM t WHERE id = -1")
     warnings = [r for r in seclog.records if r.levelno == logging.WARNING]
@@ -323,7 +291,11 @@ def make_certificates(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Tls]:
+def tls(
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    make_module_cluster: ClusterFactory,
+) -> Tls:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed")
     directory = tmp_path_factory.mktemp("tls")
@@ -333,31 +305,26 @@ def tls(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     for installation in find_installations():
         if installation.bindir not in wanted:
             continue
-        cluster = LocalCluster(
-            bindir=installation.bindir,
-            settings={"ssl": True, "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"},
-            extra_files={
-                "server.crt": (directory / "server.crt").read_bytes(),
-                "server.key": (directory / "server.key").read_bytes(),
-            },
-            # TLS or nothing over TCP.
-            hba_lines=[
-                "hostnossl all all 127.0.0.1/32 reject",
-                "hostnossl replication all 127.0.0.1/32 reject",
-            ],
-        )
         try:
-            cluster.start()
+            cluster = make_module_cluster(
+                bindir=installation.bindir,
+                settings={"ssl": True, "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"},
+                extra_files={
+                    "server.crt": (directory / "server.crt").read_bytes(),
+                    "server.key": (directory / "server.key").read_bytes(),
+                },
+                # TLS or nothing over TCP.
+                hba_lines=[
+                    "hostnossl all all 127.0.0.1/32 reject",
+                    "hostnossl replication all 127.0.0.1/32 reject",
+                ],
+            )
         except ClusterError as error:
             # Some builds (the pgserver wheel) come without TLS support.
             failures.append(f"PostgreSQL {installation.version}: {str(error)[-300:]}")
             continue
-        try:
-            prepare(cluster)
-            yield Tls(cluster, directory / "ca.crt", directory / "other.crt")
-        finally:
-            cluster.stop("immediate")
-        return
+        prepare(cluster)
+        return Tls(cluster, directory / "ca.crt", directory / "other.crt")
     pytest.skip(f"no PostgreSQL with TLS support: {failures}")
 
 
@@ -419,20 +386,17 @@ def test_tls_connection_reset_is_reestablished(tls: Tls, seclog: pytest.LogCaptu
             status_interval=0.3,
             backoff_initial=0.05,
             **params,
-        ).start()
-        try:
+        )
+        with running(consumer, timeout=10):
             wait_streaming(cluster, "tls_reset")
             cluster.execute("INSERT INTO t VALUES (-2, 'before')")
-            assert wait_until(lambda: recorder.commits() == 1, 15)
+            assert wait_until(lambda: len(recorder.commits()) == 1, 15)
             proxy.cut()
             assert wait_until(lambda: consumer.stats.reconnects == 1, 15)
             wait_streaming(cluster, "tls_reset")
             cluster.execute("INSERT INTO t VALUES (-3, 'after')")
-            assert wait_until(lambda: recorder.commits() == 2, 15)
+            assert wait_until(lambda: len(recorder.commits()) == 2, 15)
             assert walsender_uses_tls(cluster)
-        finally:
-            consumer.stop(timeout=10)
-        consumer.join(timeout=10)
     cluster.execute("SELECT pg_drop_replication_slot('tls_reset')")
     ids = [e.new["id"] for e in recorder.events if isinstance(e, Insert)]
     assert ids == [-2, -3]
@@ -476,18 +440,15 @@ def test_awkward_publication_names_work(db: Database) -> None:
     recorder = Recorder()
     consumer = Consumer(
         db.dsn, slot="awkward", publication=names, callback=recorder, status_interval=0.3
-    ).start()
-    try:
+    )
+    with running(consumer, timeout=10):
         assert wait_until(
             lambda: bool(db.query("SELECT 1 FROM pg_replication_slots WHERE active")), 15
         )
         for table in [*tables, "t_other", "t_inj"]:
             db.execute(f"INSERT INTO {table} VALUES (1)")
-        assert wait_until(lambda: recorder.commits() >= len(tables) + 1, 20), recorder.events
+        assert wait_until(lambda: len(recorder.commits()) >= len(tables) + 1, 20), recorder.events
         time.sleep(0.5)  # t_other's commit would arrive by now, if subscribed
-    finally:
-        consumer.stop(timeout=10)
-    consumer.join(timeout=10)
     seen = {e.relation.table for e in recorder.events if isinstance(e, Insert)}
     assert seen == {*tables, "t_inj"}, seen
     assert db.query("SELECT count(*) FROM victim") == [(0,)]

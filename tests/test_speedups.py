@@ -19,7 +19,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import weakref
 from decimal import Decimal
 from pathlib import Path
@@ -50,7 +49,8 @@ from replicant.lsn import LSN
 from replicant.protocol import XLogData
 
 from .conftest import Database
-from .test_pgoutput import READS, _decoder, _messages
+from .golden_reads import READS, decoded_reprs
+from .helpers import drain_slot
 
 (
     python_new_begin,
@@ -193,21 +193,10 @@ def test_read_row_matches_python(
     assert_alike(compiled, python, count)
 
 
-def decoded_reprs(read: dict[str, Any]) -> list[str]:
-    """Every event of a golden read, as the repr of its to_dict()."""
-    decoder = _decoder(read)
-    return [
-        repr(event.to_dict())
-        for data, lsn, _ in _messages(read)
-        for event in decoder.decode(data, lsn, lsn)
-    ]
-
-
 DECODE_GOLDEN = """
 import json
 from replicant import _accel
-from tests.test_pgoutput import READS
-from tests.test_speedups import decoded_reprs
+from tests.golden_reads import READS, decoded_reprs
 assert _accel.IMPLEMENTATION == "python", _accel.IMPLEMENTATION
 print(json.dumps({read.id: decoded_reprs(*read.values) for read in READS}))
 """
@@ -233,29 +222,10 @@ def test_golden_reads_decode_alike(
 # --- drain
 
 
-def drain_slot(dsn: str, slot: str, commits: int) -> list[list[Any]]:
-    """Every XLogData of ``slot`` up to its ``commits``-th Commit: data (hex), start, sent."""
-    frames: list[list[Any]] = []
-    seen = 0
-    options = {"proto_version": "1", "publication_names": '"pub"'}
-    with ReplicationConnection.connect(dsn) as connection:
-        stream = connection.start(slot, 0, options, plugin="pgoutput")
-        deadline = time.monotonic() + 60
-        while seen < commits:
-            assert time.monotonic() < deadline, f"{len(frames)} frames, {seen} commits"
-            for frame in stream.read(0.5):
-                if type(frame) is XLogData:
-                    assert type(frame.wal_start) is LSN and type(frame.wal_end) is LSN
-                    frames.append([frame.data.hex(), int(frame.wal_start), frame.send_time > 0])
-                    seen += frame.data[:1] == b"C"
-        stream.stop()
-    return frames
-
-
 DRAIN_SLOT = """
 import json, sys
 from replicant import _accel, libpq
-from tests.test_speedups import drain_slot
+from tests.helpers import drain_slot
 assert libpq.drain is libpq._drain_python, libpq.drain
 print(json.dumps(drain_slot(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
 """

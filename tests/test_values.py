@@ -28,24 +28,9 @@ from replicant.changes import Row, RowLayout
 from replicant.errors import DecodeError
 from replicant.values import OID, BinaryValue, PgArray, PgValue
 
+from .helpers import same
+
 UTC = dt.timezone.utc
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal values of the same type; NaNs equal; Decimals with the same digits and scale."""
-    if isinstance(a, list) and isinstance(b, list):
-        if getattr(a, "lower_bounds", ()) != getattr(b, "lower_bounds", ()):
-            return False
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    if isinstance(a, Decimal):
-        return str(a) == str(b)
-    if isinstance(a, (dt.datetime, dt.time)) and a.tzinfo is not None:
-        return a == b and b.tzinfo is not None
-    return bool(a == b)
 
 
 # (type, SQL literal, expected Python value)

@@ -17,6 +17,7 @@ from replicant.lsn import LSN
 from replicant.runtime import Consumer, check_slot_state
 
 from .conftest import Database
+from .helpers import running, wait_for
 
 
 def slot_state(**changes: Any) -> SlotState:
@@ -288,16 +289,13 @@ def test_generated_columns_published_on_18(db: Database) -> None:
         return event.lsn
 
     consumer = Consumer(db.dsn, slot="gen", publication="pg", callback=callback, create_slot=True)
-    consumer.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not db.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'gen'"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with running(consumer):
+        wait_for(
+            lambda: bool(db.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'gen'")),
+            30,
+            "the slot",
+        )
         db.execute("INSERT INTO g (id, n) VALUES (1, 21)")
         assert done.wait(30)
-    finally:
-        consumer.stop()
-        consumer.join(30)
     (insert,) = [e for e in got if isinstance(e, Insert)]
     assert insert.new["twice"] == 42 and insert.new["n"] == 21

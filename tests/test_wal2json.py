@@ -9,7 +9,6 @@ typed as the pgoutput decoder types them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,30 +27,14 @@ from replicant.decoders import Wal2JsonDecoder, make_decoder
 from replicant.errors import ConfigurationError, DecodeError
 from replicant.lsn import LSN
 
-from .test_pgoutput import FIRST_ROW
+from .golden_reads import FIRST_ROW, WAL2JSON_READS, messages_of
 
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def _reads() -> list[Any]:
-    out = []
-    for path in sorted(GOLDEN.glob("wal2json-pg*.json")):
-        content = json.loads(path.read_text(encoding="utf-8"))
-        for read in content["reads"]:
-            out.append(pytest.param(read, id=f"{path.stem}-format{read['format_version']}"))
-    return out
-
-
-READS = _reads()
-
-
-def _messages(read: dict[str, Any]) -> list[tuple[bytes, LSN, int]]:
-    return [(m["data"].encode(), LSN.parse(m["lsn"]), m["xid"]) for m in read["messages"]]
+READS = WAL2JSON_READS
 
 
 def _events(read: dict[str, Any]) -> list[Event]:
     decoder = Wal2JsonDecoder(format_version=read["format_version"])
-    return [e for data, lsn, _ in _messages(read) for e in decoder.decode(data, lsn, lsn)]
+    return [e for data, lsn, _ in messages_of(read) for e in decoder.decode(data, lsn, lsn)]
 
 
 def _data_events(read: dict[str, Any]) -> list[Event]:
@@ -134,7 +117,7 @@ def test_truncate_and_messages(read: dict[str, Any]) -> None:
 def test_positions_and_transaction_ids(read: dict[str, Any]) -> None:
     decoder = Wal2JsonDecoder(format_version=read["format_version"])
     previous_end = LSN(0)
-    for data, lsn, xid in _messages(read):
+    for data, lsn, xid in messages_of(read):
         events = decoder.decode(data, lsn, lsn)
         for event in events:
             if isinstance(event, Commit):
@@ -159,7 +142,7 @@ def test_positions_and_transaction_ids(read: dict[str, Any]) -> None:
 @pytest.mark.parametrize("read", READS)
 def test_every_document_cut_short_raises_decode_error(read: dict[str, Any]) -> None:
     decoder = Wal2JsonDecoder(format_version=read["format_version"])
-    for data, lsn, _ in _messages(read):
+    for data, lsn, _ in messages_of(read):
         # Cutting a 3000-byte value at every byte takes long; every byte of
         # the start and end, and every 7th in between, finds each boundary.
         cuts = [c for c in range(len(data)) if c < 400 or c > len(data) - 400 or c % 7 == 0]
