@@ -1,0 +1,445 @@
+"""Record and replay against real servers: replay gives exactly what the live decode gave.
+
+* pgoutput with every event kind the server has (Begin/Commit, Relation,
+  Insert/Update/Delete/Truncate, Message, Type, streamed transactions,
+  two-phase) and wal2json: a recording replayed offline gives the events,
+  in their JSON form, that a live consumer on a second slot created at the
+  same point decoded.
+* A recorder stopped in the middle of a transaction, and one killed with
+  SIGKILL while a workload runs, continue the file on the next run with
+  nothing missing and nothing twice.
+* A cut last record is reported and ignored; a damaged record, a file that
+  is not a recording, a newer format version: RecordingError, never a bare
+  struct error.
+* ``replicant record`` and ``replicant replay`` end to end: replay prints the
+  lines ``replicant stream`` printed for the same stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicant import Consumer, Event, Insert, Relation, RecordingError
+from replicant.decoders import make_decoder
+from replicant.formatting import format_json
+from replicant.lsn import LSN
+from replicant.recording import (
+    MAGIC,
+    RecordedFrame,
+    Recorder,
+    Recording,
+    Session,
+    Stop,
+    read,
+    replay,
+)
+from tests.helpers import Recorder as Collect
+from tests.helpers import confirmed_flush, running, wait_for
+
+TIMEOUT = 30.0
+
+
+def _server(db: Any) -> int:
+    return int(db.query("SHOW server_version_num")[0][0])
+
+
+def _wal_now(db: Any) -> LSN:
+    return LSN(db.query("SELECT pg_current_wal_lsn()::text")[0][0])
+
+
+def _create_slot(db: Any, name: str, plugin: str, *, two_phase: bool = False) -> None:
+    if two_phase:
+        db.execute("SELECT pg_create_logical_replication_slot(%s, %s, false, true)", name, plugin)
+    else:
+        db.execute("SELECT pg_create_logical_replication_slot(%s, %s)", name, plugin)
+
+
+def _live(db: Any, slot: str, decoder: Any, end: LSN) -> list[Event]:
+    """What a live consumer decodes from ``slot`` up to ``end``."""
+    collect = Collect()
+    consumer = Consumer(db.dsn, slot=slot, decoder=decoder, callback=collect, end_lsn=end)
+    collect.consumer = consumer
+    consumer.start()
+    consumer.join(TIMEOUT)
+    return collect.events
+
+
+def _lines(events: list[Event]) -> list[str]:
+    return [format_json(event) for event in events]
+
+
+def _kinds(events: list[Event]) -> set[str]:
+    return {type(e).__name__ for e in events}
+
+
+# --- the workload: every event kind ------------------------------------------------------
+
+
+def _schema(db: Any) -> None:
+    db.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")  # a Type message
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, name text, feel mood, big text)")
+    db.execute("CREATE TABLE notes (id int, note text)")
+    db.execute("ALTER TABLE notes REPLICA IDENTITY FULL")
+    db.execute("CREATE PUBLICATION pub FOR TABLE items, notes")
+
+
+def _workload(db: Any, server: int) -> None:
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO items VALUES (1, 'one', 'ok', repeat('x', 5000)), (2, 'two', 'sad', NULL)"
+            )
+            cur.execute("UPDATE items SET name = 'uno' WHERE id = 1")  # big unchanged (TOAST)
+            cur.execute("DELETE FROM items WHERE id = 2")
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO notes VALUES (1, 'a'), (2, NULL)")
+            cur.execute("UPDATE notes SET note = 'b' WHERE id = 1")
+            cur.execute("SELECT pg_logical_emit_message(true, 'wl', 'in a transaction')")
+            cur.execute("SELECT pg_logical_emit_message(false, 'wl', 'on its own')")
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.execute("TRUNCATE notes")
+        conn.commit()
+        if server >= 140000:
+            with conn.cursor() as cur:
+                # Past logical_decoding_work_mem (64kB): streamed, with a
+                # subtransaction rolled back inside.
+                cur.execute(
+                    "INSERT INTO notes SELECT g, repeat('s', 40) FROM generate_series(100, 1099) g"
+                )
+                cur.execute("SAVEPOINT sp")
+                cur.execute("INSERT INTO notes SELECT g, 'gone' FROM generate_series(2000, 2999) g")
+                cur.execute("ROLLBACK TO SAVEPOINT sp")
+            conn.commit()
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO notes SELECT g, 'aborted' FROM generate_series(1, 2000) g")
+            conn.rollback()  # a streamed transaction aborted
+        if server >= 150000:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("INSERT INTO items VALUES (50, 'prepared', 'happy', NULL)")
+                cur.execute("PREPARE TRANSACTION 'rec_gid'")
+                cur.execute("COMMIT PREPARED 'rec_gid'")
+                cur.execute("BEGIN")
+                cur.execute("INSERT INTO items VALUES (51, 'rolled back', 'sad', NULL)")
+                cur.execute("PREPARE TRANSACTION 'rec_gid2'")
+                cur.execute("ROLLBACK PREPARED 'rec_gid2'")
+    finally:
+        conn.close()
+
+
+def _pgoutput_options(server: int) -> dict[str, Any]:
+    return {
+        "messages": server >= 140000,
+        "streaming": server >= 140000,
+        "two_phase": server >= 150000,
+    }
+
+
+def _record_pgoutput(db: Any, path: Path) -> tuple[list[Event], list[Event], int]:
+    """Record the workload on one slot, decode it live on another: (live, recorded live, server)."""
+    server = _server(db)
+    _schema(db)
+    options = _pgoutput_options(server)
+    _create_slot(db, "rec", "pgoutput", two_phase=options["two_phase"])
+    _create_slot(db, "live", "pgoutput", two_phase=options["two_phase"])
+    _workload(db, server)
+    end = _wal_now(db)
+    seen = Collect()
+    recorder = Recorder(
+        path,
+        db.dsn,
+        slot="rec",
+        publication="pub",
+        decoder_options=options,
+        end_lsn=end,
+        fsync_interval=0.2,
+        callback=seen,
+    )
+    recorder.run()
+    live = _live(db, "live", make_decoder("pgoutput", publication="pub", **options), end)
+    return live, seen.events, server
+
+
+# --- replay equals the live decode --------------------------------------------------------
+
+
+def test_pgoutput_replay_gives_exactly_the_live_events(db: Any, tmp_path: Path) -> None:
+    path = tmp_path / "pgoutput.rpl"
+    live, seen, server = _record_pgoutput(db, path)
+
+    replayed = list(read(path))
+    assert _lines(replayed) == _lines(live)
+    assert _lines(seen) == _lines(live)  # the recorder's own callback saw the same
+    expected = {"Begin", "Commit", "Relation", "Insert", "Update", "Delete", "Truncate"}
+    if server >= 140000:
+        expected |= {"Message", "StreamStart", "StreamStop", "StreamCommit", "StreamAbort"}
+    if server >= 150000:
+        expected |= {"BeginPrepare", "Prepare", "CommitPrepared", "RollbackPrepared"}
+    assert expected <= _kinds(replayed), expected - _kinds(replayed)
+
+    with Recording(path) as recording:
+        header = recording.header
+        assert (header.slot, header.plugin, header.publication) == ("rec", "pgoutput", ("pub",))
+        assert header.server_version == server
+        assert header.decoder_options == _pgoutput_options(server)
+        assert header.start_options["publication_names"] == '"pub"'
+        entries = list(recording.entries())
+        frames = [e for e in entries if isinstance(e, RecordedFrame)]
+        assert frames and all(f.sent_at is not None for f in frames)
+        assert any(f.data[:1] == b"Y" for f in frames)  # the Type message of the enum
+        assert isinstance(entries[0], Session) and isinstance(entries[-1], Stop)
+        assert recording.truncated is None
+
+    # The slot was told exactly what the file holds.
+    assert confirmed_flush(db, "rec") == entries[-1].acknowledged
+
+    calls: list[Event] = []
+    summary = replay(path, calls.append)
+    assert _lines(calls) == _lines(live)
+    assert summary.events == len(live) and summary.frames == len(frames)
+    assert summary.stopped_cleanly and summary.truncated is None
+    assert summary.position >= entries[-1].acknowledged
+
+
+@pytest.mark.requires_plugin("wal2json")
+def test_wal2json_replay_gives_exactly_the_live_events(db: Any, tmp_path: Path) -> None:
+    server = _server(db)
+    _schema(db)
+    _create_slot(db, "rec", "wal2json")
+    _create_slot(db, "live", "wal2json")
+    _workload(db, min(server, 130000))  # no streaming or two-phase: wal2json has neither
+    end = _wal_now(db)
+    path = tmp_path / "wal2json.rpl"
+    Recorder(
+        path,
+        db.dsn,
+        slot="rec",
+        plugin="wal2json",
+        decoder_options={"format_version": 2},
+        end_lsn=end,
+        fsync_interval=0,
+    ).run()
+    live = _live(db, "live", make_decoder("wal2json", format_version=2), end)
+    replayed = list(read(path))
+    assert _lines(replayed) == _lines(live)
+    assert {"Begin", "Commit", "Insert", "Update", "Delete", "Message"} <= _kinds(replayed)
+
+
+# --- continuing a recording ---------------------------------------------------------------
+
+
+def _plain_schema(db: Any) -> None:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+    db.execute("CREATE PUBLICATION pub FOR TABLE items")
+    _create_slot(db, "rec", "pgoutput")
+    _create_slot(db, "live", "pgoutput")
+
+
+def _transactions(db: Any, count: int, rows: int, *, first: int = 0, pause: float = 0) -> None:
+    conn = db.connect()
+    try:
+        for t in range(count):
+            with conn.cursor() as cur:
+                base = first + t * rows
+                cur.execute(
+                    "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(%s, %s) g",
+                    (base, base + rows - 1),
+                )
+            conn.commit()
+            if pause:
+                threading.Event().wait(pause)
+    finally:
+        conn.close()
+
+
+def _without_relations(events: list[Event]) -> list[str]:
+    # A new connection describes each table again before its first change:
+    # Relation events are per connection, the changes are not.
+    return [format_json(e) for e in events if not isinstance(e, Relation)]
+
+
+def test_a_recorder_stopped_inside_a_transaction_is_continued_without_loss_or_duplicate(
+    db: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _plain_schema(db)
+    _transactions(db, 3, 50)
+    end = _wal_now(db)
+    path = tmp_path / "cut.rpl"
+
+    inserts = 0
+
+    def stop_in_second(event: Event) -> bool:
+        nonlocal inserts
+        inserts += isinstance(event, Insert)
+        return inserts == 75  # half of the second transaction
+
+    seen = Collect(stop_after=stop_in_second)
+    first = Recorder(path, db.dsn, slot="rec", publication="pub", callback=seen, fsync_interval=0)
+    seen.consumer = first.consumer
+    first.run()
+    cut = list(read(path))
+    assert type(cut[-1]).__name__ == "Insert"  # the file ends inside the second transaction
+    assert sum(isinstance(e, Insert) for e in cut) >= 75
+    commits = [e for e in cut if type(e).__name__ == "Commit"]
+    assert len(commits) == 1
+    assert confirmed_flush(db, "rec") == commits[0].lsn  # the cut transaction not acknowledged
+
+    caplog.set_level("WARNING", logger="replicant")
+    Recorder(path, db.dsn, slot="rec", publication="pub", end_lsn=end, fsync_interval=0).run()
+    assert any("dropped" in r.getMessage() for r in caplog.records)
+    live = _live(db, "live", make_decoder("pgoutput", publication="pub"), end)
+    replayed = list(read(path))
+    assert _without_relations(replayed) == _without_relations(live)
+    with Recording(path) as recording:
+        sessions = [e for e in recording.entries() if isinstance(e, Session)]
+    assert len(sessions) == 2 and sessions[1].start == commits[0].lsn
+
+
+def test_a_reconnect_inside_a_streamed_transaction_cuts_the_file_back(
+    db: Any, tmp_path: Path
+) -> None:
+    if _server(db) < 140000:
+        pytest.skip("streamed transactions need PostgreSQL 14")
+    _plain_schema(db)
+    _transactions(db, 1, 10)
+    path = tmp_path / "reconnect.rpl"
+    killer = db.connect()
+    killer.autocommit = True
+    killed = threading.Event()
+
+    def kill_at_first_block(event: Event) -> None:
+        # The server streams the open transaction's first block; the
+        # connection dies before the transaction ends.
+        if type(event).__name__ == "StreamStop" and not killed.is_set():
+            killed.set()
+            with killer.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE slot_name = 'rec'"
+                )
+
+    recorder = Recorder(
+        path,
+        db.dsn,
+        slot="rec",
+        publication="pub",
+        decoder_options={"streaming": True},
+        fsync_interval=0.1,
+        callback=kill_at_first_block,
+    )
+    open_transaction = db.connect()
+    try:
+        with recorder:
+            with open_transaction.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO items SELECT g, repeat('s', 40) FROM generate_series(100, 2099) g"
+                )
+            wait_for(killed.is_set, what="the first streamed block")
+            wait_for(lambda: recorder.consumer.stats.reconnects >= 1, what="a reconnect")
+            open_transaction.commit()
+            _transactions(db, 1, 10, first=5000)
+            end = _wal_now(db)
+            wait_for(lambda: recorder.acknowledged >= end, what="everything acknowledged")
+    finally:
+        open_transaction.close()
+        killer.close()
+    live = _live(db, "live", make_decoder("pgoutput", publication="pub", streaming=True), end)
+    replayed = list(read(path))
+    assert _without_relations(replayed) == _without_relations(live)
+    assert sum(isinstance(e, Insert) for e in replayed) == 10 + 2000 + 10
+    with Recording(path) as recording:
+        assert sum(isinstance(e, Session) for e in recording.entries()) == 2
+
+
+def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicant", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def test_record_killed_and_run_again_misses_nothing_and_repeats_nothing(
+    db: Any, tmp_path: Path
+) -> None:
+    _plain_schema(db)
+    path = tmp_path / "killed.rpl"
+    command = [
+        sys.executable, "-m", "replicant", "record", db.dsn, "--slot", "rec",
+        "--publication", "pub", "--out", str(path), "-F", "0.1",
+    ]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    writer = threading.Thread(target=_transactions, args=(db, 150, 20), kwargs={"pause": 0.01})
+    try:
+        writer.start()
+        wait_for(lambda: path.exists() and path.stat().st_size > 40_000, what="recorded data")
+        first.send_signal(signal.SIGKILL)
+        first.wait(TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        writer.join()
+    assert first.returncode == -signal.SIGKILL
+    end = _wal_now(db)
+    assert (confirmed_flush(db, "rec") or LSN(0)) < end  # killed while behind
+    second = _cli(*command[3:], "--end", str(end))
+    assert second.returncode == 0, second.stderr
+
+    live = _live(db, "live", make_decoder("pgoutput", publication="pub"), end)
+    replayed = list(read(path))
+    assert _without_relations(replayed) == _without_relations(live)
+    assert len([e for e in replayed if isinstance(e, Insert)]) == 150 * 20
+
+
+def test_the_command_line_replays_what_stream_printed(db: Any, tmp_path: Path) -> None:
+    _plain_schema(db)
+    _create_slot(db, "live_text", "pgoutput")
+    # The message first: a commit after it flushes it to WAL.
+    db.execute("SELECT pg_logical_emit_message(false, 'cli', 'hello')")
+    _transactions(db, 2, 3)
+    end = _wal_now(db)
+    path = tmp_path / "cli.rpl"
+    recorded = _cli(
+        "record", db.dsn, "--slot", "rec", "--publication", "pub", "-o", "messages=true",
+        "--end", str(end), "--out", str(path), "-v",
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert "frames recorded" in recorded.stderr
+    for form, slot in (("json", "live"), ("text", "live_text")):
+        streamed = _cli(
+            "stream", db.dsn, "--slot", slot, "--publication", "pub", "-o", "messages=true",
+            "--end", str(end), "--format", form,
+        )  # fmt: skip
+        assert streamed.returncode == 0, streamed.stderr
+        replayed = _cli("replay", str(path), "--format", form)
+        assert replayed.returncode == 0, replayed.stderr
+        assert replayed.stdout == streamed.stdout
+        assert replayed.stdout.count("\n") == 2 * 5 + 1  # a message; begin, 3 inserts, commit
+    info = _cli("replay", str(path), "--info")
+    assert info.returncode == 0, info.stderr
+    assert "rec (plugin pgoutput, publication pub)" in info.stdout
+    assert "stopped cleanly" in info.stdout
+    out = tmp_path / "events.jsonl"
+    to_file = _cli("replay", str(path), "--file", str(out))
+    assert to_file.returncode == 0, to_file.stderr
+    assert out.read_text().count("\n") == 11
+    missing = _cli("replay", str(tmp_path / "nope.rpl"))
+    assert missing.returncode == 1 and "nope.rpl" in missing.stderr
+    again = _cli("record", db.dsn, "--slot", "live", "--publication", "pub", "--out", str(path))
+    assert again.returncode == 2 and "another stream" in again.stderr
