@@ -878,25 +878,25 @@ class _Writer:
     def batch(self, frames: Sequence[XLogData | PrimaryKeepalive]) -> None:
         if self._session_due:
             self._begin_session()
-        # Keepalives after the previous batch's last frame count once every
-        # frame before them was decoded (not when the stream stopped mid-batch).
-        batch, pos = self._batch, self._batch_pos
-        if all(type(f) is PrimaryKeepalive for f in batch[pos:]):
-            for item in batch[pos:]:
-                self._keepalive(item.wal_end)
         self._batch, self._batch_pos = frames, 0
+        self._keepalives()
+
+    def _keepalives(self) -> None:
+        # The keepalives up to the batch's next frame: every frame before them
+        # was decoded, so their position holds.
+        batch, pos = self._batch, self._batch_pos
+        while pos < len(batch) and type(batch[pos]) is PrimaryKeepalive:
+            self._keepalive(batch[pos].wal_end)
+            pos += 1
+        self._batch_pos = pos
 
     def _send_time(self, data: bytes) -> int:
         batch, pos = self._batch, self._batch_pos
-        while pos < len(batch):
+        if pos < len(batch):
             item = batch[pos]
-            pos += 1
-            if type(item) is XLogData:
-                if item.data is data:
-                    self._batch_pos = pos
-                    return item.send_time
-                break
-            self._keepalive(item.wal_end)
+            if type(item) is XLogData and item.data is data:
+                self._batch_pos = pos + 1
+                return item.send_time
         # Not the frame we were shown (a decode call from elsewhere): no time.
         self._batch, self._batch_pos = (), 0
         return UNKNOWN_TIME
@@ -934,6 +934,7 @@ class _Writer:
     def decoded(self, events: Sequence[Event], in_transaction: bool, start: int, end: int) -> None:
         with self._buffer_lock:
             moved = self._points.decoded(events, in_transaction, start, end)
+        self._keepalives()
         if moved and not self._fsync:
             self._flush(fsync=False, acknowledge=True)
 
@@ -1413,10 +1414,10 @@ class Recorder:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
+        # Until close(): after a lost connection the consumer may end without
+        # on_stop, and what it received still goes to the file.
         consumer = self.consumer
         while not self._flusher_stop.wait(self.fsync_interval):
-            if consumer._done.is_set():
-                return
             try:
                 self._writer.flush()
             except BaseException as error:

@@ -17,9 +17,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,12 +26,22 @@ from typing import Any
 
 import pytest
 
-from replicant import Consumer, Event, Insert, Relation, RecordingError
+from replicant import (
+    ConfigurationError,
+    Consumer,
+    Event,
+    Insert,
+    RecordingError,
+    Relation,
+    SlotError,
+)
+from replicant.cli import main
 from replicant.decoders import make_decoder
 from replicant.formatting import format_json
 from replicant.lsn import LSN
 from replicant.recording import (
     MAGIC,
+    Position,
     RecordedFrame,
     Recorder,
     Recording,
@@ -44,7 +51,7 @@ from replicant.recording import (
     replay,
 )
 from tests.helpers import Recorder as Collect
-from tests.helpers import confirmed_flush, running, wait_for
+from tests.helpers import confirmed_flush, wait_for
 
 TIMEOUT = 30.0
 
@@ -97,8 +104,10 @@ def _workload(db: Any, server: int) -> None:
     conn = db.connect()
     try:
         with conn.cursor() as cur:
+            # big: incompressible enough to be stored out of line (TOAST)
             cur.execute(
-                "INSERT INTO items VALUES (1, 'one', 'ok', repeat('x', 5000)), (2, 'two', 'sad', NULL)"
+                "INSERT INTO items VALUES (1, 'one', 'ok', (SELECT string_agg(md5(g::text), '') "
+                "FROM generate_series(1, 300) g)), (2, 'two', 'sad', NULL)"
             )
             cur.execute("UPDATE items SET name = 'uno' WHERE id = 1")  # big unchanged (TOAST)
             cur.execute("DELETE FROM items WHERE id = 2")
@@ -190,6 +199,7 @@ def test_pgoutput_replay_gives_exactly_the_live_events(db: Any, tmp_path: Path) 
     if server >= 150000:
         expected |= {"BeginPrepare", "Prepare", "CommitPrepared", "RollbackPrepared"}
     assert expected <= _kinds(replayed), expected - _kinds(replayed)
+    assert any('"$unchanged"' in line for line in _lines(replayed))
 
     with Recording(path) as recording:
         header = recording.header
@@ -308,6 +318,44 @@ def test_a_recorder_stopped_inside_a_transaction_is_continued_without_loss_or_du
         sessions = [e for e in recording.entries() if isinstance(e, Session)]
     assert len(sessions) == 2 and sessions[1].start == commits[0].lsn
 
+    # A slot moved past the end of the file, or gone, would leave a gap: refused.
+    before = path.read_bytes()
+    _transactions(db, 1, 5, first=1000)
+    db.execute("SELECT pg_replication_slot_advance('rec', pg_current_wal_lsn())")
+    with pytest.raises(SlotError, match="beyond the end of"):
+        Recorder(path, db.dsn, slot="rec", publication="pub", fsync_interval=0).run()
+    db.execute("SELECT pg_drop_replication_slot('rec')")
+    with pytest.raises(SlotError, match="does not exist"):
+        Recorder(path, db.dsn, slot="rec", publication="pub", create_slot=True).run()
+    assert path.read_bytes() == before
+    assert not db.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'rec'")
+
+
+def test_a_filtered_stream_still_moves_the_slot_through_position_records(
+    db: Any, tmp_path: Path
+) -> None:
+    _plain_schema(db)
+    db.execute("CREATE TABLE other (id int PRIMARY KEY)")  # not published
+    path = tmp_path / "filtered.rpl"
+    recorder = Recorder(
+        path, db.dsn, slot="rec", publication="pub", fsync_interval=0.1, status_interval=0.2
+    )
+    with recorder:
+        _transactions(db, 1, 2)
+        db.execute("INSERT INTO other SELECT generate_series(1, 100)")
+        end = _wal_now(db)
+        # Nothing published after the first transaction: the slot follows the
+        # server's position anyway, as the file records it.
+        wait_for(lambda: (confirmed_flush(db, "rec") or LSN(0)) >= end, what="slot to advance")
+    with Recording(path) as recording:
+        positions = [e for e in recording.entries() if isinstance(e, Position)]
+    assert positions and positions[-1].lsn >= end
+    _transactions(db, 1, 2, first=100)
+    end = _wal_now(db)
+    Recorder(path, db.dsn, slot="rec", publication="pub", end_lsn=end, fsync_interval=0).run()
+    live = _live(db, "live", make_decoder("pgoutput", publication="pub"), end)
+    assert _without_relations(list(read(path))) == _without_relations(live)
+
 
 def test_a_reconnect_inside_a_streamed_transaction_cuts_the_file_back(
     db: Any, tmp_path: Path
@@ -407,7 +455,17 @@ def test_record_killed_and_run_again_misses_nothing_and_repeats_nothing(
     assert len([e for e in replayed if isinstance(e, Insert)]) == 150 * 20
 
 
-def test_the_command_line_replays_what_stream_printed(db: Any, tmp_path: Path) -> None:
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``replicant ARGS`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_command_line_replays_what_stream_printed(
+    db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _plain_schema(db)
     _create_slot(db, "live_text", "pgoutput")
     # The message first: a commit after it flushes it to WAL.
@@ -427,19 +485,146 @@ def test_the_command_line_replays_what_stream_printed(db: Any, tmp_path: Path) -
             "--end", str(end), "--format", form,
         )  # fmt: skip
         assert streamed.returncode == 0, streamed.stderr
-        replayed = _cli("replay", str(path), "--format", form)
-        assert replayed.returncode == 0, replayed.stderr
-        assert replayed.stdout == streamed.stdout
-        assert replayed.stdout.count("\n") == 2 * 5 + 1  # a message; begin, 3 inserts, commit
-    info = _cli("replay", str(path), "--info")
-    assert info.returncode == 0, info.stderr
-    assert "rec (plugin pgoutput, publication pub)" in info.stdout
-    assert "stopped cleanly" in info.stdout
-    out = tmp_path / "events.jsonl"
-    to_file = _cli("replay", str(path), "--file", str(out))
-    assert to_file.returncode == 0, to_file.stderr
-    assert out.read_text().count("\n") == 11
-    missing = _cli("replay", str(tmp_path / "nope.rpl"))
-    assert missing.returncode == 1 and "nope.rpl" in missing.stderr
-    again = _cli("record", db.dsn, "--slot", "live", "--publication", "pub", "--out", str(path))
-    assert again.returncode == 2 and "another stream" in again.stderr
+        code, out, err = _main(capsys, "replay", str(path), "--format", form)
+        assert code == 0, err
+        assert out == streamed.stdout
+        assert out.count("\n") == 1 + 2 * 5  # a message; begin, 3 inserts, commit
+    code, out, err = _main(capsys, "replay", str(path), "--info")
+    assert code == 0, err
+    assert "rec (plugin pgoutput, publication pub)" in out
+    assert "stopped cleanly" in out
+    events = tmp_path / "events.jsonl"
+    code, out, err = _main(capsys, "replay", str(path), "--file", str(events))
+    assert code == 0, err
+    assert events.read_text().count("\n") == 11
+    code, out, err = _main(capsys, "replay", str(tmp_path / "nope.rpl"))
+    assert code == 1 and "nope.rpl" in err
+    path.write_bytes(path.read_bytes()[:-3])
+    code, out, err = _main(capsys, "replay", str(path))
+    assert code == 0 and "incomplete" in err and out.count("\n") == 11
+    code, out, err = _main(capsys, "replay", str(path), "--info")
+    assert code == 0 and "cut by a crash" in out
+    code, out, err = _main(
+        capsys, "record", db.dsn, "--slot", "live", "--publication", "pub", "--out", str(path)
+    )
+    assert code == 2 and "another stream" in err
+
+
+# --- damaged files --------------------------------------------------------------------------
+
+
+def _small_recording(db: Any, path: Path) -> list[str]:
+    """A short real recording at ``path``; returns its events' JSON lines."""
+    _plain_schema(db)
+    _transactions(db, 4, 3)
+    Recorder(
+        path, db.dsn, slot="rec", publication="pub", end_lsn=_wal_now(db), fsync_interval=0
+    ).run()
+    return _lines(list(read(path)))
+
+
+def _records(path: Path) -> list[tuple[int, int]]:
+    """(offset, end) of every record after the preamble, read with the format's own rules."""
+    data = path.read_bytes()
+    assert data.startswith(MAGIC)
+    spans, offset = [], 10
+    while offset < len(data):
+        length = int.from_bytes(data[offset + 1 : offset + 5], "big")
+        end = offset + 7 + length + 4
+        spans.append((offset, end))
+        offset = end
+    assert offset == len(data)
+    return spans
+
+
+def test_a_cut_last_record_is_reported_and_ignored(db: Any, tmp_path: Path) -> None:
+    path = tmp_path / "whole.rpl"
+    whole = _small_recording(db, path)
+    data = path.read_bytes()
+    spans = _records(path)
+    # Cut inside the last frame (the recorder was killed while writing it).
+    frames = [(o, e) for o, e in spans if data[o : o + 1] in (b"x", b"X")]
+    last_start, last_end = frames[-1]
+    without_last = list(read_cut(path, tmp_path, data[:last_start]))
+    for cut in (last_start + 3, last_start + 7, last_start + 20, last_end - 1):
+        target = tmp_path / f"cut{cut}.rpl"
+        target.write_bytes(data[:cut])
+        calls: list[Event] = []
+        summary = replay(target, calls.append)
+        assert _lines(calls) == without_last
+        assert summary.truncated is not None and summary.truncated.offset == last_start
+        assert not summary.stopped_cleanly
+    # Zero bytes after the end (a file system that grew the file before the
+    # data reached it): the same.
+    target = tmp_path / "zeros.rpl"
+    target.write_bytes(data + bytes(300))
+    summary = replay(target, lambda event: None)
+    assert summary.truncated is not None and summary.truncated.offset == len(data)
+    assert _lines(list(read(target))) == whole
+    # A half-written last record (garbage where its checksum is) likewise.
+    target.write_bytes(data[: last_end - 2] + b"\xff\xfe")
+    assert replay(target, lambda event: None).truncated is not None
+
+
+def read_cut(path: Path, tmp_path: Path, data: bytes) -> list[str]:
+    target = tmp_path / "prefix.rpl"
+    target.write_bytes(data)
+    return _lines(list(read(target)))
+
+
+def test_damage_is_a_recording_error_never_a_struct_error(db: Any, tmp_path: Path) -> None:
+    path = tmp_path / "whole.rpl"
+    whole = _small_recording(db, path)
+    data = path.read_bytes()
+    spans = _records(path)
+    middle = spans[len(spans) // 2]
+    target = tmp_path / "damaged.rpl"
+
+    def damaged(offset: int, value: int | None = None) -> bytes:
+        changed = bytearray(data)
+        changed[offset] = (changed[offset] ^ 0x5A) if value is None else value
+        return bytes(changed)
+
+    # A byte of a record's body, its length, its kind: an error naming the record.
+    for offset in (middle[0] + 12, middle[0] + 2, middle[0]):
+        target.write_bytes(damaged(offset))
+        with pytest.raises(RecordingError) as caught:
+            list(read(target))
+        assert caught.value.position == middle[0], offset
+        assert "damaged" in str(caught.value)
+    # A length made huge does not pass for a record cut short.
+    target.write_bytes(damaged(middle[0] + 1, 0x7F))
+    with pytest.raises(RecordingError, match="damaged"):
+        list(read(target))
+    # Every single flipped byte: the same events, or the tail reported, or RecordingError.
+    for offset in range(0, len(data), max(1, len(data) // 300)):
+        target.write_bytes(damaged(offset))
+        try:
+            with Recording(target) as recording:
+                lines = _lines(list(recording.events()))
+                truncated = recording.truncated
+        except RecordingError:
+            continue
+        assert truncated is not None and offset >= spans[-1][0], offset
+        assert lines == whole[: len(lines)]
+
+    for content, message in (
+        (b"", "cut before its header"),
+        (MAGIC[:5], "cut before its header"),
+        (data[: spans[0][1] - 3], "cut before its header"),
+        (b"some text\nthat is not a recording\n", "not a replicant recording"),
+        (MAGIC + b"\x00\x02" + data[10:], "format version 2"),
+    ):
+        target.write_bytes(content)
+        with pytest.raises(RecordingError, match=message):
+            list(read(target))
+
+    # The recorder refuses to write over what is not a recording, or another stream's.
+    target.write_bytes(b"precious notes\n")
+    with pytest.raises(RecordingError, match="not a replicant recording"):
+        Recorder(target, db.dsn, slot="rec", publication="pub")
+    assert target.read_bytes() == b"precious notes\n"
+    with pytest.raises(ConfigurationError, match="another stream"):
+        Recorder(path, db.dsn, slot="other", publication="pub")
+    with pytest.raises(ConfigurationError, match="another stream"):
+        Recorder(path, db.dsn, slot="rec", publication="pub", options={"messages": "true"})
