@@ -14,10 +14,8 @@ transaction, never inside one): so a recorder that is stopped, killed or
 disconnected and started again on the same file continues it with nothing
 missing and nothing twice.
 
-File format, version 1
-======================
-
-All integers are big-endian. The file starts with 10 bytes::
+The file format, version 1. All integers are big-endian. The file starts
+with 10 bytes::
 
     magic    8 bytes   89 52 50 4C 0D 0A 1A 0A   ("\\x89RPL\\r\\n\\x1a\\n")
     version  u16       1
@@ -31,31 +29,27 @@ then a sequence of records, each::
     crc      u32       CRC-32 (zlib's) over kind, length, check and body
 
 ``check`` guards the length on its own, so a damaged length is never taken
-for a record cut short. Record kinds:
+for a record cut short. The kinds::
 
-=====  ===============================================================
-``H``  the header, always the first record: a UTF-8 JSON object with
-       ``slot``, ``plugin``, ``publication`` (a list, or null),
-       ``options`` (the extra plugin options asked for),
-       ``decoder_options`` (the decoder's keywords, such as
-       ``streaming``), ``start_options`` (every START_REPLICATION option
-       sent), ``server_version`` (``server_version_num``), ``start``
-       (the LSN the stream started from), ``replicant`` (its version) and
-       ``created`` (ISO 8601, UTC). Readers keep keys they do not know.
-``X``  one XLogData frame: data_start u64, wal_end u64, send_time i64
-       (the server's clock, microseconds since 2000-01-01 UTC;
-       -2**63 when unknown), then the payload.
-``x``  the same when wal_end equals data_start (logical walsenders send
+    H  the header, always the first record: a UTF-8 JSON object with
+       slot, plugin, publication (a list, or null), options (the extra
+       plugin options asked for), decoder_options (the decoder's keywords,
+       such as streaming), start_options (every START_REPLICATION option
+       sent), server_version (server_version_num), start (the LSN the
+       stream started from), replicant (its version) and created (ISO
+       8601, UTC). Readers keep keys they do not know.
+    X  one XLogData frame: data_start u64, wal_end u64, send_time i64 (the
+       server's clock, microseconds since 2000-01-01 UTC; -2**63 when
+       unknown), then the payload bytes.
+    x  the same when wal_end equals data_start (logical walsenders send
        them equal): data_start u64, send_time i64, payload.
-``S``  a later connection (a reconnect, or a later run continuing the
-       file): JSON with ``server_version``, ``start``, ``start_options``,
-       ``replicant`` and ``started``. Decoders start over here, as they
-       do on a live reconnect.
-``P``  a position, u64: the server had sent everything for this slot
-       up to it (from its keepalives) while no transaction was open.
-``E``  the recorder stopped cleanly: JSON with ``acknowledged`` (the
-       position confirmed to the server) and ``stopped``.
-=====  ===============================================================
+    S  a later connection (a reconnect, or a later run continuing the
+       file): JSON with server_version, start, start_options, replicant
+       and started. Decoders start over here, as on a live reconnect.
+    P  a position, u64: the server had sent everything for this slot up
+       to it (from its keepalives) while no transaction was open.
+    E  the recorder stopped cleanly: JSON with acknowledged (the position
+       confirmed to the server) and stopped.
 
 A reader skips records of kinds it does not know, so later versions can add
 records older readers may ignore; a change they must not ignore raises the
