@@ -73,7 +73,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 from replicant import __version__
 from replicant.changes import (
@@ -221,8 +221,7 @@ class RecordingHeader:
             ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedFrame:
+class RecordedFrame(NamedTuple):
     """One XLogData frame as the server sent it, and where it lies in the file."""
 
     data_start: LSN
@@ -452,30 +451,42 @@ class Recording:
         read = self._file.read
         self._file.seek(offset)
         head_size, crc_size = _HEAD.size, _CRC.size
+        unpack_head, unpack_crc, crc32 = _HEAD.unpack_from, _CRC.unpack_from, zlib.crc32
+        # The file is read in large chunks and parsed in place: two reads and
+        # two copies per record cost more than the checks.
+        buf = read(_READ_CHUNK)
+        pos = 0  # where ``offset`` lies in buf
         while True:
-            head = read(head_size)
-            if not head:
-                self.end = offset
-                return
-            if len(head) < head_size:
-                self._cut(offset, "its head is incomplete")
-                return
-            kind, length, check = _HEAD.unpack(head)
-            if check != zlib.crc32(head[:5]) & 0xFFFF or length > _MAX_BODY:
+            if len(buf) - pos < head_size:
+                buf = buf[pos:] + read(_READ_CHUNK)
+                pos = 0
+                if not buf:
+                    self.end = offset
+                    return
+                if len(buf) < head_size:
+                    self._cut(offset, "its head is incomplete")
+                    return
+            kind, length, check = unpack_head(buf, pos)
+            if check != crc32(buf[pos : pos + 5]) & 0xFFFF or length > _MAX_BODY:
                 self._damaged(offset, offset + head_size, "its head is damaged")
                 return
-            rest = read(length + crc_size)
-            end = offset + head_size + length + crc_size
-            if len(rest) < length + crc_size:
-                self._cut(offset, f"{length + crc_size - len(rest)} bytes missing")
+            size = head_size + length + crc_size
+            if len(buf) - pos < size:
+                buf = buf[pos:] + read(max(_READ_CHUNK, size))
+                pos = 0
+                if len(buf) < size:
+                    self._cut(offset, f"{size - len(buf)} bytes missing")
+                    return
+            body_at = pos + head_size
+            body = buf[body_at : body_at + length]
+            if unpack_crc(buf, body_at + length)[0] != crc32(body, crc32(buf[pos:body_at])):
+                self._damaged(offset, offset + size, "its checksum does not match")
                 return
-            body = rest[:length]
-            if _CRC.unpack_from(rest, length)[0] != zlib.crc32(body, zlib.crc32(head)):
-                self._damaged(offset, end, "its checksum does not match")
-                return
+            end = offset + size
             self.record_end = end
             yield kind, body, offset, end
             offset = end
+            pos += size
 
     def _cut(self, offset: int, reason: str) -> None:
         self.end = offset
@@ -523,6 +534,7 @@ class Recording:
         )
         self.truncated = None
         new_lsn = int.__new__
+        new_tuple = tuple.__new__
         for kind, body, offset, _ in self._records(self.header_end):
             if kind in (_SHORT_KIND, _FRAME_KIND):
                 fields = _SHORT_FRAME if kind == _SHORT_KIND else _FRAME
@@ -533,12 +545,15 @@ class Recording:
                     end = start
                 else:
                     start, end, sent = _FRAME.unpack_from(body)
-                yield RecordedFrame(
-                    new_lsn(LSN, start),
-                    new_lsn(LSN, end),
-                    None if sent == UNKNOWN_TIME else sent,
-                    body[fields.size :],
-                    offset,
+                yield new_tuple(
+                    RecordedFrame,
+                    (
+                        new_lsn(LSN, start),
+                        new_lsn(LSN, end),
+                        None if sent == UNKNOWN_TIME else sent,
+                        body[fields.size :],
+                        offset,
+                    ),
                 )
             elif kind == _SESSION:
                 yield _parse_session(body, offset)
