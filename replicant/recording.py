@@ -898,6 +898,9 @@ class _Writer:
             self._keepalive(batch[pos].wal_end)
             pos += 1
         self._batch_pos = pos
+        if not self._fsync and self._idle is not None:
+            # No timer writes it out: a position the slot may move to, now.
+            self._flush(fsync=False, acknowledge=True)
 
     def _send_time(self, data: bytes) -> int:
         batch, pos = self._batch, self._batch_pos

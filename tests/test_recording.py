@@ -473,12 +473,26 @@ def test_the_command_line_replays_what_stream_printed(
     _transactions(db, 2, 3)
     end = _wal_now(db)
     path = tmp_path / "cli.rpl"
-    recorded = _cli(
-        "record", db.dsn, "--slot", "rec", "--publication", "pub", "-o", "messages=true",
-        "--end", str(end), "--out", str(path), "-v",
+    recording = subprocess.Popen(
+        [
+            sys.executable, "-m", "replicant", "record", db.dsn, "--slot", "rec",
+            "--publication", "pub", "-o", "messages=true", "--out", str(path),
+            "-F", "0.1", "-s", "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
-    assert recorded.returncode == 0, recorded.stderr
-    assert "frames recorded" in recorded.stderr
+    try:
+        # Everything is in the file once the slot confirms the end: SIGTERM stops cleanly.
+        wait_for(lambda: (confirmed_flush(db, "rec") or LSN(0)) >= end, what="the recording")
+        recording.send_signal(signal.SIGTERM)
+        _, stderr = recording.communicate(timeout=TIMEOUT)
+    finally:
+        if recording.poll() is None:
+            recording.kill()
+    assert recording.returncode == 143, stderr
+    assert "terminated;" in stderr and "frames recorded" in stderr
     for form, slot in (("json", "live"), ("text", "live_text")):
         streamed = _cli(
             "stream", db.dsn, "--slot", slot, "--publication", "pub", "-o", "messages=true",
