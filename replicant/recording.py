@@ -85,7 +85,7 @@ from replicant.changes import (
     StreamStart,
 )
 from replicant.connection import ReplicationConnection
-from replicant.decoders import Decoder, make_decoder
+from replicant.decoders import Decoder, make_decoder, needs_publication
 from replicant.errors import (
     ConfigurationError,
     DecodeError,
@@ -207,10 +207,15 @@ class RecordingHeader:
 
     def decoder(self, *, decode_values: bool = True) -> Decoder:
         """A fresh decoder configured as the recorder's was (from the decoder registry)."""
+        publication: list[str] | None = None if self.publication is None else list(self.publication)
+        if publication is None and needs_publication(self.plugin):
+            # Recorded with a decoder of its own: decoding never uses the
+            # publication (only START_REPLICATION does), so any name serves.
+            publication = ["-"]
         try:
             return make_decoder(
                 self.plugin,
-                publication=None if self.publication is None else list(self.publication),
+                publication=publication,
                 options=dict(self.options),
                 decode_values=decode_values,
                 **dict(self.decoder_options),
@@ -284,6 +289,10 @@ class Tail:
 
 
 Entry = Session | RecordedFrame | Position | Stop
+
+
+class _NoHeader(RecordingError):
+    """The file ends before its header is complete: nothing was ever recorded in it."""
 
 
 def _text(body: bytes, kind: str, offset: int) -> dict[str, Any]:
@@ -423,9 +432,10 @@ class Recording:
         preamble = self._file.read(_PREAMBLE.size)
         if len(preamble) < _PREAMBLE.size or not preamble.startswith(MAGIC):
             if MAGIC.startswith(preamble[: len(MAGIC)]) and len(preamble) < _PREAMBLE.size:
-                raise self._error(
-                    "the recording was cut before its header was written (empty recording)",
-                    len(preamble),
+                raise _NoHeader(
+                    f"{self.path}: the recording was cut before its header was written "
+                    "(empty recording)",
+                    position=len(preamble),
                 )
             raise self._error("not a replicant recording (no recording magic number)", 0)
         _, version = _PREAMBLE.unpack(preamble)
@@ -437,9 +447,10 @@ class Recording:
             )
         record = next(self._records(_PREAMBLE.size), None)
         if record is None:
-            raise self._error(
-                "the recording was cut before its header was written (empty recording)",
-                _PREAMBLE.size,
+            raise _NoHeader(
+                f"{self.path}: the recording was cut before its header was written "
+                "(empty recording)",
+                position=_PREAMBLE.size,
             )
         kind, body, offset, end = record
         if kind != _HEADER:
@@ -1158,8 +1169,10 @@ class Recorder:
     ``reconnect``, ``max_retries``, ``receive_timeout``, connection
     keywords), plus ``decoder_options`` (the decoder's keywords:
     ``streaming``, ``messages``, ``two_phase``, ``proto_version``,
-    ``format_version``...) or ``decoder`` (a decoder object of one's own;
-    replaying then needs the same plugin registered, or ``decoder=``).
+    ``format_version``...) or ``decoder`` (a decoder object of one's own,
+    configured by its maker; ``publication``, if given with it, is written
+    in the header and checked at start; replay uses the registry's decoder
+    for the plugin unless given ``decoder=``).
     ``callback``, if given, receives every decoded event as it is recorded
     (its return value is ignored: the file decides what is acknowledged).
 
@@ -1292,6 +1305,7 @@ class Recorder:
                 "options and decoder_options configure the built-in decoders; "
                 "with decoder=..., configure that decoder itself"
             )
+        # A publication given with it is only recorded and checked at start.
         return decoder
 
     def _open(
@@ -1335,13 +1349,11 @@ class Recorder:
         """Where the existing file continues; None to start it afresh (it has no header)."""
         try:
             recording = Recording(self.path)
-        except RecordingError as error:
-            if "before its header was written" in str(error):
-                logger.warning(
-                    "%s: no complete header (cut at its start): starting it afresh", self.path
-                )
-                return None
-            raise
+        except _NoHeader:
+            logger.warning(
+                "%s: no complete header (cut at its start): starting it afresh", self.path
+            )
+            return None
         with recording:
             header = recording.header
             theirs = {
@@ -1471,7 +1483,11 @@ class Recorder:
         self._writer.close()
 
     def __enter__(self) -> Recorder:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,

@@ -17,10 +17,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import pytest
 from replicant import (
     ConfigurationError,
     Consumer,
+    DecodeError,
     Event,
     Insert,
     RecordingError,
@@ -39,6 +42,7 @@ from replicant.cli import main
 from replicant.decoders import make_decoder
 from replicant.formatting import format_json
 from replicant.lsn import LSN
+from replicant.protocol import PG_EPOCH
 from replicant.recording import (
     MAGIC,
     Position,
@@ -633,6 +637,10 @@ def test_damage_is_a_recording_error_never_a_struct_error(db: Any, tmp_path: Pat
         with pytest.raises(RecordingError, match=message):
             list(read(target))
 
+    # A file cut before its header was complete held nothing: the recorder starts it afresh.
+    target.write_bytes(data[: spans[0][1] - 3])
+    Recorder(target, db.dsn, slot="rec", publication="pub").close()
+    assert target.read_bytes() == b""
     # The recorder refuses to write over what is not a recording, or another stream's.
     target.write_bytes(b"precious notes\n")
     with pytest.raises(RecordingError, match="not a replicant recording"):
@@ -642,3 +650,90 @@ def test_damage_is_a_recording_error_never_a_struct_error(db: Any, tmp_path: Pat
         Recorder(path, db.dsn, slot="other", publication="pub")
     with pytest.raises(ConfigurationError, match="another stream"):
         Recorder(path, db.dsn, slot="rec", publication="pub", options={"messages": "true"})
+
+
+class _Fussy:
+    """pgoutput, but a logical message with the prefix 'boom' is a DecodeError (a decoder bug)."""
+
+    plugin = "pgoutput"
+
+    def __init__(self) -> None:
+        self.inner = make_decoder("pgoutput", publication="pub", messages=True)
+
+    def start_options(self, server_version: int) -> dict[str, str]:
+        return self.inner.start_options(server_version)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.inner.in_transaction
+
+    def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
+        events = self.inner.decode(data, wal_start, wal_end)
+        if any(getattr(e, "prefix", None) == "boom" for e in events):
+            raise DecodeError("cannot read this message")
+        return events
+
+
+def test_the_frame_a_decoder_fails_on_is_in_the_recording(
+    db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _plain_schema(db)
+    _transactions(db, 1, 2)
+    db.execute("SELECT pg_logical_emit_message(true, 'boom', 'x')")
+    _transactions(db, 1, 2, first=10)
+    path = tmp_path / "bug.rpl"
+    recorder = Recorder(path, db.dsn, slot="rec", decoder=_Fussy(), end_lsn=_wal_now(db))
+    with pytest.raises(DecodeError, match="cannot read this message"):
+        recorder.run()
+    # Offline, the same decoder fails on the same frame, after the same events.
+    seen: list[Event] = []
+    with pytest.raises(DecodeError, match="cannot read this message"):
+        replay(path, seen.append, decoder=_Fussy())
+    assert [type(e).__name__ for e in seen] == [
+        "Begin",
+        "Relation",
+        "Insert",
+        "Insert",
+        "Commit",
+        "Begin",
+    ]
+    # The built-in decoder reads the frame: attach the file to the bug report.
+    assert any(getattr(e, "prefix", None) == "boom" for e in read(path))
+    code = main(["replay", str(path), "--format", "text"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "boom: x" in out
+
+
+def test_a_frame_the_decoder_cannot_read_is_a_decode_error(tmp_path: Path) -> None:
+    # Written by hand from the documented format: a header, then a frame with
+    # a payload no pgoutput message starts with.
+    def record(kind: bytes, body: bytes) -> bytes:
+        head = kind + len(body).to_bytes(4, "big")
+        head += (zlib.crc32(head) & 0xFFFF).to_bytes(2, "big")
+        return head + body + zlib.crc32(head + body).to_bytes(4, "big")
+
+    header = {
+        "slot": "s", "plugin": "pgoutput", "publication": ["pub"], "options": {},
+        "decoder_options": {}, "start_options": {}, "server_version": 150000,
+        "start": "0/100", "replicant": "0", "created": "",
+    }  # fmt: skip
+    frame = (0x200).to_bytes(8, "big") + (0).to_bytes(8, "big") + b"Zbogus"
+    path = tmp_path / "hand.rpl"
+    path.write_bytes(
+        MAGIC + b"\x00\x01" + record(b"H", json.dumps(header).encode()) + record(b"x", frame)
+    )
+    with Recording(path) as recording:
+        assert recording.header.start == LSN("0/100")
+        (only,) = recording.frames()
+        assert (only.data_start, only.data, only.sent_at) == (LSN(0x200), b"Zbogus", PG_EPOCH)
+    with pytest.raises(DecodeError, match="unknown pgoutput message"):
+        list(read(path))
+    # An unknown record kind (a later version's optional record) is skipped.
+    path.write_bytes(path.read_bytes() + record(b"?", b"later"))
+    with pytest.raises(DecodeError, match="unknown pgoutput message"):
+        list(read(path))
+    with Recording(path) as recording:
+        assert len(list(recording.entries())) == 2 and recording.truncated is None
