@@ -34,6 +34,7 @@ from replicant import (
     DecodeError,
     Event,
     Insert,
+    RawChange,
     RecordingError,
     Relation,
     SlotError,
@@ -737,3 +738,21 @@ def test_a_frame_the_decoder_cannot_read_is_a_decode_error(tmp_path: Path) -> No
         list(read(path))
     with Recording(path) as recording:
         assert len(list(recording.entries())) == 2 and recording.truncated is None
+
+
+@pytest.mark.requires_plugin("test_decoding")
+def test_a_plugin_without_a_decoder_is_recorded_and_replayed_raw(db: Any, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+    _create_slot(db, "rec", "test_decoding")
+    _create_slot(db, "live", "test_decoding")
+    _transactions(db, 2, 2)
+    end = _wal_now(db)
+    path = tmp_path / "raw.rpl"
+    Recorder(path, db.dsn, slot="rec", plugin="test_decoding", end_lsn=end, fsync_interval=0).run()
+    live = _live(db, "live", make_decoder("test_decoding"), end)
+    replayed = list(read(path))
+    assert _lines(replayed) == _lines(live)
+    texts = [e.text() for e in replayed if isinstance(e, RawChange)]
+    assert len(texts) == len(replayed) == 2 * 4
+    assert texts[0].startswith("BEGIN") and texts[3].startswith("COMMIT")
+    assert texts[1] == "table public.items: INSERT: id[integer]:0 name[text]:'row 0'"
