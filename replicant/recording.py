@@ -127,6 +127,7 @@ _CRC = struct.Struct(">I")
 _FRAME = struct.Struct(">QQq")  # X: data_start, wal_end, send_time
 _SHORT_FRAME = struct.Struct(">Qq")  # x: data_start, send_time
 _POSITION = struct.Struct(">Q")
+_KIND_LENGTH = struct.Struct(">BI")  # what a record's check covers
 
 _HEADER, _FRAME_KIND, _SHORT_KIND = b"H"[0], b"X"[0], b"x"[0]
 _SESSION, _POSITION_KIND, _STOP = b"S"[0], b"P"[0], b"E"[0]
@@ -152,7 +153,7 @@ def _now() -> str:
 def _encode(kind: int, body: bytes | bytearray) -> bytes:
     """One record: head, body, checksum."""
     length = len(body)
-    check = zlib.crc32(struct.pack(">BI", kind, length)) & 0xFFFF
+    check = zlib.crc32(_KIND_LENGTH.pack(kind, length)) & 0xFFFF
     head = _HEAD.pack(kind, length, check)
     return b"".join((head, body, _CRC.pack(zlib.crc32(body, zlib.crc32(head)))))
 
@@ -162,9 +163,15 @@ def _json_body(data: Mapping[str, Any]) -> bytes:
 
 
 def _frame_record(data: bytes, data_start: int, wal_end: int, send_time: int) -> bytes:
+    """A frame's record (``_encode`` without copying the payload twice: once per frame)."""
     if wal_end == data_start:
-        return _encode(_SHORT_KIND, _SHORT_FRAME.pack(data_start, send_time) + data)
-    return _encode(_FRAME_KIND, _FRAME.pack(data_start, wal_end, send_time) + data)
+        kind, fields = _SHORT_KIND, _SHORT_FRAME.pack(data_start, send_time)
+    else:
+        kind, fields = _FRAME_KIND, _FRAME.pack(data_start, wal_end, send_time)
+    length = len(fields) + len(data)
+    head = _HEAD.pack(kind, length, zlib.crc32(_KIND_LENGTH.pack(kind, length)) & 0xFFFF)
+    crc = zlib.crc32(data, zlib.crc32(fields, zlib.crc32(head)))
+    return b"".join((head, fields, data, _CRC.pack(crc)))
 
 
 # --- what a recording holds --------------------------------------------------------------
@@ -838,10 +845,15 @@ class _Tap:
         self._writer.batch(frames)
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
-        writer = self._writer
-        start, end = writer.frame(data, wal_start, wal_end)
-        events = self._inner.decode(data, wal_start, wal_end)  # a failure: the frame is kept
-        writer.decoded(events, self._inner.in_transaction, start, end)
+        inner = self._inner
+        try:
+            events = inner.decode(data, wal_start, wal_end)
+        except BaseException:
+            # The frame the decoder failed on goes to the file all the same:
+            # it is what a bug report needs.
+            self._writer.frame(data, wal_start, wal_end, None, True)
+            raise
+        self._writer.frame(data, wal_start, wal_end, events, inner.in_transaction)
         return events
 
 
@@ -913,17 +925,6 @@ class _Writer:
             # No timer writes it out: a position the slot may move to, now.
             self._flush(fsync=False, acknowledge=True)
 
-    def _send_time(self, data: bytes) -> int:
-        batch, pos = self._batch, self._batch_pos
-        if pos < len(batch):
-            item = batch[pos]
-            if type(item) is XLogData and item.data is data:
-                self._batch_pos = pos + 1
-                return item.send_time
-        # Not the frame we were shown (a decode call from elsewhere): no time.
-        self._batch, self._batch_pos = (), 0
-        return UNKNOWN_TIME
-
     def _keepalive(self, wal_end: LSN) -> None:
         with self._buffer_lock:
             points = self._points
@@ -934,32 +935,49 @@ class _Writer:
             ):
                 self._idle = wal_end
 
-    def frame(self, data: bytes, wal_start: int, wal_end: int) -> tuple[int, int]:
-        """Buffer one frame's record; returns its (start, end) offsets in the file."""
+    def frame(
+        self,
+        data: bytes,
+        wal_start: int,
+        wal_end: int,
+        events: Sequence[Event] | None,
+        in_transaction: bool,
+    ) -> None:
+        """Buffer one frame's record, decoded to ``events`` (None: it failed to decode)."""
         if self.failure is not None:
             self._failure_reported = True
             raise self.failure
         if self._session_due:
             self._begin_session()
-        send_time = self._send_time(data)
+        # The frame's server time: the batch's next frame is this one.
+        batch, pos = self._batch, self._batch_pos
+        item = batch[pos] if pos < len(batch) else None
+        if type(item) is XLogData and item.data is data:
+            self._batch_pos = pos + 1
+            send_time = item.send_time
+        else:  # a decode call from elsewhere, not the frame we were shown
+            self._batch, self._batch_pos = (), 0
+            send_time = UNKNOWN_TIME
         record = _frame_record(data, wal_start, wal_end, send_time)
+        points = self._points
         with self._buffer_lock:
-            self._write_idle()
+            if self._idle is not None:
+                self._write_idle()
             start = self._base + len(self._pending)
             self._pending += record
-            self._points.frame()
             self.frames += 1
+            points.frame()
+            moved = events is not None and points.decoded(
+                events, in_transaction, start, start + len(record)
+            )
             big = len(self._pending) > _SPILL
-        if big:
-            self._flush(fsync=False, acknowledge=False)
-        return start, start + len(record)
-
-    def decoded(self, events: Sequence[Event], in_transaction: bool, start: int, end: int) -> None:
-        with self._buffer_lock:
-            moved = self._points.decoded(events, in_transaction, start, end)
-        self._keepalives()
+        pos = self._batch_pos
+        if pos < len(batch) and type(batch[pos]) is PrimaryKeepalive:
+            self._keepalives()
         if moved and not self._fsync:
             self._flush(fsync=False, acknowledge=True)
+        elif big:
+            self._flush(fsync=False, acknowledge=False)
 
     def _write_idle(self) -> None:
         # Under the buffer lock: a position noted since the last frame goes in now.
