@@ -816,7 +816,7 @@ def _scan(recording: Recording, decoder: Decoder) -> tuple[LSN, int, str | None]
 
 
 class _Tap:
-    """The decoder the recorder's consumer runs: records each frame, then decodes it.
+    """The decoder the recorder's consumer runs: decodes each frame and records it.
 
     Decoding is what tells transaction boundaries apart, so the recorder
     knows where it may acknowledge. ``observe_frames`` gives it each batch
