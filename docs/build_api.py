@@ -44,6 +44,7 @@ MODULES = (
     "replicant.protocol",
     "replicant.formatting",
     "replicant.sinks",
+    "replicant.recording",
     "replicant.cli",
 )
 

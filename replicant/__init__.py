@@ -39,12 +39,14 @@ from replicant.errors import (
     ConnectionLost,
     DecodeError,
     ProtocolError,
+    RecordingError,
     ReplicantError,
     ServerError,
     SlotError,
     UsageError,
 )
 from replicant.lsn import LSN
+from replicant.recording import Recorder, record, replay
 from replicant.runtime import Consumer, Progress, Stats, run
 from replicant.values import PgArray, PgValue
 
@@ -71,6 +73,8 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "RawChange",
+    "Recorder",
+    "RecordingError",
     "Relation",
     "ReplicantError",
     "RollbackPrepared",
@@ -87,5 +91,7 @@ __all__ = [
     "Update",
     "UsageError",
     "__version__",
+    "record",
+    "replay",
     "run",
 ]

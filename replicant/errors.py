@@ -11,6 +11,7 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "ProtocolError",
+    "RecordingError",
     "ReplicantError",
     "ServerError",
     "SlotError",
@@ -42,6 +43,14 @@ class ProtocolError(ReplicantError):
 
 class DecodeError(ProtocolError):
     """An output plugin's payload could not be turned into events."""
+
+
+class RecordingError(ProtocolError):
+    """A recording file (``replicant record``) cannot be read: not a recording,
+    a format version this replicant does not know, or a damaged record.
+
+    ``position`` is the byte offset in the file where the problem lies.
+    """
 
 
 class ServerError(ReplicantError):

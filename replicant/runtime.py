@@ -636,6 +636,9 @@ class Consumer:
         assert stream is not None
         decode = self._decoder.decode
         decoder = self._decoder
+        # A decoder that records the stream (replicant.recording) also sees each
+        # batch as it came: server send times and keepalives, which decode() lacks.
+        observe = getattr(decoder, "observe_frames", None)
         callback = self._callback
         progress = self._progress
         counters = self._counters
@@ -665,6 +668,8 @@ class Consumer:
             # Not frames[-1]: a transaction sent after another's commit carries
             # lower change positions, so the batch's last frame need not be its highest.
             progress.receive(max(frame.wal_end for frame in frames))
+            if observe is not None:
+                observe(frames)
             acked = 0
             events = nbytes = nframes = ends = 0
             try:
