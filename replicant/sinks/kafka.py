@@ -226,7 +226,7 @@ class KafkaSink:
         self._streams: dict[int, list[Event]] = {}
         self._stream_xid: int | None = None  # inside a streamed block of this transaction
         self._topics: dict[tuple[str, str], str] = {}
-        self._key_columns: dict[int, tuple[Relation, tuple[str, ...] | None]] = {}
+        self._key_columns: dict[int, tuple[Relation, tuple[str, ...] | None, str | None]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -539,12 +539,22 @@ class KafkaSink:
     def _key(self, relation: Relation, row: Row) -> bytes | None:
         entry = self._key_columns.get(id(relation))
         if entry is None or entry[0] is not relation:
-            entry = (relation, self._columns_for(relation))
+            columns = self._columns_for(relation)
+            # One integer column (the usual primary key): its JSON is written
+            # directly, skipping the encoder.
+            single = None
+            if columns is not None and len(columns) == 1:
+                single = "{" + _encode_json(columns[0]) + ":"
+            entry = (relation, columns, single)
             self._key_columns[id(relation)] = entry
-        columns = entry[1]
+        _, columns, single = entry
         if columns is None:
             return None
         try:
+            if single is not None:
+                value = row[columns[0]]
+                if type(value) is int:
+                    return (single + str(value) + "}").encode()
             return _encode_key({name: json_value(row[name]) for name in columns})
         except KeyError as missing:
             raise ConfigurationError(
