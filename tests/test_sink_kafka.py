@@ -665,3 +665,29 @@ def test_a_broker_killed_mid_stream_loses_nothing_acknowledged(
     for message in second:
         kinds.setdefault(message.key(), []).append(json.loads(message.value())["kind"])
     assert all(k in (["insert", "update"], ["update"]) for k in kinds.values())
+
+
+@needs_broker
+def test_a_transaction_sent_again_after_a_reconnect_is_published_once(broker: Broker) -> None:
+    broker.create_topics("r.public.s")
+    relation, layout = row_event_parts()
+    stamp = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+
+    def insert(lsn: int, value: int) -> Insert:
+        return Insert(LSN(lsn), 700, relation, changes.Row(layout, [str(value).encode()]))
+
+    sink = KafkaSink(broker.bootstrap, "r")
+    # The connection is lost after the first change: nothing of it is vouched for.
+    for event in [Begin(LSN(10), 700, LSN(29), stamp), relation, insert(11, 1)]:
+        sink.write(event)
+    assert (sink.flush() or 0) < LSN(11)
+    # The server sends the whole transaction again.
+    for event in [Begin(LSN(10), 700, LSN(29), stamp), relation, insert(11, 1), insert(12, 2)]:
+        sink.write(event)
+    sink.write(Commit(LSN(30), 700, LSN(29), stamp))
+    assert sink.flush() == LSN(30)
+    sink.close()
+    messages = read_all(broker.bootstrap, ["r.public.s"], expect=2)
+    assert [json.loads(m.value())["new"]["id"] for m in messages] == [1, 2]
+    assert [header(m, "replicant.tx.seq") for m in messages] == ["1", "2"]
+    assert len(read_all(broker.bootstrap, ["r.public.s"], idle=0.5)) == 2  # and no more

@@ -221,6 +221,7 @@ class KafkaSink:
         # whether it is the transaction's last.
         self._tx_headers: _Headers = []
         self._tx_seq = 0
+        self._in_tx = False  # between a Begin (or a streamed commit) and its end
         self._held: tuple[str, bytes | None, bytes | None, _Headers, LSN] | None = None
         # Streamed transactions not committed yet: xid -> their data events.
         self._streams: dict[int, list[Event]] = {}
@@ -333,7 +334,12 @@ class KafkaSink:
                 return
             self._publish(event)
         elif cls is StreamStart:
+            assert isinstance(event, StreamStart)
             self._stream_xid = _xid(event)
+            if event.first_segment:
+                # The transaction from its start: after a reconnect the server
+                # streams it again, so what was held of it goes.
+                self._streams.pop(self._stream_xid, None)
         elif cls is StreamStop:
             self._stream_xid = None
         elif cls is StreamAbort:
@@ -405,6 +411,11 @@ class KafkaSink:
     # -- transactions
 
     def _begin(self, xid: int | None, commit_lsn: LSN | None, commit_time: Any) -> None:
+        # A message still held belongs to a transaction whose commit never
+        # came (the connection was lost and the server sends it again from
+        # its start): it is dropped, and it was never vouched for.
+        self._held = None
+        self._in_tx = True
         headers: _Headers = []
         if xid is not None:
             headers.append(("replicant.xid", str(xid)))
@@ -424,6 +435,7 @@ class KafkaSink:
             self._produce(topic, key, value, headers)
         self._tx_headers = []
         self._tx_seq = 0
+        self._in_tx = False
 
     def _abort(self, event: StreamAbort) -> None:
         xid = _xid(event)
@@ -483,6 +495,9 @@ class KafkaSink:
             self._emit(topic, key, None, event.lsn)
 
     def _emit(self, topic: str, key: bytes | None, value: bytes | None, lsn: LSN) -> None:
+        if not self._in_tx:  # a snapshot read: no transaction to frame
+            self._produce(topic, key, value, [("replicant.lsn", str(lsn))])
+            return
         # Within a transaction: produce the held message, hold this one.
         self._tx_seq += 1
         headers: _Headers = [("replicant.lsn", str(lsn)), ("replicant.tx.seq", str(self._tx_seq))]
