@@ -523,6 +523,28 @@ def test_options_the_guarantee_needs_cannot_be_changed() -> None:
         open_sink("mqtt://somewhere/x")
     with pytest.raises(ConfigurationError, match="tombstones must be true or false"):
         open_sink("kafka://127.0.0.1:1/p?tombstones=maybe")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "replicant",
+            "stream",
+            "dbname=x",
+            "--slot",
+            "s",
+            "--publication",
+            "p",
+            "--to",
+            "kafka://127.0.0.1:1/p",
+            "--file",
+            "out.jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--to writes into a sink" in done.stderr
 
 
 # --- a broker killed and started again

@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
     path = None if args.file in (None, "-") else args.file
+    if args.to and (args.file is not None or args.format != "json" or args.relations):
+        raise UsageError("--to writes into a sink: --file, --format and --relations do not apply")
     # A file is fsynced every --fsync-interval seconds and acknowledged as far
     # as each fsync reached; standard output (or -F 0) is acknowledged at
     # every transaction end, once its lines are handed to the system.

@@ -169,7 +169,10 @@ class KafkaSink:
             self.envelope = envelope
         else:
             raise ConfigurationError(f"{envelope!r} is not an envelope")
-        self._keys = {table: tuple(columns) for table, columns in (keys or {}).items()}
+        self._keys = {
+            table: (columns,) if isinstance(columns, str) else tuple(columns)
+            for table, columns in (keys or {}).items()
+        }
 
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
