@@ -449,7 +449,7 @@ def test_an_unreachable_broker_is_a_clear_error_at_start(shop: Database) -> None
     port_broker.kill()  # a port nothing listens on any more
     started = time.monotonic()
     with pytest.raises(KafkaSinkError, match=f"cannot reach the Kafka brokers at {bootstrap}"):
-        KafkaSink(bootstrap, "shop", connect_timeout=2)
+        KafkaSink(bootstrap, "shop", connect_timeout=1)
     assert time.monotonic() - started < 15
     # From the command line: a clear message, a failure exit, nothing acknowledged.
     before = confirmed_flush(shop, "kafka")
@@ -466,7 +466,7 @@ def test_an_unreachable_broker_is_a_clear_error_at_start(shop: Database) -> None
             "--publication",
             "shop_pub",
             "--to",
-            f"kafka://{bootstrap}/shop?connect_timeout=2",
+            f"kafka://{bootstrap}/shop?connect_timeout=1",
         ],
         capture_output=True,
         text=True,
