@@ -61,7 +61,7 @@ def measure(count: int, repeat: int) -> list[tuple[str, float]]:
         for i, (_, encode) in enumerate(cases):
             best[i] = min(best[i], _per_event(loop(encode), count, 1))
     results = [(cases[0][0], best[0])]
-    for (label, _), per in zip(cases[1:], best[1:]):
+    for (label, _), per in zip(cases[1:], best[1:], strict=True):
         results.append((f"{label}: total", per))
         results.append((f"{label}: beyond decoding", per - best[0]))
     return results
