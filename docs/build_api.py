@@ -43,6 +43,7 @@ MODULES = (
     "replicant.cluster",
     "replicant.protocol",
     "replicant.formatting",
+    "replicant.envelopes",
     "replicant.sinks",
     "replicant.recording",
     "replicant.cli",

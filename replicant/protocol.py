@@ -273,9 +273,7 @@ def create_slot_command(
     """
     validate_slot_name(name)
     if snapshot not in _SNAPSHOT_KEYWORDS:
-        raise ConfigurationError(
-            f"snapshot must be 'export', 'use' or 'nothing', not {snapshot!r}"
-        )
+        raise ConfigurationError(f"snapshot must be 'export', 'use' or 'nothing', not {snapshot!r}")
     if two_phase and server_version < 140000:
         raise ConfigurationError("two_phase slots need PostgreSQL 14 or later")
     parts = ["CREATE_REPLICATION_SLOT", quote_identifier(name)]

@@ -34,10 +34,10 @@ from replicant.cli.common import (
     seconds_arg,
 )
 from replicant.decoders import needs_publication
-from replicant.errors import ConfigurationError
+from replicant.errors import ConfigurationError, ReplicantError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.runtime import Consumer
-from replicant.sinks import JsonLinesSink, SinkWriter
+from replicant.sinks import JsonLinesSink, Sink, SinkWriter, open_sink
 
 __all__ = ["register"]
 
@@ -162,6 +162,11 @@ def register(commands: Commands) -> None:
         help="give up after N failed reconnection attempts in a row (default: never)",
     )
     stream.add_argument(
+        "--to",
+        metavar="URL",
+        help="write into a sink instead, flushed every --fsync-interval: kafka://host:port/prefix",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
@@ -205,19 +210,27 @@ def run(args: argparse.Namespace) -> int:
     if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
     path = None if args.file in (None, "-") else args.file
+    if args.to and (args.file is not None or args.format != "json" or args.relations):
+        raise UsageError("--to writes into a sink: --file, --format and --relations do not apply")
     # A file is fsynced every --fsync-interval seconds and acknowledged as far
     # as each fsync reached; standard output (or -F 0) is acknowledged at
     # every transaction end, once its lines are handed to the system.
-    fsync = path is not None and args.fsync_interval > 0
+    fsync = (path is not None or bool(args.to)) and args.fsync_interval > 0
     try:
-        sink = JsonLinesSink(
-            path,
-            fsync=fsync,
-            formatter=format_json if args.format == "json" else format_text,
-            relations=args.relations,
+        sink: Sink = (
+            open_sink(args.to)
+            if args.to
+            else JsonLinesSink(
+                path,
+                fsync=fsync,
+                formatter=format_json if args.format == "json" else format_text,
+                relations=args.relations,
+            )
         )
     except OSError as error:
         raise CommandError(f"cannot open {args.file}: {error.strerror}") from None
+    except ReplicantError as error:  # a sink that cannot be made or reached
+        raise CommandError(str(error)) from None
     writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
     try:
         consumer = writer.consumer(
@@ -339,8 +352,7 @@ def _reopen(writer: SinkWriter) -> bool:
     ``join()`` raises the failure (the consumer's final flush does).
     """
     sink = writer.sink
-    assert isinstance(sink, JsonLinesSink)
-    if sink.path is None:
+    if not isinstance(sink, JsonLinesSink) or sink.path is None:
         return True
     sink.reopen()
     try:
