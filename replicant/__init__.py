@@ -44,6 +44,7 @@ from replicant.errors import (
     SlotError,
     UsageError,
 )
+from replicant.health import Health
 from replicant.lsn import LSN
 from replicant.runtime import Consumer, Progress, Stats, run
 from replicant.values import PgArray, PgValue
@@ -62,6 +63,7 @@ __all__ = [
     "DecodeError",
     "Delete",
     "Event",
+    "Health",
     "Insert",
     "Message",
     "Origin",

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from replicant.cli.common import EXIT_OK, CommandError, Commands
+from replicant.cli.common import EXIT_OK, CommandError, Commands, one_line
 from replicant.connection import ReplicationConnection
+from replicant.errors import SlotError
 from replicant.formatting import human_bytes
 
 __all__ = ["register"]
@@ -238,7 +239,10 @@ def create_slot(args: argparse.Namespace) -> int:
             if args.if_not_exists:
                 print(f"slot {args.slot} exists already (plugin {existing.plugin})")
                 return EXIT_OK
-            raise CommandError(f'replication slot "{args.slot}" already exists [SQLSTATE 42710]')
+            raise CommandError(
+                f'replication slot "{args.slot}" already exists (plugin {existing.plugin}) '
+                "[SQLSTATE 42710] (add --if-not-exists to accept an existing slot)"
+            )
         created = conn.create_slot(args.slot, args.plugin, two_phase=args.two_phase)
     print(f"created slot {created.name} (plugin {created.plugin}) at {created.consistent_point}")
     return EXIT_OK
@@ -252,6 +256,13 @@ def drop_slot(args: argparse.Namespace) -> int:
                 print(f"no slot {args.slot}; nothing to drop")
                 return EXIT_OK
             raise _missing(args.slot)
-        conn.drop_slot(args.slot, wait=args.wait)
+        try:
+            conn.drop_slot(args.slot, wait=args.wait)
+        except SlotError as error:
+            if error.sqlstate != "55006":
+                raise
+            raise CommandError(
+                f"{one_line(error)} (add --wait to drop it once its consumer disconnects)"
+            ) from None
     print(f"dropped slot {args.slot}")
     return EXIT_OK

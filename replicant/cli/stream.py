@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from replicant.changes import Event
 from replicant.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,6 +32,7 @@ from replicant.cli.common import (
     explain,
     lsn_arg,
     option_arg,
+    quiet_broken_pipe,
     seconds_arg,
 )
 from replicant.decoders import needs_publication
@@ -71,6 +73,10 @@ acknowledgement can come twice. Ctrl-C stops cleanly.
 _PROGRESS_INTERVAL = 5.0
 _TICK = 0.2
 
+# How often the command reads the server's WAL end and the slot's state (on
+# an ordinary connection of its own), for the lag it reports.
+_HEALTH_INTERVAL = 5.0
+
 
 def register(commands: Commands) -> None:
     """Declare ``replicant stream`` and its options."""
@@ -100,8 +106,9 @@ def register(commands: Commands) -> None:
         "--option",
         action="append",
         type=option_arg,
-        metavar="KEY=VALUE",
-        help="extra plugin option, passed as is (repeatable), e.g. -o messages=true",
+        metavar="NAME[=VALUE]",
+        help="extra plugin option, passed as is (repeatable; a bare NAME means NAME=on), "
+        "e.g. -o messages",
     )
     stream.add_argument("--create-slot", action="store_true", help="create the slot if missing")
     stream.add_argument(
@@ -162,6 +169,12 @@ def register(commands: Commands) -> None:
         help="give up after N failed reconnection attempts in a row (default: never)",
     )
     stream.add_argument(
+        "--retry-first-connect",
+        action="store_true",
+        help="keep retrying when the first connection fails (default: exit 1, as retries "
+        "apply once a stream has run)",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
@@ -209,11 +222,13 @@ def run(args: argparse.Namespace) -> int:
     # as each fsync reached; standard output (or -F 0) is acknowledged at
     # every transaction end, once its lines are handed to the system.
     fsync = path is not None and args.fsync_interval > 0
+    # Counts the lines written: the sink formats only the events it writes.
+    formatter = _Counted(format_json if args.format == "json" else format_text)
     try:
         sink = JsonLinesSink(
             path,
             fsync=fsync,
-            formatter=format_json if args.format == "json" else format_text,
+            formatter=formatter,
             relations=args.relations,
         )
     except OSError as error:
@@ -233,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
             status_interval=args.status_interval,
             reconnect=not args.no_reconnect,
             max_retries=args.max_retries,
+            retry_first_connect=args.retry_first_connect,
+            health_interval=_HEALTH_INTERVAL,
         )
     except ConfigurationError as error:
         writer.close()
@@ -252,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted again; not waiting for a clean stop", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        return quiet_broken_pipe()
     except BaseException as error:
         if error is not writer.failure:
             raise
@@ -265,9 +282,9 @@ def run(args: argparse.Namespace) -> int:
             broken = broken or error
     if broken is not None:
         if isinstance(broken, BrokenPipeError):
-            return _quiet_broken_pipe()
+            return quiet_broken_pipe()
         raise CommandError(f"writing the output failed: {explain(broken)}")
-    summary = _summary(consumer, time.monotonic() - started)
+    summary = _summary(consumer, formatter.count, time.monotonic() - started)
     if signals.stop_signal is not None:
         name = "interrupted" if signals.stop_signal == signal.SIGINT else "terminated"
         print(f"{PROG}: {name}; {summary}", file=sys.stderr)
@@ -277,22 +294,32 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _quiet_broken_pipe() -> int:
-    # The reader of our standard output went away (``| head``): that is how
-    # such pipelines end. Point stdout at /dev/null so the interpreter's own
-    # final flush does not complain.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_OK
+class _Counted:
+    """A formatter that counts the lines it formats (the events written)."""
+
+    def __init__(self, formatter: Callable[[Event], str]) -> None:
+        self._formatter = formatter
+        self.count = 0
+
+    def __call__(self, event: Event) -> str:
+        self.count += 1
+        return self._formatter(event)
 
 
-def _summary(consumer: Consumer, elapsed: float) -> str:
+def plural(count: int, word: str) -> str:
+    """``1 transaction``, ``2 transactions``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary(consumer: Consumer, written: int, elapsed: float) -> str:
     stats = consumer.stats
+    if stats.streams == 0:
+        return f"never streamed; nothing acknowledged ({elapsed:.1f} s)"
     flushed = consumer.progress.flushed
     return (
-        f"acknowledged up to {flushed}; {stats.events} events in "
-        f"{stats.transactions} transactions, {human_bytes(stats.bytes)} in {elapsed:.1f} s"
+        f"acknowledged up to {flushed}; {plural(written, 'event')} written from "
+        f"{plural(stats.transactions, 'transaction')}, {human_bytes(stats.bytes)} received "
+        f"in {elapsed:.1f} s"
     )
 
 
@@ -318,18 +345,22 @@ def _stream_loop(
             return  # the final write-out happens before the final status update
         now = time.monotonic()
         if verbose and now >= next_progress:
-            stats, progress = consumer.stats, consumer.progress
-            rate = (stats.events - last_events) / max(now - last_time, 1e-6)
-            lag = max(0, progress.received - progress.flushed)
+            health = consumer.health()
+            rate = (health.events - last_events) / max(now - last_time, 1e-6)
             print(
-                f"{PROG}: {stats.events} events ({rate:.0f}/s), {stats.transactions} "
-                f"transactions, {human_bytes(stats.bytes)} received; acknowledged "
-                f"{progress.flushed}, {human_bytes(lag)} behind the server",
+                f"{PROG}: {plural(health.events, 'event')} ({rate:.0f}/s), "
+                f"{plural(health.transactions, 'transaction')}, {human_bytes(health.bytes)} "
+                f"received; acknowledged {health.acknowledged_lsn}, "
+                f"{_behind(health.bytes_behind)} behind the server",
                 file=sys.stderr,
                 flush=True,
             )
-            last_events, last_time = stats.events, now
+            last_events, last_time = health.events, now
             next_progress = now + interval
+
+
+def _behind(size: int | None) -> str:
+    return "? bytes" if size is None else human_bytes(size)
 
 
 def _reopen(writer: SinkWriter) -> bool:

@@ -1,0 +1,403 @@
+"""Operations: safe defaults, exit codes and hints, lag and health, metrics, progress.
+
+The command runs as a subprocess (``python -m replicant``) against real
+servers; the library's figures are checked against what the server itself
+reports (``pg_replication_slots``, ``pg_current_wal_lsn()``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicant import LSN, ConnectionLost, Consumer, ServerError, SlotError
+from replicant.cluster import Installation, LocalCluster
+
+from .conftest import Database
+from .helpers import Recorder, running, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+DEAD = "host=127.0.0.1 port=1 connect_timeout=2"
+
+
+# --- running the command
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for key in [k for k in env if k.startswith("PG")]:
+        del env[key]
+    return env
+
+
+def replicant(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m replicant ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "replicant", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+class Background:
+    """``python -m replicant ARGS`` in the background; stderr collected, stdout as asked."""
+
+    def __init__(self, *args: str, read_stdout: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "replicant", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        streams = [(self.proc.stderr, self.stderr)]
+        if read_stdout:
+            streams.append((self.proc.stdout, self.stdout))
+        self._threads = [
+            threading.Thread(target=self._collect, args=pair, daemon=True) for pair in streams
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _collect(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def background() -> Iterator[Any]:
+    started: list[Background] = []
+
+    def start(*args: str, read_stdout: bool = True) -> Background:
+        process = Background(*args, read_stdout=read_stdout)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("replicant"), lines[0]
+    return lines[0]
+
+
+def current_lsn(db: Database) -> LSN:
+    return LSN(db.query("SELECT pg_current_wal_lsn()::text")[0][0])
+
+
+def slot_row(db: Database, slot: str) -> dict[str, Any] | None:
+    rows = db.query(
+        "SELECT active, temporary, confirmed_flush_lsn::text, wal_status, safe_wal_size"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        slot,
+    )
+    if not rows:
+        return None
+    active, temporary, confirmed, wal_status, safe = rows[0]
+    return {
+        "active": active,
+        "temporary": temporary,
+        "confirmed": LSN(confirmed) if confirmed else None,
+        "wal_status": wal_status,
+        "safe_wal_size": safe,
+    }
+
+
+@pytest.fixture
+def shop(db: Database) -> Database:
+    db.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+    db.execute("CREATE PUBLICATION shop FOR TABLE items")
+    return db
+
+
+# --- a temporary run never consumes a permanent slot
+
+
+def test_temporary_refuses_an_existing_permanent_slot(shop: Database) -> None:
+    assert replicant("slot", "create", shop.dsn, "--slot", "perm").returncode == 0
+    before = slot_row(shop, "perm")
+    assert before is not None
+    shop.execute("INSERT INTO items VALUES (1, 'a')")
+    end = str(current_lsn(shop))
+    result = replicant(
+        "stream", shop.dsn, "--slot", "perm", "--publication", "shop", "--temporary",
+        "--end", end,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "permanent" in one_line_error(result)
+    assert result.stdout == ""
+    consumer = Consumer(
+        shop.dsn, slot="perm", publication="shop", callback=Recorder(), temporary=True
+    )
+    with pytest.raises(SlotError, match="is permanent"):
+        consumer.run()
+    after = slot_row(shop, "perm")
+    assert after is not None and after["confirmed"] == before["confirmed"]
+    # A temporary run of a name of its own is fine, and leaves nothing behind.
+    ok = replicant(
+        "stream", shop.dsn, "--slot", "tmp", "--publication", "shop", "--temporary",
+        "--end", str(current_lsn(shop)),
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert slot_row(shop, "tmp") is None
+
+
+# --- authorization failures are final
+
+
+@pytest.fixture(scope="module")
+def guarded(installation: Installation) -> Iterator[LocalCluster]:
+    """A private server that rejects one role in pg_hba.conf and wants a password of another."""
+    cluster = LocalCluster(
+        bindir=installation.bindir,
+        hba_lines=[
+            "host all rejected 127.0.0.1/32 reject",
+            "host replication rejected 127.0.0.1/32 reject",
+            "host all pwuser 127.0.0.1/32 scram-sha-256",
+            "host replication pwuser 127.0.0.1/32 scram-sha-256",
+        ],
+    )
+    cluster.start()
+    try:
+        cluster.execute("SET password_encryption = 'scram-sha-256'")
+        cluster.execute("CREATE ROLE norepl LOGIN")
+        cluster.execute("CREATE ROLE rejected LOGIN REPLICATION")
+        cluster.execute(
+            "SET password_encryption = 'scram-sha-256'; "
+            "CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right'"
+        )
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+
+
+AUTH_CASES = {
+    "no REPLICATION attribute": ({"user": "norepl"}, r"replication role|REPLICATION attribute"),
+    "pg_hba.conf reject": ({"user": "rejected"}, r"pg_hba\.conf"),
+    "bad password": ({"user": "pwuser", "password": "wrong"}, r"password authentication failed"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTH_CASES))
+def test_authorization_failures_end_at_once(guarded: LocalCluster, case: str) -> None:
+    overrides, words = AUTH_CASES[case]
+    dsn = guarded.dsn_for("postgres", **overrides)
+    # Even with every retry switch on, a refused login is final.
+    consumer = Consumer(
+        dsn, slot="auth", publication="p", callback=Recorder(), retry_first_connect=True,
+        backoff_initial=0.05, backoff_max=0.1,
+    )  # fmt: skip
+    started = time.monotonic()
+    consumer.start()
+    with pytest.raises(ServerError, match=words):
+        consumer.join(30)
+    assert consumer.stats.reconnects == 0
+    assert time.monotonic() - started < 15
+    result = replicant(
+        "stream", dsn, "--slot", "auth", "--publication", "p", "--retry-first-connect",
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert re.search(words, one_line_error(result))
+
+
+# --- the first connection's failure is final by default
+
+
+def test_first_connection_failure_is_final_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    consumer = Consumer(DEAD, slot="s", publication="p", callback=Recorder())
+    consumer.start()
+    with pytest.raises(ConnectionLost, match="could not connect"):
+        consumer.join(30)
+    assert consumer.stats.reconnects == 0 and consumer.stats.streams == 0
+
+    caplog.set_level(logging.WARNING, logger="replicant")
+    retrying = Consumer(
+        DEAD, slot="s", publication="p", callback=Recorder(), retry_first_connect=True,
+        backoff_initial=0.05, backoff_max=0.1,
+    )  # fmt: skip
+    with running(retrying):
+        wait_for(lambda: retrying.stats.reconnects >= 2, what="retries")
+        assert retrying.running
+    warnings = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert warnings
+    for message in warnings:  # libpq's several lines, joined into one
+        assert "\n" not in message and "\t" not in message, message
+    assert retrying.health().errors["ConnectionLost"] >= 2
+
+
+def test_cli_first_connection_failure(background: Any) -> None:
+    started = time.monotonic()
+    result = replicant("stream", DEAD, "--slot", "s", "--publication", "p")
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "could not connect" in line and "--retry-first-connect" in line
+    assert time.monotonic() - started < 20
+    # With the switch it keeps trying, one line per attempt, until stopped.
+    stream = background(
+        "stream", DEAD, "--slot", "s", "--publication", "p", "--retry-first-connect",
+    )  # fmt: skip
+    wait_for(
+        lambda: sum("reconnecting" in line for line in stream.stderr) >= 2, what="two retries"
+    )
+    stream.proc.send_signal(signal.SIGINT)
+    assert stream.wait() == 130
+    assert all(line.startswith("replicant") for line in stream.stderr), stream.stderr
+    assert "acknowledged up to 0/0" not in "".join(stream.stderr)
+    assert "never streamed" in stream.stderr[-1]
+
+
+# --- exit codes
+
+
+def test_bad_slot_name_is_a_usage_error_everywhere() -> None:
+    for command in (
+        ["stream", "dbname=x", "--publication", "p"],
+        ["slot", "create", "dbname=x"],
+        ["slot", "drop", "dbname=x"],
+        ["slot", "info", "dbname=x"],
+    ):
+        result = replicant(*command, "--slot", "Bad-Name")
+        assert result.returncode == 2, (command, result.stderr)
+        assert "slot name" in one_line_error(result), command
+
+
+def closed_pipe_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with its standard output a pipe whose reader has gone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replicant", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head` does once it has its lines
+    stderr = proc.stderr.read()
+    code = proc.wait(60)
+    return subprocess.CompletedProcess(args, code, "", stderr)
+
+
+def test_closed_pipe_exits_0_quietly(shop: Database) -> None:
+    assert replicant("slot", "create", shop.dsn, "--slot", "piped").returncode == 0
+    shop.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 50) g")
+    end = str(current_lsn(shop))
+    for command in (
+        ["check", shop.dsn],
+        ["slot", "list", shop.dsn],
+        ["stream", shop.dsn, "--slot", "piped", "--publication", "shop", "--end", end],
+    ):
+        result = closed_pipe_run(*command)
+        assert result.returncode == 0, (command, result.stderr)
+        assert result.stderr == "", (command, result.stderr)
+
+
+# --- hints
+
+
+def test_hints_name_the_fix(shop: Database) -> None:
+    missing = replicant("stream", shop.dsn, "--slot", "nosuch", "--publication", "shop")
+    assert missing.returncode == 1
+    line = one_line_error(missing)
+    assert f"port {shop.cluster.port} database {shop.dbname}" in line
+    assert f"replicant slot create '{shop.dsn}' --slot nosuch" in line
+    assert "--create-slot" in line
+
+    shop.execute("SELECT pg_create_logical_replication_slot('other', 'test_decoding')")
+    wrong = replicant("stream", shop.dsn, "--slot", "other", "--publication", "shop")
+    assert wrong.returncode == 1
+    assert "add --plugin test_decoding" in one_line_error(wrong)
+
+    assert replicant("slot", "create", shop.dsn, "--slot", "busy").returncode == 0
+    again = replicant("slot", "create", shop.dsn, "--slot", "busy")
+    assert again.returncode == 1 and "--if-not-exists" in one_line_error(again)
+    consumer = Consumer(shop.dsn, slot="busy", publication="shop", callback=Recorder())
+    with running(consumer):
+        wait_for(lambda: consumer.health().streaming, what="the stream")
+        wait_for(lambda: (slot_row(shop, "busy") or {}).get("active"), what="an active slot")
+        active = replicant("slot", "drop", shop.dsn, "--slot", "busy")
+        assert active.returncode == 1
+        line = one_line_error(active)
+        assert "is active" in line and "--wait" in line
+
+
+# --- the documented behaviour
+
+
+def test_every_command_has_version() -> None:
+    for command in (["stream"], ["slot", "list"], ["slot", "drop"], ["check"], ["demo"], []):
+        result = replicant(*command, "--version")
+        assert result.returncode == 0, (command, result.stderr)
+        assert re.match(r"replicant \d+\.\d+", result.stdout), command
+
+
+def test_summary_counts_written_events_and_speaks_english(shop: Database) -> None:
+    assert replicant("slot", "create", shop.dsn, "--slot", "words").returncode == 0
+    shop.execute("INSERT INTO items VALUES (1, 'one')")
+    shop.execute("SELECT pg_logical_emit_message(true, 'note', 'héllo')")
+    shop.execute("SELECT pg_logical_emit_message(false, 'blob', '\\xff00'::bytea)")
+    shop.execute("INSERT INTO items VALUES (2, 'two')")  # the end lies beyond the message
+    end = str(current_lsn(shop))
+    result = replicant(
+        "stream", shop.dsn, "--slot", "words", "--publication", "shop", "-o", "messages",
+        "--end", end, "-v",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [line["kind"] for line in lines]
+    assert "relation" not in kinds
+    messages = [line for line in lines if line["kind"] == "message"]
+    assert [m.get("text") for m in messages] == ["héllo", None], result.stdout  # no UTF-8
+    assert all("content" in m for m in messages)
+    done = result.stderr.strip().splitlines()[-1]
+    transactions = kinds.count("commit")
+    assert f"{len(lines)} events written from" in done, done
+    assert re.search(rf"from {transactions} transactions?,", done), done
+    assert "1 transactions" not in result.stderr
+
+
+def test_api_reference_lists_are_not_cut() -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("## `replicant`", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    bullets = [i for i, line in enumerate(lines) if line.startswith("- `")]
+    assert bullets
+    between = lines[bullets[0] : bullets[-1] + 1]
+    assert all(line.startswith("- `") for line in between), "a heading cuts the list"
