@@ -401,3 +401,166 @@ def test_api_reference_lists_are_not_cut() -> None:
     assert bullets
     between = lines[bullets[0] : bullets[-1] + 1]
     assert all(line.startswith("- `") for line in between), "a heading cuts the list"
+
+
+# --- lag and health, checked against the server
+
+
+def slot_lag(db: Database, slot: str) -> tuple[LSN, LSN, int]:
+    """The server's current WAL position, the slot's confirmed position and their distance."""
+    current, confirmed, lag = db.query(
+        "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text,"
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        slot,
+    )[0]
+    return LSN(current), LSN(confirmed), int(lag)
+
+
+def test_health_figures_match_the_server(shop: Database) -> None:
+    from replicant import Commit
+
+    gate = threading.Event()
+    commits: list[Commit] = []
+
+    def callback(event: Any) -> LSN | None:
+        if not isinstance(event, Commit):
+            return None  # acknowledged by whole transactions
+        commits.append(event)
+        if len(commits) == 2:
+            gate.wait(60)  # hold the stream here: a backlog builds up behind it
+        return LSN(event.lsn)
+
+    consumer = Consumer(
+        shop.dsn, slot="lag", publication="shop", callback=callback, status_interval=0.2,
+        health_interval=0.2,
+    )  # fmt: skip
+    assert consumer.health().server_lsn is None and not consumer.health().running
+    problems: list[BaseException] = []
+    stop_reading = threading.Event()
+
+    def read_all_the_time() -> None:  # health() from another thread, all along
+        while not stop_reading.is_set():
+            try:
+                consumer.health().to_dict()
+            except BaseException as error:
+                problems.append(error)
+                return
+
+    reader = threading.Thread(target=read_all_the_time, daemon=True)
+    with running(consumer):
+        wait_for(lambda: consumer.health().streaming, what="the stream")
+        reader.start()
+        for batch in range(8):
+            shop.execute(
+                "INSERT INTO items SELECT g, repeat('x', 200)"
+                " FROM generate_series(%s, %s) g",
+                batch * 2000 + 1,
+                batch * 2000 + 2000,
+            )
+        wait_for(lambda: len(commits) == 2, what="the second commit")
+        first = commits[0]
+        # The server has been told what the stream acknowledged ...
+        wait_for(
+            lambda: slot_lag(shop, "lag")[1] == consumer.health().acknowledged_lsn,
+            what="the slot to confirm the first commit",
+        )
+        before = slot_lag(shop, "lag")
+        asked = time.monotonic()
+        wait_for(
+            lambda: (age := consumer.health().slot_read_age) is not None
+            and age < time.monotonic() - asked,
+            what="a read of the server after now",
+        )
+        health = consumer.health()
+        after = slot_lag(shop, "lag")
+        # ... and the lag is the distance to the server's WAL end, as the server sees it.
+        assert health.acknowledged_lsn == first.lsn == before[1]
+        assert health.server_lsn is not None and before[0] <= health.server_lsn <= after[0]
+        assert health.bytes_behind == health.server_lsn - health.acknowledged_lsn
+        assert before[2] <= health.bytes_behind <= after[2]
+        # Most of the backlog was never received yet: received-minus-acknowledged
+        # (what -v used to print) is a fraction of it.
+        assert health.bytes_behind > 1_000_000
+        assert health.received_lsn - health.acknowledged_lsn < health.bytes_behind / 2
+        assert health.wal_status == slot_row(shop, "lag")["wal_status"]  # type: ignore[index]
+        assert health.safe_wal_size == slot_row(shop, "lag")["safe_wal_size"]  # type: ignore[index]
+        assert health.slot_confirmed_lsn == first.lsn
+        assert first.commit_time is not None
+        expected = time.time() - first.commit_time.timestamp()
+        assert health.seconds_behind is not None
+        assert abs(health.seconds_behind - expected) < 1.0, (health.seconds_behind, expected)
+        assert health.seconds_behind_received is not None
+        assert health.seconds_since_last_message is not None
+        assert health.seconds_since_last_message < 30
+        gate.set()
+        wait_for(lambda: len(commits) == 8, what="the backlog")
+        health = consumer.health()
+        assert health.transactions == 8 and health.events >= 8 * 2002
+        assert health.events_per_second > 0 and health.transactions_per_second > 0
+        wait_for(
+            lambda: consumer.health().seconds_behind == 0.0
+            and consumer.health().seconds_behind_received == 0.0,
+            what="caught up",
+        )
+        wait_for(lambda: slot_lag(shop, "lag")[1] >= commits[-1].lsn, what="the last commit")
+        server_lag = slot_lag(shop, "lag")[2]
+        caught_up = consumer.health()
+        assert caught_up.bytes_behind is not None and caught_up.bytes_behind < 64 * 1024
+        assert server_lag < 64 * 1024
+        stop_reading.set()
+        reader.join(10)
+    assert not problems, problems
+    done = consumer.health()
+    assert not done.running and not done.streaming and done.streams == 1
+
+
+def test_cli_verbose_lag_is_the_servers(shop: Database, background: Any) -> None:
+    assert replicant("slot", "create", shop.dsn, "--slot", "slow").returncode == 0
+    for batch in range(6):
+        shop.execute(
+            "INSERT INTO items SELECT g, repeat('y', 300) FROM generate_series(%s, %s) g",
+            batch * 2000 + 1,
+            batch * 2000 + 2000,
+        )
+    # Nobody reads the output: the stream stalls once the pipe is full, far behind.
+    stream = background(
+        "stream", shop.dsn, "--slot", "slow", "--publication", "shop", "-s", "0.5", "-v",
+        read_stdout=False,
+    )  # fmt: skip
+    wait_for(
+        lambda: sum("behind the server" in line for line in stream.stderr) >= 2,
+        timeout=30,
+        what="two progress lines",
+    )
+    line = [line for line in stream.stderr if "behind the server" in line][-1]
+    match = re.search(r"acknowledged ([0-9A-F]+/[0-9A-F]+), ([\d.]+) (B|kB|MB)", line)
+    assert match, line
+    shown = float(match.group(2)) * {"B": 1, "kB": 1024, "MB": 1024 * 1024}[match.group(3)]
+    _, _, server_lag = slot_lag(shop, "slow")
+    assert server_lag > 2_000_000
+    assert abs(shown - server_lag) < 0.1 * server_lag, (line, server_lag)
+
+
+def test_slot_list_shows_lag_in_bytes_and_the_state(shop: Database) -> None:
+    assert replicant("slot", "create", shop.dsn, "--slot", "listed").returncode == 0
+    shop.execute("INSERT INTO items SELECT g, repeat('z', 100) FROM generate_series(1, 500) g")
+    _, _, lag = slot_lag(shop, "listed")
+    table = replicant("slot", "list", shop.dsn)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert "LAG_BYTES" in header and "STATE" in header
+    ours = next(row for row in rows if row.startswith("listed "))
+    cells = ours.split()
+    shown = int(cells[cells.index("inactive") - 1])
+    assert lag <= shown <= lag + 64 * 1024, (ours, lag)
+    assert re.search(r"\d+ kB", ours), ours
+    listed = json.loads(replicant("slot", "list", shop.dsn, "--json").stdout)
+    entry = next(item for item in listed if item["slot"] == "listed")
+    assert entry["state"] == "inactive" and entry["lag"].endswith("kB")
+    assert lag <= entry["lag_bytes"] <= lag + 64 * 1024
+    consumer = Consumer(shop.dsn, slot="listed", publication="shop", callback=Recorder())
+    with running(consumer):
+        wait_for(lambda: (slot_row(shop, "listed") or {}).get("active"), what="active")
+        listed = json.loads(replicant("slot", "list", shop.dsn, "--json").stdout)
+        assert next(i for i in listed if i["slot"] == "listed")["state"] == "active"
