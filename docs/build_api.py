@@ -34,6 +34,7 @@ MODULES = (
     "replicant",
     "replicant.runtime",
     "replicant.health",
+    "replicant.metrics",
     "replicant.acknowledgement",
     "replicant.changes",
     "replicant.lsn",

@@ -55,8 +55,10 @@ class Health:
     Lag: ``bytes_behind`` is ``server_lsn`` minus ``acknowledged_lsn``
     (``None`` while ``server_lsn`` is unknown; never below 0).
     ``seconds_behind`` is now minus the commit time of the last acknowledged
-    transaction, and ``seconds_behind_received`` the same for the last
-    received one; each is 0.0 while that position is caught up (nothing
+    transaction (before any was, of the oldest one received and not yet
+    acknowledged: the lag is at least that), and ``seconds_behind_received``
+    the same for the last transaction received (its ``Begin`` carries the
+    commit time); each is 0.0 while that position is caught up (nothing
     received or left on the server beyond it) and ``None`` while behind with
     no commit time known yet.
 

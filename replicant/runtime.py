@@ -36,7 +36,14 @@ from types import FrameType, TracebackType
 from typing import Any, ParamSpec
 
 from replicant.acknowledgement import Progress, WalProgress
-from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
+from replicant.changes import (
+    Begin,
+    Commit,
+    CommitPrepared,
+    Event,
+    RollbackPrepared,
+    StreamCommit,
+)
 from replicant.connection import ReplicationConnection, ReplicationStream, SlotState, mask_dsn
 from replicant.decoders import Decoder, make_decoder
 from replicant.errors import (
@@ -71,6 +78,12 @@ Callback = Callable[[Event], "LSN | int | str | None"]
 
 # Events that end a transaction, for the transaction count.
 _TRANSACTION_ENDS = frozenset({Commit, StreamCommit, CommitPrepared, RollbackPrepared})
+
+# The events the reader looks at twice: a transaction's end (counted, its
+# commit time kept for the lag) or start (a Begin carries the commit time too).
+_END, _START = 1, 2
+_MARKS: dict[type, int] = {kind: _END for kind in _TRANSACTION_ENDS}
+_MARKS[Begin] = _START
 
 # How often an idle reader looks up from the socket to notice stop(): the
 # bound on how long stop() takes on an idle stream.
@@ -297,6 +310,7 @@ class Consumer:
         )
         self._acked_commit_time: _dt.datetime | None = None
         self._received_commit_time: _dt.datetime | None = None
+        self._begin_commit_time: _dt.datetime | None = None  # of the last Begin
         self._rates = RateMeter(_RATE_WINDOW)
         self._errors: dict[str, int] = {}  # by kind; the supervisor and the monitor write
         self._errors_lock = threading.Lock()
@@ -355,7 +369,14 @@ class Consumer:
         in_transaction = bool(self._decoder.in_transaction) if self.running else False
         now = _dt.datetime.now(_dt.timezone.utc)
         received_caught_up = not behind_server and not in_transaction
-        acked_caught_up = received_caught_up and not self._pending_commits
+        pending = self._pending_commits
+        acked_caught_up = received_caught_up and not pending
+        acked_time = self._acked_commit_time
+        if acked_time is None:
+            # Nothing acknowledged yet: at least as far behind as the oldest
+            # transaction received and not acknowledged.
+            oldest = pending[0] if pending else None
+            acked_time = oldest[1] if oldest is not None else self._begin_commit_time
         events_rate, transactions_rate = self._rates.rates(events, transactions)
         heard = self._last_heard
         attempt = self._current
@@ -371,7 +392,7 @@ class Consumer:
             acknowledged_lsn=flushed,
             server_lsn=server,
             bytes_behind=None if server is None else max(0, server - flushed),
-            seconds_behind=0.0 if acked_caught_up else seconds_since(self._acked_commit_time, now),
+            seconds_behind=0.0 if acked_caught_up else seconds_since(acked_time, now),
             seconds_behind_received=(
                 0.0 if received_caught_up else seconds_since(self._received_commit_time, now)
             ),
@@ -771,7 +792,7 @@ class Consumer:
         counters = self._counters
         stop_requested = self._stop_requested.is_set
         end_lsn = self._end_lsn
-        transaction_ends = _TRANSACTION_ENDS
+        marks = _MARKS
         put = attempt.queue.put
         receive_timeout = self.receive_timeout
         monotonic = time.monotonic
@@ -822,9 +843,16 @@ class Consumer:
                                     progress.acknowledge(result)  # checked now
                             last_event = event
                             events += 1
-                            if type(event) in transaction_ends:
-                                ends += 1
-                                remember_commit((event.lsn, commit_time_of(event)))
+                            mark = marks.get(type(event))
+                            if mark is not None:
+                                if mark == _END:
+                                    ends += 1
+                                    remember_commit((event.lsn, commit_time_of(event)))
+                                else:
+                                    self._begin_commit_time = commit_time_of(event)
+                                    self._received_commit_time = (
+                                        self._begin_commit_time or self._received_commit_time
+                                    )
                         if end_lsn is not None and wal_start >= end_lsn:
                             self._reached_end(end_lsn)
                             return

@@ -564,3 +564,94 @@ def test_slot_list_shows_lag_in_bytes_and_the_state(shop: Database) -> None:
         wait_for(lambda: (slot_row(shop, "listed") or {}).get("active"), what="active")
         listed = json.loads(replicant("slot", "list", shop.dsn, "--json").stdout)
         assert next(i for i in listed if i["slot"] == "listed")["state"] == "active"
+
+
+# --- metrics
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The endpoint's samples: ``name{labels}`` to value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_metrics_endpoint_during_a_stream(shop: Database, background: Any) -> None:
+    pytest.importorskip("prometheus_client")
+    assert replicant("slot", "create", shop.dsn, "--slot", "scraped").returncode == 0
+    for batch in range(4):
+        shop.execute(
+            "INSERT INTO items SELECT g, repeat('m', 300) FROM generate_series(%s, %s) g",
+            batch * 2000 + 1,
+            batch * 2000 + 2000,
+        )
+    # Output nobody reads: the stream stalls behind the server, and stays there.
+    stream = background(
+        "stream", shop.dsn, "--slot", "scraped", "--publication", "shop", "-s", "0.5",
+        "--metrics", "127.0.0.1:0", read_stdout=False,
+    )  # fmt: skip
+    wait_for(lambda: any("metrics at" in line for line in stream.stderr), what="the endpoint")
+    url = next(line for line in stream.stderr if "metrics at" in line).split()[-1]
+    slot = 'slot="scraped"'
+
+    def lag_known() -> bool:
+        return f"replicant_lag_bytes{{{slot}}}" in scrape(url)
+
+    wait_for(lag_known, what="the lag")
+    acknowledged = f"replicant_acknowledged_lsn{{{slot}}}"
+    wait_for(
+        lambda: slot_lag(shop, "scraped")[1] == scrape(url)[acknowledged],
+        what="the server to confirm what was acknowledged",
+    )
+    samples = scrape(url)
+    current, confirmed, lag = slot_lag(shop, "scraped")
+    assert samples[f"replicant_acknowledged_lsn{{{slot}}}"] == confirmed
+    assert samples[f"replicant_server_lsn{{{slot}}}"] <= current
+    assert abs(samples[f"replicant_lag_bytes{{{slot}}}"] - lag) < 0.1 * lag
+    assert lag > 1_000_000
+    assert samples[f"replicant_events_total{{{slot}}}"] > 0
+    assert samples[f"replicant_received_lsn{{{slot}}}"] >= confirmed
+    assert samples[f"replicant_streaming{{{slot}}}"] == 1
+    assert samples[f'replicant_slot_wal_status{{{slot},status="reserved"}}'] == 1
+    assert samples[f'replicant_slot_wal_status{{{slot},status="lost"}}'] == 0
+    assert f'replicant_lag_seconds{{position="acknowledged",{slot}}}' in samples
+    assert f"replicant_reconnects_total{{{slot}}}" in samples
+    stream.proc.send_signal(signal.SIGTERM)
+    stream.proc.stdout.close()  # let a blocked write fail, so the stop is prompt
+    assert stream.wait() in (0, 143)
+
+
+def test_collector_in_a_registry_of_ones_own(shop: Database) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from replicant.metrics import ConsumerCollector
+
+    registry = prometheus_client.CollectorRegistry()
+    consumer = Consumer(shop.dsn, slot="own", publication="shop", callback=Recorder())
+    registry.register(ConsumerCollector(consumer, labels={"service": "billing"}))
+    labels = {"slot": "own", "service": "billing"}
+    assert registry.get_sample_value("replicant_events_total", labels) == 0
+    assert registry.get_sample_value("replicant_lag_bytes", labels) is None  # not known yet
+    with running(consumer):
+        wait_for(lambda: registry.get_sample_value("replicant_streaming", labels) == 1)
+        shop.execute("INSERT INTO items VALUES (1, 'a')")
+        wait_for(
+            lambda: registry.get_sample_value("replicant_transactions_total", labels) == 1,
+            what="the transaction counted",
+        )
+        assert registry.get_sample_value("replicant_running", labels) == 1
+        assert registry.get_sample_value("replicant_errors_total", {**labels, "kind": "x"}) is None
+    text = prometheus_client.generate_latest(registry).decode()
+    events = consumer.stats.events
+    assert events >= 3  # Begin, Insert, Commit (and a Relation)
+    assert f'replicant_events_total{{service="billing",slot="own"}} {float(events)}' in text

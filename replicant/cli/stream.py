@@ -38,6 +38,7 @@ from replicant.cli.common import (
 from replicant.decoders import needs_publication
 from replicant.errors import ConfigurationError
 from replicant.formatting import format_json, format_text, human_bytes
+from replicant.metrics import MetricsServer, serve
 from replicant.runtime import Consumer
 from replicant.sinks import JsonLinesSink, SinkWriter
 
@@ -179,6 +180,19 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="also write relation events (table descriptions with column types)",
     )
+    stream.add_argument(
+        "--metrics",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics (port 0: any free "
+        "one; needs the metrics extra: pip install 'replicant[metrics]')",
+    )
+    stream.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (warnings, errors and the line saying why it stopped "
+        "still come)",
+    )
 
 
 class _Signals:
@@ -255,6 +269,21 @@ def run(args: argparse.Namespace) -> int:
         writer.close()
         raise UsageError(str(error)) from None
 
+    metrics: MetricsServer | None = None
+    if args.metrics is not None:
+        try:
+            metrics = serve(consumer, args.metrics)
+        except ConfigurationError as error:
+            writer.close()
+            raise UsageError(str(error)) from None
+        except OSError as error:
+            writer.close()
+            raise CommandError(
+                f"cannot serve metrics at {args.metrics}: {error.strerror}"
+            ) from None
+        if not args.quiet:
+            print(f"{PROG}: metrics at {metrics.url}", file=sys.stderr, flush=True)
+
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
         signals.install()
@@ -276,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
         broken = error  # a write or a flush of the output failed and ended the stream
     finally:
         signals.restore()
+        if metrics is not None:
+            metrics.close()
         try:
             writer.close()
         except OSError as error:
