@@ -35,6 +35,7 @@ MODULES = (
     "replicant.runtime",
     "replicant.health",
     "replicant.metrics",
+    "replicant.progress",
     "replicant.acknowledgement",
     "replicant.changes",
     "replicant.lsn",

@@ -655,3 +655,124 @@ def test_collector_in_a_registry_of_ones_own(shop: Database) -> None:
     events = consumer.stats.events
     assert events >= 3  # Begin, Insert, Commit (and a Relation)
     assert f'replicant_events_total{{service="billing",slot="own"}} {float(events)}' in text
+
+
+# --- progress through a backlog
+
+
+def make_health(**fields: Any) -> Any:
+    from replicant import Health
+
+    base: dict[str, Any] = dict(
+        slot="s", running=True, streaming=True, streams=1, received_lsn=LSN(0),
+        acknowledged_lsn=LSN(0), server_lsn=None, bytes_behind=None, seconds_behind=None,
+        seconds_behind_received=None, events=0, transactions=0, bytes=0, reconnects=0,
+        errors={}, events_per_second=0.0, transactions_per_second=0.0, rate_window=10.0,
+        seconds_since_last_message=None, slot_read_age=0.1,
+    )  # fmt: skip
+    base.update(fields)
+    return Health(**base)
+
+
+class FakeOut:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_backlog_progress_on_a_terminal_and_in_a_log() -> None:
+    from replicant.progress import BacklogProgress
+
+    start, total = 0x1000000, 100 * 1024 * 1024
+    for tty in (True, False):
+        now = [0.0]
+        out = FakeOut()
+        progress = BacklogProgress(
+            out, tty=tty, interval=10.0, refresh=0.5, clock=lambda now=now: now[0]
+        )
+        progress.update(make_health(streaming=False))  # not streaming yet: nothing
+        progress.update(make_health(acknowledged_lsn=LSN(start), server_lsn=None))
+        assert out.text == "" and not progress.active
+        for step in range(41):  # 1 MB a tick of 0.5 s: 2 MB/s
+            now[0] = step * 0.5
+            done = min(total, step * 1024 * 1024 * 3)
+            progress.update(
+                make_health(
+                    acknowledged_lsn=LSN(start + done // 2),
+                    received_lsn=LSN(start + done),
+                    server_lsn=LSN(start + total + step),  # the server moves on: not the target
+                    events=step * 1000,
+                )
+            )
+            if progress.finished:
+                break
+        assert progress.finished and progress.total == total
+        if tty:
+            assert out.text.count("\r\x1b[K") >= 30 and out.text.count("\n") == 1
+            assert "MB/s" in out.text and "s left" in out.text
+        else:
+            lines = out.text.splitlines()
+            assert "\r" not in out.text and 2 <= len(lines) <= 4, lines  # every 10 s, and the end
+            assert lines[0].startswith("backlog   0.0%")
+        assert out.text.rstrip("\n").splitlines()[-1].split("\x1b[K")[-1].startswith(
+            "backlog done: 100 MB"
+        )
+    # A small backlog is not reported at all.
+    out = FakeOut()
+    small = BacklogProgress(out, tty=True)
+    small.update(make_health(acknowledged_lsn=LSN(start), server_lsn=LSN(start + 1000)))
+    assert small.finished and out.text == ""
+
+
+def run_with_stderr_on_a_terminal(*args: str) -> tuple[int, str]:
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replicant", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(60), b"".join(chunks).decode()
+
+
+def test_cli_backlog_progress(shop: Database) -> None:
+    for slot in ("tty", "log", "quiet"):
+        shop.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
+    for batch in range(2):  # about 2 MB of WAL: beyond the 1 MB worth a progress line
+        shop.execute(
+            "INSERT INTO items SELECT g, repeat('p', 300) FROM generate_series(%s, %s) g",
+            batch * 2500 + 1,
+            batch * 2500 + 2500,
+        )
+    end = str(current_lsn(shop))
+    common = ["--publication", "shop", "--end", end]
+    code, terminal = run_with_stderr_on_a_terminal("stream", shop.dsn, "--slot", "tty", *common)
+    assert code == 0, terminal
+    assert "\r\x1b[Kreplicant: backlog " in terminal and "backlog done:" in terminal
+    log = replicant("stream", shop.dsn, "--slot", "log", *common)
+    assert log.returncode == 0, log.stderr
+    lines = log.stderr.splitlines()
+    assert lines and all(line.startswith("replicant: backlog") for line in lines), lines
+    assert "\r" not in log.stderr and lines[-1].startswith("replicant: backlog done:")
+    quiet = replicant("stream", shop.dsn, "--slot", "quiet", *common, "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

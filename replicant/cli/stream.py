@@ -39,6 +39,7 @@ from replicant.decoders import needs_publication
 from replicant.errors import ConfigurationError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.metrics import MetricsServer, serve
+from replicant.progress import BacklogProgress
 from replicant.runtime import Consumer
 from replicant.sinks import JsonLinesSink, SinkWriter
 
@@ -291,7 +292,13 @@ def run(args: argparse.Namespace) -> int:
     broken: BaseException | None = None  # the output failed
     try:
         consumer.start()
-        _stream_loop(consumer, writer, signals, verbose=args.verbose > 0)
+        _stream_loop(
+            consumer,
+            writer,
+            signals,
+            verbose=args.verbose > 0 and not args.quiet,
+            backlog=None if args.quiet else BacklogProgress(sys.stderr, prefix=f"{PROG}: "),
+        )
         consumer.stop()
         consumer.join()
     except KeyboardInterrupt:
@@ -355,13 +362,34 @@ def _summary(consumer: Consumer, written: int, elapsed: float) -> str:
 
 
 def _stream_loop(
-    consumer: Consumer, writer: SinkWriter, signals: _Signals, *, verbose: bool
+    consumer: Consumer,
+    writer: SinkWriter,
+    signals: _Signals,
+    *,
+    verbose: bool,
+    backlog: BacklogProgress | None,
 ) -> None:
     """Run the main thread's chores until the consumer ends or a signal stops it.
 
     The writer flushes (fsyncs) and acknowledges on its own timer; this loop
-    only reopens the file on SIGHUP and reports progress.
+    only reopens the file on SIGHUP and reports progress: through a backlog
+    (``backlog``), and with ``verbose`` a line every few seconds.
     """
+    try:
+        _chores(consumer, writer, signals, verbose=verbose, backlog=backlog)
+    finally:
+        if backlog is not None:
+            backlog.close()
+
+
+def _chores(
+    consumer: Consumer,
+    writer: SinkWriter,
+    signals: _Signals,
+    *,
+    verbose: bool,
+    backlog: BacklogProgress | None,
+) -> None:
     interval = min(_PROGRESS_INTERVAL, consumer.status_interval)
     next_progress = time.monotonic() + interval
     last_events, last_time = 0, time.monotonic()
@@ -375,9 +403,13 @@ def _stream_loop(
         if signals.stop_signal is not None:
             return  # the final write-out happens before the final status update
         now = time.monotonic()
+        if backlog is not None and not backlog.finished:
+            backlog.update(consumer.health())
         if verbose and now >= next_progress:
             health = consumer.health()
             rate = (health.events - last_events) / max(now - last_time, 1e-6)
+            if backlog is not None:
+                backlog.clear()
             print(
                 f"{PROG}: {plural(health.events, 'event')} ({rate:.0f}/s), "
                 f"{plural(health.transactions, 'transaction')}, {human_bytes(health.bytes)} "
