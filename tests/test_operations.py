@@ -776,3 +776,138 @@ def test_cli_backlog_progress(shop: Database) -> None:
     assert "\r" not in log.stderr and lines[-1].startswith("replicant: backlog done:")
     quiet = replicant("stream", shop.dsn, "--slot", "quiet", *common, "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+# --- pg_recvlogical's conventions
+
+
+def slot_flags(db: Database, slot: str) -> tuple[bool, bool | None] | None:
+    """The slot's two_phase and (17+) failover flags."""
+    failover = "failover" if db.cluster.server_version_num >= 170000 else "NULL"
+    rows = db.query(
+        f"SELECT two_phase, {failover} FROM pg_replication_slots WHERE slot_name = %s", slot
+    )
+    return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+
+def test_pg_recvlogical_short_options(shop: Database, tmp_path: Path) -> None:
+    out = tmp_path / "changes.jsonl"
+    shop.execute("SELECT pg_create_logical_replication_slot('short', 'pgoutput')")
+    shop.execute("INSERT INTO items VALUES (1, 'one')")
+    shop.execute("SELECT pg_logical_emit_message(true, 'p', 'm')")
+    end = str(current_lsn(shop))
+    port = str(shop.cluster.port)
+    # -d a database name with -h -p -U around it, as libpq clients build the connection.
+    result = replicant(
+        "stream", "-d", shop.dbname, "-h", shop.cluster.host, "-p", port, "-U",
+        shop.cluster.user, "-S", "short", "-P", "pgoutput", "--publication", "shop",
+        "-o", "messages", "-E", end, "-f", str(out), "-F", "0", "-s", "1", "-n", "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kinds = [json.loads(line)["kind"] for line in out.read_text().splitlines()]
+    assert kinds == ["begin", "insert", "commit", "begin", "message", "commit"]
+    assert slot_row(shop, "short")["confirmed"] == LSN(end)  # type: ignore[index]
+    # -d a whole connection string, whose port -p overrides; --endpos the long name.
+    wrong_port = shop.dsn_with(port=1)
+    again = replicant(
+        "stream", "-d", wrong_port, "-p", port, "-S", "short", "--publication", "shop",
+        "--endpos", end, "--no-loop", "-q",
+    )  # fmt: skip
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+    both = replicant("stream", shop.dsn, "-d", shop.dbname, "-S", "x", "--publication", "shop")
+    assert both.returncode == 2 and "not both" in one_line_error(both)
+    version = replicant("stream", "-V")
+    assert version.returncode == 0 and version.stdout.startswith("replicant ")
+    assert replicant("stream", "-?").returncode == 0
+    dead = replicant("stream", "-h", "127.0.0.1", "-p", "1", "-S", "s", "--publication", "p")
+    assert dead.returncode == 1 and '"127.0.0.1", port 1' in one_line_error(dead)
+
+
+def test_create_and_drop_slot_around_a_stream(shop: Database) -> None:
+    shop.execute("INSERT INTO items VALUES (1, 'before the slot')")
+    end = str(current_lsn(shop))
+    made = replicant(
+        "stream", shop.dsn, "-S", "around", "--publication", "shop", "--create-slot",
+        "--drop-slot", "-E", end,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "dropped slot around" in made.stderr
+    assert slot_row(shop, "around") is None
+    # --if-not-exists: an existing slot is used as it is; --drop-slot keeps it after a failure.
+    shop.execute("SELECT pg_create_logical_replication_slot('kept', 'pgoutput')")
+    exists = replicant(
+        "stream", shop.dsn, "-S", "kept", "--publication", "shop", "--create-slot",
+        "--if-not-exists", "-E", str(current_lsn(shop)),
+    )  # fmt: skip
+    assert exists.returncode == 0, exists.stderr
+    failed = replicant(
+        "stream", shop.dsn, "-S", "kept", "--publication", "nosuch", "--drop-slot",
+        "-E", str(current_lsn(shop)),
+    )  # fmt: skip
+    assert failed.returncode == 1 and slot_row(shop, "kept") is not None
+
+
+def test_two_phase_and_failover_slots(shop: Database) -> None:
+    version = shop.cluster.server_version_num
+    end = str(current_lsn(shop))
+    needs = replicant("stream", shop.dsn, "-S", "tp", "--publication", "shop", "--two-phase")
+    assert needs.returncode == 2 and "--create-slot" in one_line_error(needs)
+    two_phase = replicant(
+        "stream", shop.dsn, "-S", "tp", "--publication", "shop", "--create-slot",
+        "--two-phase", "-E", end,
+    )  # fmt: skip
+    if version < 150000:
+        assert two_phase.returncode == 2 and "15" in one_line_error(two_phase)
+    else:
+        assert two_phase.returncode == 0, two_phase.stderr
+        assert (slot_flags(shop, "tp") or (False, None))[0] is True
+        shop.execute("BEGIN; INSERT INTO items VALUES (7, 'prepared'); PREPARE TRANSACTION 'g1'")
+        prepared_end = str(current_lsn(shop))
+        prepared = replicant(
+            "stream", shop.dsn, "-S", "tp", "--publication", "shop", "--two-phase",
+            "--create-slot", "-E", prepared_end,
+        )  # fmt: skip
+        shop.execute("ROLLBACK PREPARED 'g1'")
+        assert prepared.returncode == 0, prepared.stderr
+        kinds = [json.loads(line)["kind"] for line in prepared.stdout.splitlines()]
+        assert "prepare" in kinds, kinds
+    failover = replicant(
+        "stream", shop.dsn, "-S", "fo", "--publication", "shop", "--create-slot",
+        "--failover", "-E", end,
+    )  # fmt: skip
+    if version < 170000:
+        assert failover.returncode == 1 and "PostgreSQL 17" in one_line_error(failover)
+        assert slot_row(shop, "fo") is None
+    else:
+        assert failover.returncode == 0, failover.stderr
+        assert (slot_flags(shop, "fo") or (None, None))[1] is True
+    temporary = replicant(
+        "stream", shop.dsn, "-S", "fo", "--publication", "shop", "--temporary", "--failover"
+    )
+    assert temporary.returncode == 2
+
+
+def test_password_prompt(guarded: LocalCluster) -> None:
+    guarded.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+    guarded.execute(
+        "DO $$ BEGIN CREATE PUBLICATION tpub FOR TABLE t; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    end = guarded.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    args = [
+        sys.executable, "-m", "replicant", "stream", "-h", guarded.host, "-p",
+        str(guarded.port), "-U", "pwuser", "-d", "postgres", "-W", "-S", "pw",
+        "--publication", "tpub", "--temporary", "-E", end,
+    ]  # fmt: skip
+    for password, code in (("right", 0), ("wrong", 1)):
+        result = subprocess.run(
+            args, input=password + "\n", capture_output=True, text=True, env=cli_env(),
+            cwd=ROOT, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == code, result.stderr
+        assert password not in result.stderr
+    no_input = subprocess.run(
+        args, input="", capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert no_input.returncode == 2 and "-W" in no_input.stderr

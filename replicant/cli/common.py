@@ -94,7 +94,7 @@ def explain(error: BaseException, args: argparse.Namespace | None = None) -> str
     string and slot, ready to copy.
     """
     text = one_line(error)
-    dsn = getattr(args, "dsn", None)
+    dsn = getattr(args, "hint_dsn", None) or getattr(args, "dsn", None)
     slot = getattr(args, "slot", None)
     if isinstance(error, SlotError) and "create_slot=True" in text:
         plugin = getattr(args, "plugin", None)
@@ -237,16 +237,22 @@ class Commands:
         return cls(parser, dest="command", metavar="COMMAND", label=PROG, noun="command", leaves=[])
 
     def _parser(
-        self, name: str, *, help: str, description: str, epilog: str
+        self, name: str, *, help: str, description: str, epilog: str, short_help: bool = True
     ) -> argparse.ArgumentParser:
         self.names.append(name)
-        return self._subparsers.add_parser(
+        parser = self._subparsers.add_parser(
             name,
             help=help,
             description=description,
             epilog=epilog,
             formatter_class=HelpFormatter,
+            add_help=short_help,
         )
+        if not short_help:  # -h is the host, as in PostgreSQL's own clients
+            parser.add_argument(
+                "-?", "--help", action="help", help="show this help message and exit"
+            )
+        return parser
 
     def add(
         self,
@@ -258,13 +264,19 @@ class Commands:
         epilog: str,
         dsn: bool = True,
         slot: bool = False,
+        short_help: bool = True,
+        slot_flags: tuple[str, ...] = ("--slot",),
     ) -> argparse.ArgumentParser:
         """Declare a command that runs ``handler``; returns its parser for its own options.
 
         ``dsn`` adds the optional connection string positional, ``slot`` the
-        required ``--slot NAME``.
+        required ``--slot NAME`` (spelled ``slot_flags``). Without
+        ``short_help``, help is ``--help`` and ``-?`` only, leaving ``-h``
+        free for the host.
         """
-        parser = self._parser(name, help=help, description=description, epilog=epilog)
+        parser = self._parser(
+            name, help=help, description=description, epilog=epilog, short_help=short_help
+        )
         if dsn:
             parser.add_argument(
                 "dsn",
@@ -274,8 +286,9 @@ class Commands:
             )
         if slot:
             parser.add_argument(
-                "--slot", required=True, metavar="NAME", help="replication slot name"
-            )
+                *slot_flags, dest="slot", required=True, metavar="NAME",
+                help="replication slot name",
+            )  # fmt: skip
         label = self.label.removeprefix(PROG).strip()
         parser.set_defaults(handler=handler, command_name=f"{label} {name}".strip(), group=None)
         self._leaves.append(parser)

@@ -10,6 +10,7 @@ reports progress.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
@@ -18,6 +19,9 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+import psycopg2
+import psycopg2.extensions
 
 from replicant.changes import Event
 from replicant.cli.common import (
@@ -35,7 +39,8 @@ from replicant.cli.common import (
     quiet_broken_pipe,
     seconds_arg,
 )
-from replicant.decoders import needs_publication
+from replicant.connection import ReplicationConnection
+from replicant.decoders import make_decoder, needs_publication
 from replicant.errors import ConfigurationError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.metrics import MetricsServer, serve
@@ -64,6 +69,10 @@ examples:
   # wal2json, or any plugin (raw payloads)
   replicant stream "dbname=app" --slot w2j --plugin wal2json -o add-tables=public.orders
 
+  # pg_recvlogical's options: -d -h -p -U -W -S -P -o -E -f -F -s -n -v -V
+  # (pg_recvlogical --start -I 0/1A2B3C4 is --start 0/1A2B3C4)
+  replicant stream -d app -h db1 -U repl -S app -P wal2json -E 0/1A2B3C4 -f out.jsonl
+
 An event is acknowledged to the server only once its line is written (and,
 for a file, fsynced), so a restart resumes right after the last line that
 reached the output: nothing is lost, and only lines written after the last
@@ -90,6 +99,26 @@ def register(commands: Commands) -> None:
         "event: JSON Lines (each event's to_dict()) or a compact text.",
         epilog=EPILOG,
         slot=True,
+        short_help=False,
+        slot_flags=("-S", "--slot"),
+    )
+    connection = stream.add_argument_group(
+        "connection (as pg_recvlogical and libpq clients: these win over the DSN)"
+    )
+    connection.add_argument(
+        "-d",
+        "--dbname",
+        metavar="DBNAME",
+        help="database name or connection string (instead of DSN)",
+    )
+    connection.add_argument("-h", "--host", metavar="HOST", help="server host or socket directory")
+    connection.add_argument("-p", "--port", metavar="PORT", help="server port")
+    connection.add_argument("-U", "--username", metavar="USER", help="user name")
+    connection.add_argument(
+        "-W",
+        "--password",
+        action="store_true",
+        help="ask for the password (from the terminal, or one line of standard input)",
     )
     stream.add_argument(
         "--publication",
@@ -98,6 +127,7 @@ def register(commands: Commands) -> None:
         help="publication to stream (pgoutput; repeat for several)",
     )
     stream.add_argument(
+        "-P",
         "--plugin",
         default="pgoutput",
         metavar="NAME",
@@ -114,6 +144,29 @@ def register(commands: Commands) -> None:
     )
     stream.add_argument("--create-slot", action="store_true", help="create the slot if missing")
     stream.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="with --create-slot, use a slot that exists already (what --create-slot does "
+        "anyway; accepted as pg_recvlogical takes it)",
+    )
+    stream.add_argument(
+        "--drop-slot",
+        action="store_true",
+        help="drop the slot at exit, once the stream ended cleanly (--end, Ctrl-C, SIGTERM); "
+        "a slot is kept after a failure",
+    )
+    stream.add_argument(
+        "--two-phase",
+        action="store_true",
+        help="create the slot with two-phase decoding, and decode prepared transactions "
+        "(PostgreSQL 15+ with pgoutput; 14+ for other plugins)",
+    )
+    stream.add_argument(
+        "--failover",
+        action="store_true",
+        help="create the slot as a failover slot, synchronised to standbys (PostgreSQL 17+)",
+    )
+    stream.add_argument(
         "--temporary",
         action="store_true",
         help="create a temporary slot, dropped when the stream ends (implies --create-slot)",
@@ -125,7 +178,10 @@ def register(commands: Commands) -> None:
         help="skip transactions that committed before LSN (X/Y)",
     )
     stream.add_argument(
+        "-E",
         "--end",
+        "--endpos",
+        dest="end",
         type=lsn_arg,
         metavar="LSN",
         help="stop once the stream reaches LSN (X/Y), then exit 0",
@@ -160,7 +216,10 @@ def register(commands: Commands) -> None:
         help="seconds between status updates to the server (default 10)",
     )
     stream.add_argument(
+        "-n",
         "--no-reconnect",
+        "--no-loop",
+        dest="no_reconnect",
         action="store_true",
         help="exit with an error when the connection is lost, instead of reconnecting",
     )
@@ -232,6 +291,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--publication is required with the {args.plugin} plugin")
     if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
+    dsn, params = connection_of(args)
+    if args.failover and args.temporary:
+        raise UsageError("a temporary slot cannot be a failover slot")
+    if (args.failover or args.two_phase) and not (args.create_slot or args.temporary):
+        raise UsageError(
+            f"{'--failover' if args.failover else '--two-phase'} says how to create the slot: "
+            "add --create-slot"
+        )
+    if args.two_phase and args.temporary and args.plugin != "pgoutput":
+        raise UsageError("--two-phase with --temporary needs the pgoutput plugin")
+    consumer_args = _decoding_args(args, publications)
+    if args.failover or (args.two_phase and args.plugin != "pgoutput"):
+        # The slot is made here, with what the consumer itself cannot ask for.
+        _create_slot(args, dsn, params)
     path = None if args.file in (None, "-") else args.file
     # A file is fsynced every --fsync-interval seconds and acknowledged as far
     # as each fsync reached; standard output (or -F 0) is acknowledged at
@@ -251,11 +324,9 @@ def run(args: argparse.Namespace) -> int:
     writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
     try:
         consumer = writer.consumer(
-            args.dsn,
+            dsn,
             slot=args.slot,
-            plugin=args.plugin,
-            publication=publications or None,
-            options=dict(args.option or []),
+            **consumer_args,
             create_slot=args.create_slot or args.temporary,
             temporary=args.temporary,
             start_lsn=args.start,
@@ -265,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             retry_first_connect=args.retry_first_connect,
             health_interval=_HEALTH_INTERVAL,
+            **params,
         )
     except ConfigurationError as error:
         writer.close()
@@ -305,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted again; not waiting for a clean stop", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return quiet_broken_pipe()
+        broken = BrokenPipeError()
     except BaseException as error:
         if error is not writer.failure:
             raise
@@ -320,16 +392,99 @@ def run(args: argparse.Namespace) -> int:
             broken = broken or error
     if broken is not None:
         if isinstance(broken, BrokenPipeError):
+            _drop_at_exit(args, dsn, params, consumer)
             return quiet_broken_pipe()
         raise CommandError(f"writing the output failed: {explain(broken)}")
     summary = _summary(consumer, formatter.count, time.monotonic() - started)
     if signals.stop_signal is not None:
         name = "interrupted" if signals.stop_signal == signal.SIGINT else "terminated"
         print(f"{PROG}: {name}; {summary}", file=sys.stderr)
+        _drop_at_exit(args, dsn, params, consumer)
         return EXIT_INTERRUPTED if signals.stop_signal == signal.SIGINT else EXIT_TERMINATED
-    if args.verbose:
+    if args.verbose and not args.quiet:
         print(f"{PROG}: done; {summary}", file=sys.stderr)
+    _drop_at_exit(args, dsn, params, consumer)
     return EXIT_OK
+
+
+def connection_of(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """The connection string and libpq keywords of ``-d``/DSN, ``-h``, ``-p``, ``-U``, ``-W``.
+
+    As libpq clients do: ``-d`` is a database name or a whole connection
+    string, and the other options win over what it says; what neither says
+    comes from the PG* environment variables. ``-W`` asks for the password
+    on the terminal (or reads one line of standard input when that is not a
+    terminal). Also sets ``args.hint_dsn``, the connection without its
+    password, for the hints of error messages.
+    """
+    if args.dsn is not None and args.dbname is not None:
+        raise UsageError("give the connection once: a DSN or -d/--dbname, not both")
+    base = args.dsn if args.dsn is not None else args.dbname
+    params: dict[str, str] = {}
+    dsn: str | None = base
+    if base is not None and "=" not in base and "://" not in base:
+        dsn, params["dbname"] = None, base  # a database name, not a connection string
+    for key, value in (("host", args.host), ("port", args.port), ("user", args.username)):
+        if value is not None:
+            params[key] = value
+    try:
+        args.hint_dsn = psycopg2.extensions.make_dsn(dsn or "", **params) if params else dsn
+    except psycopg2.Error:
+        args.hint_dsn = dsn
+    if args.password:
+        params["password"] = _ask_password()
+    return dsn, params
+
+
+def _ask_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("-W: no password on standard input")
+    return line.rstrip("\r\n")
+
+
+def _decoding_args(args: argparse.Namespace, publications: list[str]) -> dict[str, Any]:
+    """The consumer's plugin arguments: a pgoutput decoder of its own for --two-phase."""
+    options = dict(args.option or [])
+    if args.two_phase and args.plugin == "pgoutput":
+        try:
+            return {
+                "decoder": make_decoder(
+                    "pgoutput", publication=publications, options=options, two_phase=True
+                )
+            }
+        except ConfigurationError as error:
+            raise UsageError(str(error)) from None
+    return {"plugin": args.plugin, "publication": publications or None, "options": options}
+
+
+def _create_slot(args: argparse.Namespace, dsn: str | None, params: dict[str, str]) -> None:
+    """Create the slot (if missing) with --failover / --two-phase, as the consumer cannot."""
+    with ReplicationConnection.connect(dsn, **params) as conn:
+        if conn.read_slot(args.slot) is not None:
+            return
+        try:
+            created = conn.create_slot(
+                args.slot, args.plugin, two_phase=args.two_phase, failover=args.failover
+            )
+        except ConfigurationError as error:
+            raise CommandError(str(error)) from None
+    logger.info("created slot %s at %s", created.name, created.consistent_point)
+
+
+def _drop_at_exit(
+    args: argparse.Namespace, dsn: str | None, params: dict[str, str], consumer: Consumer
+) -> None:
+    """--drop-slot: the stream ended cleanly, so the slot goes (waiting for its walsender)."""
+    if not args.drop_slot or args.temporary or consumer.stats.streams == 0:
+        return
+    with ReplicationConnection.connect(dsn, **params) as conn:
+        if conn.read_slot(args.slot) is not None:
+            conn.drop_slot(args.slot, wait=True)
+    if not args.quiet:
+        print(f"{PROG}: dropped slot {args.slot}", file=sys.stderr)
 
 
 class _Counted:
