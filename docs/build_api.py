@@ -33,6 +33,9 @@ OUTPUT = ROOT / "docs" / "api.md"
 MODULES = (
     "replicant",
     "replicant.runtime",
+    "replicant.health",
+    "replicant.metrics",
+    "replicant.progress",
     "replicant.acknowledgement",
     "replicant.changes",
     "replicant.lsn",
@@ -217,15 +220,27 @@ def _first_paragraph(doc: str | None) -> str:
 def document_module(module_name: str) -> list[str]:
     module = importlib.import_module(module_name)
     lines = [f"## `{module_name}`", "", markdown(module.__doc__), ""]
+    # The package's re-exports first, as one list, then what it documents
+    # itself: a heading in the middle would cut the list in two.
+    references: list[str] = []
+    documented: list[str] = []
     for name in getattr(module, "__all__", []):
         if name in INTERNAL.get(module_name, ()):
             continue
         value = getattr(module, name)
         home = getattr(value, "__module__", module_name)
         if module_name == "replicant" and home != module_name and not isinstance(value, str):
-            # The package re-exports; each name is documented in its own module.
-            lines.append(f"- `{name}`: see [`{home}`](#{_anchor(home)})")
-            continue
+            references.append(name)
+        else:
+            documented.append(name)
+    for name in references:
+        home = getattr(module, name).__module__
+        # Each name is documented in its own module.
+        lines.append(f"- `{name}`: see [`{home}`](#{_anchor(home)})")
+    if references:
+        lines.append("")
+    for name in documented:
+        value = getattr(module, name)
         if inspect.isclass(value):
             lines += document_class(name, value, 3)
         elif inspect.isfunction(value):

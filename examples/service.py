@@ -12,6 +12,11 @@ without it.
     CREATE PUBLICATION notes_pub FOR TABLE notes;
 
     python examples/service.py "dbname=app"
+
+The first run creates the slot ``service``; it keeps WAL on the server for
+as long as it exists. When the service is retired, drop it:
+
+    replicant slot drop "dbname=app" --slot service
 """
 
 from __future__ import annotations

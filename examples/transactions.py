@@ -11,6 +11,11 @@ returned, so a crash in the middle of a transaction re-delivers all of it.
     CREATE PUBLICATION notes_pub FOR TABLE notes;
 
     python examples/transactions.py "dbname=app"
+
+The first run creates the slot ``transactions``, which keeps WAL on the
+server until it is dropped; when you are done:
+
+    replicant slot drop "dbname=app" --slot transactions
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ passes through. The events are the same as with pgoutput: ``Insert``,
     CREATE TABLE notes (id serial PRIMARY KEY, body text);
 
     python examples/wal2json_stream.py "dbname=app"
+
+The first run creates the slot ``wal2json_example``, which keeps WAL on the
+server until it is dropped; when you are done:
+
+    replicant slot drop "dbname=app" --slot wal2json_example
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from replicant.errors import (
     SlotError,
     UsageError,
 )
+from replicant.health import Health
 from replicant.lsn import LSN
 from replicant.recording import Recorder, record, replay
 from replicant.runtime import Consumer, Progress, Stats, run
@@ -64,6 +65,7 @@ __all__ = [
     "DecodeError",
     "Delete",
     "Event",
+    "Health",
     "Insert",
     "Message",
     "Origin",

@@ -220,6 +220,16 @@ _REFUSALS = (
         ),
     ),
     ("28000", re.compile(r"pg_hba\.conf|not permitted to log in|role .* does not exist", re.I)),
+    # A role without the REPLICATION attribute (the wording before and from 16),
+    # or without CONNECT on the database.
+    (
+        "42501",
+        re.compile(
+            r"superuser or replication role|permission denied to start WAL sender|"
+            r"REPLICATION attribute|permission denied for database|CONNECT privilege",
+            re.I,
+        ),
+    ),
     ("3D000", re.compile(r"database .* does not exist", re.I)),
     ("08006", re.compile(r"certificate|SSL error|server does not support SSL|sslmode", re.I)),
 )

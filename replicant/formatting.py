@@ -38,13 +38,17 @@ __all__ = ["format_json", "format_text", "human_bytes"]
 def format_json(event: Event) -> str:
     """One JSON Lines line (without the newline) for ``event``: its ``to_dict()``.
 
-    A raw payload that is valid UTF-8 also gets a ``text`` field, so text
-    plugins such as test_decoding stay readable.
+    A raw payload, or a message's content, that is valid UTF-8 also gets a
+    ``text`` field beside its base64, so text plugins such as test_decoding
+    and text messages stay readable.
     """
     data = event.to_dict()
     if isinstance(event, RawChange):
         with contextlib.suppress(UnicodeDecodeError):
             data["text"] = event.data.decode("utf-8")
+    elif isinstance(event, Message):
+        with contextlib.suppress(UnicodeDecodeError):
+            data["text"] = event.content.decode("utf-8")
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 

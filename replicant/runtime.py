@@ -21,6 +21,7 @@ commit lies after the last acknowledged LSN.
 
 from __future__ import annotations
 
+import datetime as _dt
 import inspect
 import logging
 import queue
@@ -28,13 +29,21 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, ParamSpec
 
 from replicant.acknowledgement import Progress, WalProgress
-from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
+from replicant.changes import (
+    Begin,
+    Commit,
+    CommitPrepared,
+    Event,
+    RollbackPrepared,
+    StreamCommit,
+)
 from replicant.connection import ReplicationConnection, ReplicationStream, SlotState, mask_dsn
 from replicant.decoders import Decoder, make_decoder
 from replicant.errors import (
@@ -45,6 +54,7 @@ from replicant.errors import (
     SlotError,
     UsageError,
 )
+from replicant.health import Health, RateMeter, SlotMonitor, commit_time_of, seconds_since
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
 
@@ -69,12 +79,26 @@ Callback = Callable[[Event], "LSN | int | str | None"]
 # Events that end a transaction, for the transaction count.
 _TRANSACTION_ENDS = frozenset({Commit, StreamCommit, CommitPrepared, RollbackPrepared})
 
+# The events the reader looks at twice: a transaction's end (counted, its
+# commit time kept for the lag) or start (a Begin carries the commit time too).
+_END, _START = 1, 2
+_MARKS: dict[type, int] = {kind: _END for kind in _TRANSACTION_ENDS}
+_MARKS[Begin] = _START
+
 # How often an idle reader looks up from the socket to notice stop(): the
 # bound on how long stop() takes on an idle stream.
 _POLL_INTERVAL = 0.1
 
 # How often run() in the main thread wakes to let pending signal handlers run.
 _SIGNAL_CHECK_INTERVAL = 0.25
+
+# The transactions received and not yet acknowledged whose commit times are
+# kept for seconds_behind; beyond this many the oldest go (the figure then
+# errs low), so a consumer that never acknowledges does not grow without bound.
+_PENDING_COMMITS = 100_000
+
+# The span of health()'s events and transactions per second.
+_RATE_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,7 @@ class Stats:
     status_updates: int = 0
     keepalives: int = 0
     reconnects: int = 0
+    streams: int = 0
 
 
 class _Counters:
@@ -99,12 +124,13 @@ class _Counters:
         "keepalives",
         "reconnects",
         "status_updates",
+        "streams",
         "transactions",
     )
 
     def __init__(self) -> None:
         self.events = self.transactions = self.bytes = self.frames = 0
-        self.status_updates = self.keepalives = self.reconnects = 0
+        self.status_updates = self.keepalives = self.reconnects = self.streams = 0
 
     def snapshot(self) -> Stats:
         return Stats(
@@ -115,6 +141,7 @@ class _Counters:
             status_updates=self.status_updates,
             keepalives=self.keepalives,
             reconnects=self.reconnects,
+            streams=self.streams,
         )
 
 
@@ -191,10 +218,21 @@ class Consumer:
     with jitter (``backoff_initial`` doubling up to ``backoff_max`` seconds,
     at most ``max_retries`` attempts in a row; ``None`` for no limit) and
     resumes after the last acknowledged LSN. A transaction cut in the middle
-    comes again from its ``Begin``. Errors a retry cannot fix (a slot
-    dropped, invalidated or recreated, a missing publication, a refused
-    login, malformed data, the callback's exception) end the consumer at
-    once.
+    comes again from its ``Begin``. Retries apply once a stream has run: a
+    first connection that fails (a wrong host or port, a server that is
+    down) ends the consumer at once with :class:`ConnectionLost`, unless
+    ``retry_first_connect`` is true (for a service that may start before
+    its database). Errors a retry cannot fix (a slot dropped, invalidated or
+    recreated, a missing publication, a refused login or a role without the
+    REPLICATION attribute, malformed data, the callback's exception) end the
+    consumer at once.
+
+    Health: :meth:`health` gives lag and activity figures at any time, from
+    any thread. With ``health_interval`` seconds, a separate ordinary
+    connection reads the server's WAL end and the slot's ``wal_status`` and
+    ``safe_wal_size`` that often (see :mod:`replicant.health`); without it,
+    the server's position comes from keepalives only, which trail the
+    server's WAL end during a backlog.
     """
 
     def __init__(
@@ -220,6 +258,8 @@ class Consumer:
         backoff_max: float = 30.0,
         receive_timeout: float | None = 60.0,
         on_stop: Callable[[], LSN | int | str | None] | None = None,
+        retry_first_connect: bool = False,
+        health_interval: float | None = None,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
@@ -254,8 +294,28 @@ class Consumer:
             raise ConfigurationError(f"max_retries must be >= 0 or None, not {max_retries!r}")
         self.reconnect = reconnect
         self.max_retries = max_retries
+        self.retry_first_connect = retry_first_connect
+        if health_interval is not None and health_interval <= 0:
+            raise ConfigurationError(f"health_interval must be positive, not {health_interval!r}")
+        self.health_interval = health_interval
         self._progress = WalProgress(idle_advance=idle_advance)
         self._counters = _Counters()
+
+        # Health (written by the reader unless said otherwise; read by health()).
+        self._server_lsn = LSN(0)  # the last keepalive's WAL position
+        self._last_heard: float | None = None  # monotonic time of the last frame
+        # (end LSN, commit time) of transactions received, not yet acknowledged.
+        self._pending_commits: deque[tuple[LSN, _dt.datetime | None]] = deque(
+            maxlen=_PENDING_COMMITS
+        )
+        self._acked_commit_time: _dt.datetime | None = None
+        self._received_commit_time: _dt.datetime | None = None
+        self._begin_commit_time: _dt.datetime | None = None  # of the last Begin
+        self._rates = RateMeter(_RATE_WINDOW)
+        self._errors: dict[str, int] = {}  # by kind; the supervisor and the monitor write
+        self._errors_lock = threading.Lock()
+        self._last_error: str | None = None
+        self._monitor: SlotMonitor | None = None
 
         self._state_lock = threading.Lock()
         self._stop_requested = threading.Event()
@@ -286,8 +346,77 @@ class Consumer:
 
     @property
     def stats(self) -> Stats:
-        """Counts of events, transactions, bytes, status updates and keepalives."""
+        """Counts of events, transactions, bytes, status updates, keepalives, reconnects."""
         return self._counters.snapshot()
+
+    def health(self) -> Health:
+        """Lag and activity now: a :class:`~replicant.health.Health` snapshot.
+
+        Safe from any thread, at any time (before start, while streaming,
+        after the end); it takes no lock the stream waits on for long.
+        """
+        counters = self._counters
+        events, transactions = counters.events, counters.transactions
+        position = self._progress.position()
+        received, flushed = position.received, position.flushed
+        monitor = self._monitor
+        reading = None if monitor is None else monitor.latest
+        server: LSN | None = self._server_lsn or None
+        if reading is not None and (server is None or reading.server_lsn > server):
+            server = reading.server_lsn
+        # The walsender has not yet sent all the WAL the server had at the last read.
+        behind_server = reading is not None and reading.server_lsn > received
+        in_transaction = bool(self._decoder.in_transaction) if self.running else False
+        now = _dt.datetime.now(_dt.timezone.utc)
+        received_caught_up = not behind_server and not in_transaction
+        pending = self._pending_commits
+        acked_caught_up = received_caught_up and not pending
+        acked_time = self._acked_commit_time
+        if acked_time is None:
+            # Nothing acknowledged yet: at least as far behind as the oldest
+            # transaction received and not acknowledged.
+            oldest = pending[0] if pending else None
+            acked_time = oldest[1] if oldest is not None else self._begin_commit_time
+        events_rate, transactions_rate = self._rates.rates(events, transactions)
+        heard = self._last_heard
+        attempt = self._current
+        with self._errors_lock:
+            errors = dict(self._errors)
+            last_error = self._last_error
+        return Health(
+            slot=self.slot,
+            running=self.running,
+            streaming=attempt is not None and attempt.stream is not None,
+            streams=counters.streams,
+            received_lsn=received,
+            acknowledged_lsn=flushed,
+            server_lsn=server,
+            bytes_behind=None if server is None else max(0, server - flushed),
+            seconds_behind=0.0 if acked_caught_up else seconds_since(acked_time, now),
+            seconds_behind_received=(
+                0.0 if received_caught_up else seconds_since(self._received_commit_time, now)
+            ),
+            events=events,
+            transactions=transactions,
+            bytes=counters.bytes,
+            reconnects=counters.reconnects,
+            errors=errors,
+            events_per_second=events_rate,
+            transactions_per_second=transactions_rate,
+            rate_window=self._rates.window,
+            seconds_since_last_message=None if heard is None else time.monotonic() - heard,
+            wal_status=None if reading is None else reading.wal_status,
+            safe_wal_size=None if reading is None else reading.safe_wal_size,
+            slot_confirmed_lsn=None if reading is None else reading.confirmed_lsn,
+            slot_read_age=None if reading is None else time.monotonic() - reading.at,
+            last_error=last_error,
+        )
+
+    def _count_error(self, kind: str, error: BaseException) -> None:
+        with self._errors_lock:
+            self._errors[kind] = self._errors.get(kind, 0) + 1
+            if kind != "health_query":
+                self._last_error = _one_line(error)
 
     def acknowledge(self, lsn: LSN | int | str) -> LSN:
         """Acknowledge ``lsn`` from outside the callback (any thread).
@@ -405,11 +534,22 @@ class Consumer:
 
     def _supervise(self) -> None:
         try:
+            if self.health_interval is not None:
+                self._monitor = SlotMonitor(
+                    self._dsn,
+                    self._connect_params,
+                    self.slot,
+                    self.health_interval,
+                    on_error=self._count_error,
+                )
+                self._monitor.start()
             self._attempts()
         except BaseException as error:
             with self._state_lock:
                 self._failure = error
         finally:
+            if self._monitor is not None:
+                self._monitor.stop()
             self._done.set()
 
     def _wake(self) -> _Attempt | None:
@@ -432,6 +572,7 @@ class Consumer:
                 self._attempt()
                 return
             except (ConnectionLost, SlotError) as error:
+                self._count_error(type(error).__name__, error)
                 if not self._retryable(error) or self._stop_requested.is_set():
                     raise
                 # An attempt that received data was healthy: start the
@@ -445,7 +586,7 @@ class Consumer:
                 logger.warning(
                     "slot %s: %s; reconnecting in %.1f s (attempt %d%s)",
                     self.slot,
-                    error,
+                    _one_line(error),
                     delay,
                     failures,
                     "" if self.max_retries is None else f" of {self.max_retries}",
@@ -456,7 +597,9 @@ class Consumer:
         if not self.reconnect:
             return False
         if isinstance(error, ConnectionLost):
-            return True
+            # Before any stream ran, a lost connection is most likely a wrong
+            # address, which no retry fixes (as pg_recvlogical, which exits).
+            return self._counters.streams > 0 or self.retry_first_connect
         # "replication slot ... is active for PID ...": the server has not yet
         # noticed that our previous connection is gone.
         return isinstance(error, SlotError) and error.sqlstate == "55006"
@@ -495,6 +638,7 @@ class Consumer:
         )
         attempt.stream = stream
         attempt.last_heard = time.monotonic()
+        self._counters.streams += 1
         logger.info(
             "streaming slot %s from %s (plugin %s, server %s)",
             self.slot,
@@ -564,6 +708,13 @@ class Consumer:
                     "database, or fix the name",
                 )
         state = connection.read_slot(self.slot)
+        if state is not None and self._temporary and not state.temporary:
+            raise SlotError(
+                f'replication slot "{self.slot}" exists and is permanent: a temporary run '
+                "never consumes a permanent slot (it would advance it); pick another slot "
+                "name, or stream this one without temporary",
+                sqlstate="42710",
+            )
         if state is None and self._slot_seen and not self._temporary:
             raise SlotError(
                 f'replication slot "{self.slot}" was dropped while replicant was '
@@ -574,8 +725,8 @@ class Consumer:
         if state is None:
             if not self._create_slot:
                 raise SlotError(
-                    f'replication slot "{self.slot}" does not exist '
-                    "(pass create_slot=True to create it)",
+                    f'replication slot "{self.slot}" does not exist on '
+                    f"{_target(connection)} (pass create_slot=True to create it)",
                     sqlstate="42704",
                 )
             created = connection.create_slot(
@@ -644,14 +795,20 @@ class Consumer:
         counters = self._counters
         stop_requested = self._stop_requested.is_set
         end_lsn = self._end_lsn
-        transaction_ends = _TRANSACTION_ENDS
+        marks = _MARKS
         put = attempt.queue.put
         receive_timeout = self.receive_timeout
         monotonic = time.monotonic
+        pending = self._pending_commits
+        remember_commit = pending.append
+        sample = self._rates.sample
         last_event: Event | None = None  # the last one delivered
         while not (attempt.ending or stop_requested()):
             frames = stream.read(_POLL_INTERVAL)
             if not frames:
+                if pending:
+                    self._forget_acknowledged()
+                sample(counters.events, counters.transactions)
                 if (
                     receive_timeout is not None
                     and monotonic() - attempt.last_heard > receive_timeout
@@ -661,7 +818,7 @@ class Consumer:
                         "(receive_timeout): the connection is presumed dead"
                     )
                 continue
-            attempt.last_heard = monotonic()
+            attempt.last_heard = self._last_heard = monotonic()
             # Bookkeeping once per batch, not once per event: the highest LSN
             # the callback returned is published on the way out of the batch
             # (one lock, one LSN), and so are the counters.
@@ -691,8 +848,16 @@ class Consumer:
                                     progress.acknowledge(result)  # checked now
                             last_event = event
                             events += 1
-                            if type(event) in transaction_ends:
-                                ends += 1
+                            mark = marks.get(type(event))
+                            if mark is not None:
+                                if mark == _END:
+                                    ends += 1
+                                    remember_commit((event.lsn, commit_time_of(event)))
+                                else:
+                                    self._begin_commit_time = commit_time_of(event)
+                                    self._received_commit_time = (
+                                        self._begin_commit_time or self._received_commit_time
+                                    )
                         if end_lsn is not None and wal_start >= end_lsn:
                             self._reached_end(end_lsn)
                             return
@@ -704,6 +869,8 @@ class Consumer:
                             progress.acknowledge(acked)
                             acked = 0
                         counters.keepalives += 1
+                        if frame.wal_end > self._server_lsn:
+                            self._server_lsn = LSN.from_int(frame.wal_end)
                         progress.keepalive(
                             frame.wal_end,
                             in_transaction=decoder.in_transaction,
@@ -725,6 +892,21 @@ class Consumer:
                 counters.bytes += nbytes
                 counters.events += events
                 counters.transactions += ends
+                if pending:
+                    self._forget_acknowledged()
+                sample(counters.events, counters.transactions)
+
+    def _forget_acknowledged(self) -> None:
+        """Drop the commit times of transactions now acknowledged, keeping the newest's."""
+        pending = self._pending_commits
+        if pending:
+            self._received_commit_time = pending[-1][1] or self._received_commit_time
+        flushed = self._progress.position().flushed
+        acked = None
+        while pending and pending[0][0] <= flushed:
+            acked = pending.popleft()
+        if acked is not None and acked[1] is not None:
+            self._acked_commit_time = acked[1]
 
     def _reached_end(self, end_lsn: LSN) -> None:
         logger.info("reached end position %s", end_lsn)
@@ -911,7 +1093,8 @@ def check_slot_state(state: SlotState, *, plugin: str) -> None:
     if state.plugin != plugin:
         raise SlotError(
             f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
-            f"{plugin!r}; drop it or pick another slot name"
+            f"{plugin!r}: pass plugin={state.plugin!r} to stream it, or drop it or pick "
+            "another slot name"
         )
     reason = state.invalidated
     if reason is not None:
@@ -923,6 +1106,18 @@ def check_slot_state(state: SlotState, *, plugin: str) -> None:
             "since its last confirmed position",
             sqlstate="55000",
         )
+
+
+def _one_line(error: BaseException | str) -> str:
+    """A message on one line: libpq's and the server's several lines joined with "; "."""
+    text = str(error).strip() or (type(error).__name__ if isinstance(error, BaseException) else "")
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _target(connection: ReplicationConnection) -> str:
+    """Where a connection went, for messages: ``host H port P database D``."""
+    info = connection.raw.info
+    return f"host {info.host} port {info.port} database {info.dbname}"
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:

@@ -145,8 +145,8 @@ def test_help_version_and_usage_errors() -> None:
     no_publication = run_cli("stream", "--slot", "s")
     assert no_publication.returncode == 2
     assert "--publication is required" in one_line_error(no_publication)
-    bad_option = run_cli("stream", "--slot", "s", "--publication", "p", "-o", "novalue")
-    assert bad_option.returncode == 2 and "key=value" in bad_option.stderr
+    bad_option = run_cli("stream", "--slot", "s", "--publication", "p", "-o", "=value")
+    assert bad_option.returncode == 2 and "name=value" in bad_option.stderr
     bad_slot = run_cli("stream", "--slot", "Bad-Name", "--publication", "p")
     assert bad_slot.returncode == 2 and "slot name" in one_line_error(bad_slot)
 

@@ -718,6 +718,7 @@ def test_max_retries_gives_up(workload_db: Database) -> None:
         publication="pub_a",
         callback=print,
         max_retries=2,
+        retry_first_connect=True,  # otherwise the first failure ends it at once
         backoff_initial=0.01,
         backoff_max=0.02,
     ).start()

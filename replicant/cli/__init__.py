@@ -41,8 +41,10 @@ from replicant.cli.common import (
     add_common,
     explain,
     one_line,
+    quiet_broken_pipe,
 )
-from replicant.errors import ReplicantError
+from replicant.errors import ConfigurationError, ReplicantError
+from replicant.protocol import validate_slot_name
 
 __all__ = [
     "EXIT_ERROR",
@@ -91,7 +93,7 @@ def _build() -> tuple[argparse.ArgumentParser, Commands]:
     commands = Commands.root(parser)
     for module in _COMMANDS:
         module.register(commands)
-    commands.finish()
+    commands.finish(version=_version_text())
     return parser, commands
 
 
@@ -145,18 +147,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _setup_logging(verbose)
     try:
+        # A bad slot name is a usage error in every command (exit 2), found
+        # before anything connects.
+        if getattr(args, "slot", None) is not None:
+            try:
+                validate_slot_name(args.slot)
+            except ConfigurationError as error:
+                raise UsageError(str(error)) from None
         code: int = args.handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe is handled like any other
         return code
     except UsageError as error:
         print(f"{PROG} {args.command_name}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CommandError, ReplicantError, psycopg2.Error, OSError) as error:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        print(f"{PROG}: error: {explain(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {explain(error, args)}", file=sys.stderr)
         return error.exit_code if isinstance(error, CommandError) else EXIT_ERROR
     except Exception as error:  # a bug: still one line, the traceback with -v
         if verbose:

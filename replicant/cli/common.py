@@ -12,11 +12,15 @@ the parsed arguments and return an exit code, or raise
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shlex
+import sys
 from collections.abc import Callable
 
 import psycopg2
 
-from replicant.errors import ConfigurationError, SlotError
+from replicant.errors import ConfigurationError, ConnectionLost, SlotError
 from replicant.lsn import LSN
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "lsn_arg",
     "one_line",
     "option_arg",
+    "quiet_broken_pipe",
     "seconds_arg",
 ]
 
@@ -79,18 +84,56 @@ def one_line(error: BaseException) -> str:
     return "; ".join(lines)
 
 
-def explain(error: BaseException) -> str:
-    """The message for ``error``, reworded where the library speaks of Python arguments."""
+_PASS_PLUGIN = re.compile(r"pass plugin='([^']*)'")
+
+
+def explain(error: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The message for ``error``, reworded where the library speaks of Python arguments.
+
+    With the command's ``args``, hints name the command's own connection
+    string and slot, ready to copy.
+    """
     text = one_line(error)
+    dsn = getattr(args, "hint_dsn", None) or getattr(args, "dsn", None)
+    slot = getattr(args, "slot", None)
     if isinstance(error, SlotError) and "create_slot=True" in text:
+        plugin = getattr(args, "plugin", None)
+        words = [PROG, "slot", "create", *([shlex.quote(dsn)] if dsn else [])]
+        words += ["--slot", shlex.quote(slot) if slot else "NAME"]
+        if plugin not in (None, "pgoutput"):
+            words += ["--plugin", shlex.quote(str(plugin))]
+        command = " ".join(words)
         text = text.replace(
             "(pass create_slot=True to create it)",
-            "(add --create-slot, or run: replicant slot create --slot NAME)",
+            f"(add --create-slot, or run: {command})",
         )
+    if isinstance(error, SlotError):
+        text = _PASS_PLUGIN.sub(lambda m: f"add --plugin {shlex.quote(m.group(1))}", text)
+    if (
+        isinstance(error, ConnectionLost)
+        and text.startswith("could not connect")
+        and getattr(args, "command_name", None) == "stream"
+    ):
+        text += " (the first connection failed; --retry-first-connect keeps trying)"
     filename = error.filename if isinstance(error, OSError) else None
     if filename is not None and str(filename) not in text:
         text = f"{filename}: {text}"
     return text
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of standard output went away (``| head``): exit 0, quietly.
+
+    That is how such pipelines end. Standard output is pointed at /dev/null
+    so that the interpreter's own final flush does not complain.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 # --- argument types ------------------------------------------------------------------
@@ -105,11 +148,12 @@ def lsn_arg(text: str) -> LSN:
 
 
 def option_arg(text: str) -> tuple[str, str]:
-    """A ``key=value`` argument."""
+    """A ``name[=value]`` argument; a bare ``name`` means on (as pg_recvlogical's ``-o``)."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, not {text!r}")
-    return key.strip(), value
+    key = key.strip()
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected name or name=value, not {text!r}")
+    return key, value if sep else "on"
 
 
 def count_arg(text: str) -> int:
@@ -193,16 +237,22 @@ class Commands:
         return cls(parser, dest="command", metavar="COMMAND", label=PROG, noun="command", leaves=[])
 
     def _parser(
-        self, name: str, *, help: str, description: str, epilog: str
+        self, name: str, *, help: str, description: str, epilog: str, short_help: bool = True
     ) -> argparse.ArgumentParser:
         self.names.append(name)
-        return self._subparsers.add_parser(
+        parser = self._subparsers.add_parser(
             name,
             help=help,
             description=description,
             epilog=epilog,
             formatter_class=HelpFormatter,
+            add_help=short_help,
         )
+        if not short_help:  # -h is the host, as in PostgreSQL's own clients
+            parser.add_argument(
+                "-?", "--help", action="help", help="show this help message and exit"
+            )
+        return parser
 
     def add(
         self,
@@ -214,13 +264,19 @@ class Commands:
         epilog: str,
         dsn: bool = True,
         slot: bool = False,
+        short_help: bool = True,
+        slot_flags: tuple[str, ...] = ("--slot",),
     ) -> argparse.ArgumentParser:
         """Declare a command that runs ``handler``; returns its parser for its own options.
 
         ``dsn`` adds the optional connection string positional, ``slot`` the
-        required ``--slot NAME``.
+        required ``--slot NAME`` (spelled ``slot_flags``). Without
+        ``short_help``, help is ``--help`` and ``-?`` only, leaving ``-h``
+        free for the host.
         """
-        parser = self._parser(name, help=help, description=description, epilog=epilog)
+        parser = self._parser(
+            name, help=help, description=description, epilog=epilog, short_help=short_help
+        )
         if dsn:
             parser.add_argument(
                 "dsn",
@@ -230,8 +286,9 @@ class Commands:
             )
         if slot:
             parser.add_argument(
-                "--slot", required=True, metavar="NAME", help="replication slot name"
-            )
+                *slot_flags, dest="slot", required=True, metavar="NAME",
+                help="replication slot name",
+            )  # fmt: skip
         label = self.label.removeprefix(PROG).strip()
         parser.set_defaults(handler=handler, command_name=f"{label} {name}".strip(), group=None)
         self._leaves.append(parser)
@@ -252,7 +309,12 @@ class Commands:
         parser.set_defaults(handler=None, group=nested)
         return nested
 
-    def finish(self) -> None:
-        """Add the common options to every command declared."""
+    def finish(self, version: str | None = None) -> None:
+        """Add the common options (and ``--version``, when given) to every command declared."""
         for parser in self._leaves:
+            if version is not None:
+                parser.add_argument(
+                    "-V", "--version", action="version", version=version,
+                    help="print the version and exit",
+                )  # fmt: skip
             add_common(parser)

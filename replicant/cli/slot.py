@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from replicant.cli.common import EXIT_OK, CommandError, Commands
+from replicant.cli.common import EXIT_OK, CommandError, Commands, one_line
 from replicant.connection import ReplicationConnection
+from replicant.errors import SlotError
 from replicant.formatting import human_bytes
 
 __all__ = ["register"]
@@ -36,7 +37,7 @@ def register(commands: Commands) -> None:
     listing = slot.add(
         "list",
         handler=list_slots,
-        help="every slot: plugin, database, active, LSNs, lag, WAL status",
+        help="every slot: plugin, database, active, LSNs, lag, state, WAL status",
         description="List every replication slot of the server with its lag behind the "
         "current WAL.",
         epilog=EPILOG,
@@ -94,6 +95,8 @@ def _slot_rows(conn: ReplicationConnection, name: str | None) -> list[dict[str, 
     version = conn.server_version
     wal = "s.wal_status, s.safe_wal_size" if version >= 130000 else "NULL, NULL"
     two_phase = "s.two_phase" if version >= 140000 else "NULL"
+    conflicting = "s.conflicting" if version >= 160000 else "NULL"
+    reason = "s.invalidation_reason" if version >= 170000 else "NULL"
     where = "WHERE s.slot_name = %s" if name is not None else ""
     rows = conn.execute(
         "SELECT s.slot_name, s.slot_type, s.plugin, s.database, s.temporary, s.active,"
@@ -101,7 +104,8 @@ def _slot_rows(conn: ReplicationConnection, name: str | None) -> list[dict[str, 
         f" {wal}, {two_phase}, w.lsn::text,"
         " pg_catalog.pg_wal_lsn_diff(w.lsn, COALESCE(s.confirmed_flush_lsn, s.restart_lsn))"
         "::bigint,"
-        " pg_catalog.pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint"
+        " pg_catalog.pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint,"
+        f" {conflicting}, {reason}"
         " FROM pg_catalog.pg_replication_slots s, (SELECT CASE WHEN pg_catalog.pg_is_in_recovery()"
         " THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END"
         f" AS lsn) w {where} ORDER BY s.slot_name",
@@ -123,8 +127,29 @@ def _slot_rows(conn: ReplicationConnection, name: str | None) -> list[dict[str, 
         "current_wal_lsn",
         "lag_bytes",
         "retained_bytes",
+        "conflicting",
+        "invalidation_reason",
     )
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    slots = [dict(zip(keys, row, strict=True)) for row in rows]
+    for slot in slots:
+        slot["lag"] = human_bytes(slot["lag_bytes"])
+        slot["state"] = _state(slot)
+    return slots
+
+
+def _state(row: dict[str, Any]) -> str:
+    """``active``, ``inactive`` or ``invalidated (why)``: can a consumer stream it, is one?"""
+    reason = row["invalidation_reason"]
+    if reason is None and row["conflicting"]:
+        reason = "conflicting"
+    if reason is None and row["wal_status"] == "lost":
+        reason = "wal_removed"
+    if reason is not None:
+        return f"invalidated ({reason})"
+    state = "active" if row["active"] else "inactive"
+    if row["wal_status"] in ("unreserved", "extended"):
+        state += f", WAL {row['wal_status']}"  # on its way to being lost, or beyond the limit
+    return state
 
 
 def _yes(value: Any) -> str:
@@ -172,6 +197,8 @@ def list_slots(args: argparse.Namespace) -> int:
         "RESTART_LSN",
         "CONFIRMED_FLUSH",
         "LAG",
+        "LAG_BYTES",
+        "STATE",
         "WAL_STATUS",
         "SAFE_WAL_SIZE",
     ]
@@ -183,7 +210,9 @@ def list_slots(args: argparse.Namespace) -> int:
             _active(r),
             r["restart_lsn"] or "-",
             r["confirmed_flush_lsn"] or "-",
-            human_bytes(r["lag_bytes"]),
+            r["lag"],
+            "-" if r["lag_bytes"] is None else str(r["lag_bytes"]),
+            r["state"],
             r["wal_status"] or "-",
             _safe_size(r),
         ]
@@ -214,6 +243,7 @@ def slot_info(args: argparse.Namespace) -> int:
         ("confirmed_flush_lsn", row["confirmed_flush_lsn"] or "-"),
         ("current WAL", row["current_wal_lsn"] or "-"),
         ("lag", _lag_words(row["lag_bytes"], "behind the current WAL")),
+        ("state", row["state"]),
         ("WAL retained", _lag_words(row["retained_bytes"], "kept for this slot")),
         ("wal_status", row["wal_status"] or "-"),
         ("safe_wal_size", _safe_size(row)),
@@ -238,7 +268,10 @@ def create_slot(args: argparse.Namespace) -> int:
             if args.if_not_exists:
                 print(f"slot {args.slot} exists already (plugin {existing.plugin})")
                 return EXIT_OK
-            raise CommandError(f'replication slot "{args.slot}" already exists [SQLSTATE 42710]')
+            raise CommandError(
+                f'replication slot "{args.slot}" already exists (plugin {existing.plugin}) '
+                "[SQLSTATE 42710] (add --if-not-exists to accept an existing slot)"
+            )
         created = conn.create_slot(args.slot, args.plugin, two_phase=args.two_phase)
     print(f"created slot {created.name} (plugin {created.plugin}) at {created.consistent_point}")
     return EXIT_OK
@@ -252,6 +285,13 @@ def drop_slot(args: argparse.Namespace) -> int:
                 print(f"no slot {args.slot}; nothing to drop")
                 return EXIT_OK
             raise _missing(args.slot)
-        conn.drop_slot(args.slot, wait=args.wait)
+        try:
+            conn.drop_slot(args.slot, wait=args.wait)
+        except SlotError as error:
+            if error.sqlstate != "55006":
+                raise
+            raise CommandError(
+                f"{one_line(error)} (add --wait to drop it once its consumer disconnects)"
+            ) from None
     print(f"dropped slot {args.slot}")
     return EXIT_OK

@@ -10,15 +10,20 @@ reports progress.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
-import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import psycopg2
+import psycopg2.extensions
+
+from replicant.changes import Event, Relation
 from replicant.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,11 +36,16 @@ from replicant.cli.common import (
     explain,
     lsn_arg,
     option_arg,
+    quiet_broken_pipe,
     seconds_arg,
 )
-from replicant.decoders import needs_publication
+from replicant.connection import ReplicationConnection
+from replicant.decoders import make_decoder, needs_publication
 from replicant.errors import ConfigurationError, ReplicantError
 from replicant.formatting import format_json, format_text, human_bytes
+from replicant.lsn import LSN
+from replicant.metrics import MetricsServer, serve
+from replicant.progress import BacklogProgress
 from replicant.runtime import Consumer
 from replicant.sinks import JsonLinesSink, Sink, SinkWriter, open_sink
 
@@ -60,6 +70,10 @@ examples:
   # wal2json, or any plugin (raw payloads)
   replicant stream "dbname=app" --slot w2j --plugin wal2json -o add-tables=public.orders
 
+  # pg_recvlogical's options: -d -h -p -U -W -S -P -o -E -f -F -s -n -v -V
+  # (pg_recvlogical --start -I 0/1A2B3C4 is --start 0/1A2B3C4)
+  replicant stream -d app -h db1 -U repl -S app -P wal2json -E 0/1A2B3C4 -f out.jsonl
+
 An event is acknowledged to the server only once its line is written (and,
 for a file, fsynced), so a restart resumes right after the last line that
 reached the output: nothing is lost, and only lines written after the last
@@ -70,6 +84,10 @@ acknowledgement can come twice. Ctrl-C stops cleanly.
 # how often the main thread looks up from waiting for a signal.
 _PROGRESS_INTERVAL = 5.0
 _TICK = 0.2
+
+# How often the command reads the server's WAL end and the slot's state (on
+# an ordinary connection of its own), for the lag it reports.
+_HEALTH_INTERVAL = 5.0
 
 
 def register(commands: Commands) -> None:
@@ -82,6 +100,26 @@ def register(commands: Commands) -> None:
         "event: JSON Lines (each event's to_dict()) or a compact text.",
         epilog=EPILOG,
         slot=True,
+        short_help=False,
+        slot_flags=("-S", "--slot"),
+    )
+    connection = stream.add_argument_group(
+        "connection (as pg_recvlogical and libpq clients: these win over the DSN)"
+    )
+    connection.add_argument(
+        "-d",
+        "--dbname",
+        metavar="DBNAME",
+        help="database name or connection string (instead of DSN)",
+    )
+    connection.add_argument("-h", "--host", metavar="HOST", help="server host or socket directory")
+    connection.add_argument("-p", "--port", metavar="PORT", help="server port")
+    connection.add_argument("-U", "--username", metavar="USER", help="user name")
+    connection.add_argument(
+        "-W",
+        "--password",
+        action="store_true",
+        help="ask for the password (from the terminal, or one line of standard input)",
     )
     stream.add_argument(
         "--publication",
@@ -90,6 +128,7 @@ def register(commands: Commands) -> None:
         help="publication to stream (pgoutput; repeat for several)",
     )
     stream.add_argument(
+        "-P",
         "--plugin",
         default="pgoutput",
         metavar="NAME",
@@ -100,10 +139,34 @@ def register(commands: Commands) -> None:
         "--option",
         action="append",
         type=option_arg,
-        metavar="KEY=VALUE",
-        help="extra plugin option, passed as is (repeatable), e.g. -o messages=true",
+        metavar="NAME[=VALUE]",
+        help="extra plugin option, passed as is (repeatable; a bare NAME means NAME=on), "
+        "e.g. -o messages",
     )
     stream.add_argument("--create-slot", action="store_true", help="create the slot if missing")
+    stream.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="with --create-slot, use a slot that exists already (what --create-slot does "
+        "anyway; accepted as pg_recvlogical takes it)",
+    )
+    stream.add_argument(
+        "--drop-slot",
+        action="store_true",
+        help="drop the slot at exit, once the stream ended cleanly (--end, Ctrl-C, SIGTERM); "
+        "a slot is kept after a failure",
+    )
+    stream.add_argument(
+        "--two-phase",
+        action="store_true",
+        help="create the slot with two-phase decoding, and decode prepared transactions "
+        "(PostgreSQL 15+ with pgoutput; 14+ for other plugins)",
+    )
+    stream.add_argument(
+        "--failover",
+        action="store_true",
+        help="create the slot as a failover slot, synchronised to standbys (PostgreSQL 17+)",
+    )
     stream.add_argument(
         "--temporary",
         action="store_true",
@@ -116,7 +179,10 @@ def register(commands: Commands) -> None:
         help="skip transactions that committed before LSN (X/Y)",
     )
     stream.add_argument(
+        "-E",
         "--end",
+        "--endpos",
+        dest="end",
         type=lsn_arg,
         metavar="LSN",
         help="stop once the stream reaches LSN (X/Y), then exit 0",
@@ -151,7 +217,10 @@ def register(commands: Commands) -> None:
         help="seconds between status updates to the server (default 10)",
     )
     stream.add_argument(
+        "-n",
         "--no-reconnect",
+        "--no-loop",
+        dest="no_reconnect",
         action="store_true",
         help="exit with an error when the connection is lost, instead of reconnecting",
     )
@@ -167,9 +236,28 @@ def register(commands: Commands) -> None:
         help="write into a sink instead, flushed every --fsync-interval: kafka://host:port/prefix",
     )
     stream.add_argument(
+        "--retry-first-connect",
+        action="store_true",
+        help="keep retrying when the first connection fails (default: exit 1, as retries "
+        "apply once a stream has run)",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
+    )
+    stream.add_argument(
+        "--metrics",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics (port 0: any free "
+        "one; needs the metrics extra: pip install 'replicant[metrics]')",
+    )
+    stream.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (warnings, errors and the line saying why it stopped "
+        "still come)",
     )
 
 
@@ -209,6 +297,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--publication is required with the {args.plugin} plugin")
     if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
+    dsn, params = connection_of(args)
+    if args.failover and args.temporary:
+        raise UsageError("a temporary slot cannot be a failover slot")
+    if (args.failover or args.two_phase) and not (args.create_slot or args.temporary):
+        raise UsageError(
+            f"{'--failover' if args.failover else '--two-phase'} says how to create the slot: "
+            "add --create-slot"
+        )
+    if args.two_phase and args.temporary and args.plugin != "pgoutput":
+        raise UsageError("--two-phase with --temporary needs the pgoutput plugin")
+    consumer_args = _decoding_args(args, publications)
+    if args.failover or (args.two_phase and args.plugin != "pgoutput"):
+        # The slot is made here, with what the consumer itself cannot ask for.
+        _create_slot(args, dsn, params)
     path = None if args.file in (None, "-") else args.file
     if args.to and (args.file is not None or args.format != "json" or args.relations):
         raise UsageError("--to writes into a sink: --file, --format and --relations do not apply")
@@ -216,14 +318,16 @@ def run(args: argparse.Namespace) -> int:
     # as each fsync reached; standard output (or -F 0) is acknowledged at
     # every transaction end, once its lines are handed to the system.
     fsync = (path is not None or bool(args.to)) and args.fsync_interval > 0
+    # Counts the lines written: the sink formats only the events it writes.
+    formatter = _Counted(format_json if args.format == "json" else format_text)
     try:
         sink: Sink = (
-            open_sink(args.to)
+            _CountedSink(open_sink(args.to), formatter)
             if args.to
             else JsonLinesSink(
                 path,
                 fsync=fsync,
-                formatter=format_json if args.format == "json" else format_text,
+                formatter=formatter,
                 relations=args.relations,
             )
         )
@@ -234,11 +338,9 @@ def run(args: argparse.Namespace) -> int:
     writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
     try:
         consumer = writer.consumer(
-            args.dsn,
+            dsn,
             slot=args.slot,
-            plugin=args.plugin,
-            publication=publications or None,
-            options=dict(args.option or []),
+            **consumer_args,
             create_slot=args.create_slot or args.temporary,
             temporary=args.temporary,
             start_lsn=args.start,
@@ -246,10 +348,28 @@ def run(args: argparse.Namespace) -> int:
             status_interval=args.status_interval,
             reconnect=not args.no_reconnect,
             max_retries=args.max_retries,
+            retry_first_connect=args.retry_first_connect,
+            health_interval=_HEALTH_INTERVAL,
+            **params,
         )
     except ConfigurationError as error:
         writer.close()
         raise UsageError(str(error)) from None
+
+    metrics: MetricsServer | None = None
+    if args.metrics is not None:
+        try:
+            metrics = serve(consumer, args.metrics)
+        except ConfigurationError as error:
+            writer.close()
+            raise UsageError(str(error)) from None
+        except OSError as error:
+            writer.close()
+            raise CommandError(
+                f"cannot serve metrics at {args.metrics}: {error.strerror}"
+            ) from None
+        if not args.quiet:
+            print(f"{PROG}: metrics at {metrics.url}", file=sys.stderr, flush=True)
 
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
@@ -258,65 +378,206 @@ def run(args: argparse.Namespace) -> int:
     broken: BaseException | None = None  # the output failed
     try:
         consumer.start()
-        _stream_loop(consumer, writer, signals, verbose=args.verbose > 0)
+        _stream_loop(
+            consumer,
+            writer,
+            signals,
+            verbose=args.verbose > 0 and not args.quiet,
+            backlog=None if args.quiet else BacklogProgress(sys.stderr, prefix=f"{PROG}: "),
+        )
         consumer.stop()
         consumer.join()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted again; not waiting for a clean stop", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        broken = BrokenPipeError()
     except BaseException as error:
         if error is not writer.failure:
             raise
         broken = error  # a write or a flush of the output failed and ended the stream
     finally:
         signals.restore()
+        if metrics is not None:
+            metrics.close()
         try:
             writer.close()
         except OSError as error:
             broken = broken or error
     if broken is not None:
         if isinstance(broken, BrokenPipeError):
-            return _quiet_broken_pipe()
+            _drop_at_exit(args, dsn, params, consumer)
+            return quiet_broken_pipe()
         raise CommandError(f"writing the output failed: {explain(broken)}")
-    summary = _summary(consumer, time.monotonic() - started)
+    summary = _summary(consumer, formatter.count, time.monotonic() - started)
     if signals.stop_signal is not None:
         name = "interrupted" if signals.stop_signal == signal.SIGINT else "terminated"
         print(f"{PROG}: {name}; {summary}", file=sys.stderr)
+        _drop_at_exit(args, dsn, params, consumer)
         return EXIT_INTERRUPTED if signals.stop_signal == signal.SIGINT else EXIT_TERMINATED
-    if args.verbose:
+    if args.verbose and not args.quiet:
         print(f"{PROG}: done; {summary}", file=sys.stderr)
+    _drop_at_exit(args, dsn, params, consumer)
     return EXIT_OK
 
 
-def _quiet_broken_pipe() -> int:
-    # The reader of our standard output went away (``| head``): that is how
-    # such pipelines end. Point stdout at /dev/null so the interpreter's own
-    # final flush does not complain.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_OK
+def connection_of(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """The connection string and libpq keywords of ``-d``/DSN, ``-h``, ``-p``, ``-U``, ``-W``.
+
+    As libpq clients do: ``-d`` is a database name or a whole connection
+    string, and the other options win over what it says; what neither says
+    comes from the PG* environment variables. ``-W`` asks for the password
+    on the terminal (or reads one line of standard input when that is not a
+    terminal). Also sets ``args.hint_dsn``, the connection without its
+    password, for the hints of error messages.
+    """
+    if args.dsn is not None and args.dbname is not None:
+        raise UsageError("give the connection once: a DSN or -d/--dbname, not both")
+    base = args.dsn if args.dsn is not None else args.dbname
+    params: dict[str, str] = {}
+    dsn: str | None = base
+    if base is not None and "=" not in base and "://" not in base:
+        dsn, params["dbname"] = None, base  # a database name, not a connection string
+    for key, value in (("host", args.host), ("port", args.port), ("user", args.username)):
+        if value is not None:
+            params[key] = value
+    try:
+        args.hint_dsn = psycopg2.extensions.make_dsn(dsn or "", **params) if params else dsn
+    except psycopg2.Error:
+        args.hint_dsn = dsn
+    if args.password:
+        params["password"] = _ask_password()
+    return dsn, params
 
 
-def _summary(consumer: Consumer, elapsed: float) -> str:
+def _ask_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("-W: no password on standard input")
+    return line.rstrip("\r\n")
+
+
+def _decoding_args(args: argparse.Namespace, publications: list[str]) -> dict[str, Any]:
+    """The consumer's plugin arguments: a pgoutput decoder of its own for --two-phase."""
+    options = dict(args.option or [])
+    if args.two_phase and args.plugin == "pgoutput":
+        try:
+            return {
+                "decoder": make_decoder(
+                    "pgoutput", publication=publications, options=options, two_phase=True
+                )
+            }
+        except ConfigurationError as error:
+            raise UsageError(str(error)) from None
+    return {"plugin": args.plugin, "publication": publications or None, "options": options}
+
+
+def _create_slot(args: argparse.Namespace, dsn: str | None, params: dict[str, str]) -> None:
+    """Create the slot (if missing) with --failover / --two-phase, as the consumer cannot."""
+    with ReplicationConnection.connect(dsn, **params) as conn:
+        if conn.read_slot(args.slot) is not None:
+            return
+        try:
+            created = conn.create_slot(
+                args.slot, args.plugin, two_phase=args.two_phase, failover=args.failover
+            )
+        except ConfigurationError as error:
+            raise CommandError(str(error)) from None
+    logger.info("created slot %s at %s", created.name, created.consistent_point)
+
+
+def _drop_at_exit(
+    args: argparse.Namespace, dsn: str | None, params: dict[str, str], consumer: Consumer
+) -> None:
+    """--drop-slot: the stream ended cleanly, so the slot goes (waiting for its walsender)."""
+    if not args.drop_slot or args.temporary or consumer.stats.streams == 0:
+        return
+    with ReplicationConnection.connect(dsn, **params) as conn:
+        if conn.read_slot(args.slot) is not None:
+            conn.drop_slot(args.slot, wait=True)
+    if not args.quiet:
+        print(f"{PROG}: dropped slot {args.slot}", file=sys.stderr)
+
+
+class _Counted:
+    """A formatter that counts the lines it formats (the events written)."""
+
+    def __init__(self, formatter: Callable[[Event], str]) -> None:
+        self._formatter = formatter
+        self.count = 0
+
+    def __call__(self, event: Event) -> str:
+        self.count += 1
+        return self._formatter(event)
+
+
+class _CountedSink:
+    """A sink passing every event on, counting those the JSON Lines output would write."""
+
+    def __init__(self, sink: Sink, counter: _Counted) -> None:
+        self._sink = sink
+        self._counter = counter
+
+    def write(self, event: Event) -> None:
+        self._sink.write(event)
+        if type(event) is not Relation:
+            self._counter.count += 1
+
+    def flush(self) -> LSN | None:
+        return self._sink.flush()
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def plural(count: int, word: str) -> str:
+    """``1 transaction``, ``2 transactions``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary(consumer: Consumer, written: int, elapsed: float) -> str:
     stats = consumer.stats
+    if stats.streams == 0:
+        return f"never streamed; nothing acknowledged ({elapsed:.1f} s)"
     flushed = consumer.progress.flushed
     return (
-        f"acknowledged up to {flushed}; {stats.events} events in "
-        f"{stats.transactions} transactions, {human_bytes(stats.bytes)} in {elapsed:.1f} s"
+        f"acknowledged up to {flushed}; {plural(written, 'event')} written from "
+        f"{plural(stats.transactions, 'transaction')}, {human_bytes(stats.bytes)} received "
+        f"in {elapsed:.1f} s"
     )
 
 
 def _stream_loop(
-    consumer: Consumer, writer: SinkWriter, signals: _Signals, *, verbose: bool
+    consumer: Consumer,
+    writer: SinkWriter,
+    signals: _Signals,
+    *,
+    verbose: bool,
+    backlog: BacklogProgress | None,
 ) -> None:
     """Run the main thread's chores until the consumer ends or a signal stops it.
 
     The writer flushes (fsyncs) and acknowledges on its own timer; this loop
-    only reopens the file on SIGHUP and reports progress.
+    only reopens the file on SIGHUP and reports progress: through a backlog
+    (``backlog``), and with ``verbose`` a line every few seconds.
     """
+    try:
+        _chores(consumer, writer, signals, verbose=verbose, backlog=backlog)
+    finally:
+        if backlog is not None:
+            backlog.close()
+
+
+def _chores(
+    consumer: Consumer,
+    writer: SinkWriter,
+    signals: _Signals,
+    *,
+    verbose: bool,
+    backlog: BacklogProgress | None,
+) -> None:
     interval = min(_PROGRESS_INTERVAL, consumer.status_interval)
     next_progress = time.monotonic() + interval
     last_events, last_time = 0, time.monotonic()
@@ -330,19 +591,27 @@ def _stream_loop(
         if signals.stop_signal is not None:
             return  # the final write-out happens before the final status update
         now = time.monotonic()
+        if backlog is not None and not backlog.finished:
+            backlog.update(consumer.health())
         if verbose and now >= next_progress:
-            stats, progress = consumer.stats, consumer.progress
-            rate = (stats.events - last_events) / max(now - last_time, 1e-6)
-            lag = max(0, progress.received - progress.flushed)
+            health = consumer.health()
+            rate = (health.events - last_events) / max(now - last_time, 1e-6)
+            if backlog is not None:
+                backlog.clear()
             print(
-                f"{PROG}: {stats.events} events ({rate:.0f}/s), {stats.transactions} "
-                f"transactions, {human_bytes(stats.bytes)} received; acknowledged "
-                f"{progress.flushed}, {human_bytes(lag)} behind the server",
+                f"{PROG}: {plural(health.events, 'event')} ({rate:.0f}/s), "
+                f"{plural(health.transactions, 'transaction')}, {human_bytes(health.bytes)} "
+                f"received; acknowledged {health.acknowledged_lsn}, "
+                f"{_behind(health.bytes_behind)} behind the server",
                 file=sys.stderr,
                 flush=True,
             )
-            last_events, last_time = stats.events, now
+            last_events, last_time = health.events, now
             next_progress = now + interval
+
+
+def _behind(size: int | None) -> str:
+    return "? bytes" if size is None else human_bytes(size)
 
 
 def _reopen(writer: SinkWriter) -> bool:
