@@ -15,7 +15,16 @@ For example::
 
 from __future__ import annotations
 
-from replicant.sinks.base import Sink, SinkWriter, is_boundary
+from replicant.sinks.base import Sink, SinkError, SinkWriter, is_boundary, resume_lsn
 from replicant.sinks.jsonlines import JsonLinesSink
+from replicant.sinks.postgres import PostgresSink
 
-__all__ = ["JsonLinesSink", "Sink", "SinkWriter", "is_boundary"]
+__all__ = [
+    "JsonLinesSink",
+    "PostgresSink",
+    "Sink",
+    "SinkError",
+    "SinkWriter",
+    "is_boundary",
+    "resume_lsn",
+]
