@@ -8,19 +8,12 @@ kills the kill test makes; a handful by default).
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import psycopg2
 import pytest
 
 from replicant import LSN, Consumer
@@ -29,8 +22,7 @@ from replicant.sinks import PostgresSink, SinkError, SinkWriter
 
 from .conftest import Database, _database_name
 from .helpers import confirmed_flush, running, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from .sink_workload import SOURCE_DDL, Workload, kill_loop, kills
 
 # Types whose every value must survive the trip, as the source's text, cast.
 TYPES_DDL = """
@@ -113,7 +105,11 @@ def stream_until(
 
 
 def target_position(target: Database) -> LSN:
-    row = target.query("SELECT pg_replication_origin_progress(%s, true)::text", target.dbname)
+    row = target.query(
+        "SELECT (SELECT pg_replication_origin_progress(roname, true) FROM pg_replication_origin "
+        "WHERE roname = %s)::text",
+        target.dbname,
+    )
     return LSN(row[0][0] or "0/0")
 
 
@@ -388,3 +384,43 @@ def test_target_lost_mid_stream_fails_and_resumes_with_nothing_skipped(
     resumed = sink_for(target)
     stream_until(db, resumed, "s", lambda: (resumed.resume_lsn() or 0) >= end)
     assert_applied_once(db, target)
+
+
+# --- SIGKILL at random moments: exactly once all the same
+
+CONSUMER = """
+import sys
+from replicant.sinks import PostgresSink, SinkWriter
+source, slot, target, name = sys.argv[1:5]
+sink = PostgresSink(target, name=name, max_batch=50)
+with SinkWriter(sink, flush_interval=0.05) as writer:
+    writer.consumer(source, slot=slot, publication="pub", status_interval=0.1).run()
+"""
+
+
+def test_killed_at_random_moments_each_transaction_applied_once(
+    db: Database, make_cluster: Callable[..., LocalCluster], request: pytest.FixtureRequest
+) -> None:
+    other = make_cluster()
+    target = make_target(other, request)
+    for database in (db, target):
+        database.execute(SOURCE_DDL)
+    target.execute(audit_ddl())
+    db.execute("CREATE PUBLICATION pub FOR TABLE items, docs, txlog")
+    db.execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+    seed = random.randrange(1 << 30)
+    workload = Workload(db.dsn, count=300, seed=seed)
+    killed = kill_loop(
+        CONSUMER,
+        [db.dsn, "s", target.dsn, target.dbname],
+        workload=workload,
+        position=lambda: target_position(target),
+        source_end=lambda: source_end(db),
+        count=kills(6),
+        seed=seed,
+    )
+    assert killed == kills(6)
+    for table in ("items", "docs", "txlog"):
+        assert table_rows(target, table) == table_rows(db, table), f"{table} (seed {seed})"
+    assert_applied_once(db, target)
+    assert len(table_rows(db, "txlog")) == workload.done

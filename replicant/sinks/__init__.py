@@ -18,10 +18,12 @@ from __future__ import annotations
 from replicant.sinks.base import Sink, SinkError, SinkWriter, is_boundary, resume_lsn
 from replicant.sinks.jsonlines import JsonLinesSink
 from replicant.sinks.postgres import PostgresSink
+from replicant.sinks.sqlite import SQLiteSink
 
 __all__ = [
     "JsonLinesSink",
     "PostgresSink",
+    "SQLiteSink",
     "Sink",
     "SinkError",
     "SinkWriter",

@@ -44,7 +44,7 @@ from replicant.changes import (
 from replicant.lsn import LSN
 from replicant.sinks.base import SinkError
 
-__all__ = ["TransactionalSink"]
+__all__ = ["TransactionalSink", "same_shape"]
 
 logger = logging.getLogger("replicant")
 
@@ -60,6 +60,11 @@ _UNSUPPORTED = (
     CommitPrepared,
     RollbackPrepared,
 )
+
+
+def same_shape(known: Relation, new: Relation) -> bool:
+    """The same columns and identity (a Relation sent again after a reconnect, say)."""
+    return known.columns == new.columns and known.replica_identity == new.replica_identity
 
 
 class TransactionalSink:

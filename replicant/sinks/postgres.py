@@ -26,7 +26,7 @@ import psycopg2.extensions
 
 from replicant.changes import UNCHANGED, Delete, Insert, Relation, Row, Truncate, Update
 from replicant.lsn import LSN
-from replicant.sinks._apply import TransactionalSink
+from replicant.sinks._apply import TransactionalSink, same_shape
 from replicant.sinks.base import SinkError
 
 __all__ = ["PostgresSink"]
@@ -282,8 +282,10 @@ class PostgresSink(TransactionalSink):
     def _target_of(self, relation: Relation) -> _Target:
         key = (relation.schema, relation.table)
         target = self._targets.get(key)
-        if target is None or target.source != relation:
-            target = self._targets[key] = self._describe(relation)
+        if target is None or target.source is not relation:
+            if target is None or not same_shape(target.source, relation):
+                target = self._targets[key] = self._describe(relation)
+            target.source = relation  # the next change of it is found at once
         return target
 
     def _relation(self, event: Relation) -> None:
