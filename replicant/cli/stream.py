@@ -37,7 +37,7 @@ from replicant.decoders import needs_publication
 from replicant.errors import ConfigurationError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.runtime import Consumer
-from replicant.sinks import JsonLinesSink, SinkWriter
+from replicant.sinks import LINES, JsonLinesSink, SinkError, SinkWriter, open_sink, sink_scheme
 
 __all__ = ["register"]
 
@@ -128,6 +128,12 @@ def register(commands: Commands) -> None:
         help="append to PATH instead of standard output ('-' is standard output)",
     )
     stream.add_argument(
+        "--to",
+        metavar="URL",
+        help="write the changes there instead: postgresql://... or sqlite:///PATH (each "
+        "transaction applied exactly once, committed in batches every second), a path or -",
+    )
+    stream.add_argument(
         "-F",
         "--fsync-interval",
         type=seconds_arg(allow_zero=True),
@@ -204,21 +210,33 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--publication is required with the {args.plugin} plugin")
     if not needs_publication(args.plugin) and publications:
         raise UsageError(f"--publication is a pgoutput option; {args.plugin} does not take it")
-    path = None if args.file in (None, "-") else args.file
+    to = args.to if args.to is not None else (args.file or "-")
+    if args.to is not None and args.file is not None:
+        raise UsageError("--to and --file name two outputs; give one")
+    try:
+        lines = sink_scheme(to) == LINES
+    except ConfigurationError as error:
+        raise UsageError(str(error)) from None
+    path = None if to == "-" else to
     # A file is fsynced every --fsync-interval seconds and acknowledged as far
     # as each fsync reached; standard output (or -F 0) is acknowledged at
-    # every transaction end, once its lines are handed to the system.
-    fsync = path is not None and args.fsync_interval > 0
+    # every transaction end, once its lines are handed to the system. A
+    # database commits a batch of transactions every second.
+    fsync = lines and path is not None and args.fsync_interval > 0
+    options: dict[str, Any] = {}
+    if lines:
+        formatter = format_json if args.format == "json" else format_text
+        options = {"fsync": fsync, "formatter": formatter, "relations": args.relations}
     try:
-        sink = JsonLinesSink(
-            path,
-            fsync=fsync,
-            formatter=format_json if args.format == "json" else format_text,
-            relations=args.relations,
-        )
+        sink = open_sink(to, slot=args.slot, **options)
     except OSError as error:
-        raise CommandError(f"cannot open {args.file}: {error.strerror}") from None
-    writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
+        raise CommandError(f"cannot open {to}: {error.strerror}") from None
+    except SinkError as error:
+        raise CommandError(str(error)) from None
+    except ConfigurationError as error:
+        raise UsageError(str(error)) from None
+    interval = (args.fsync_interval if fsync else 0) if lines else 1.0
+    writer = SinkWriter(sink, flush_interval=interval)
     try:
         consumer = writer.consumer(
             args.dsn,
@@ -339,8 +357,7 @@ def _reopen(writer: SinkWriter) -> bool:
     ``join()`` raises the failure (the consumer's final flush does).
     """
     sink = writer.sink
-    assert isinstance(sink, JsonLinesSink)
-    if sink.path is None:
+    if not isinstance(sink, JsonLinesSink) or sink.path is None:
         return True
     sink.reopen()
     try:
