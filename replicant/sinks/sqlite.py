@@ -39,7 +39,8 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from replicant.changes import UNCHANGED, Delete, Insert, Relation, Row, Truncate, Update
@@ -75,26 +76,41 @@ def _declared(type_oid: int) -> str:
 
 def sqlite_value(row: Row, name: str) -> Any:
     """The SQLite value of column ``name`` of ``row`` (the module's table says which)."""
-    value = row[name]
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is bool:
-        return int(value)
-    if kind is int:
-        return value if value in _INT64 else str(value)
-    if kind is float:
-        return "NaN" if math.isnan(value) else value
-    if kind is str and row.type_oid(name) not in _JSON:
-        return value
-    if kind is bytes:
-        return value
-    form = row.project([name]).to_dict()[name]
-    if isinstance(form, str):
-        return form
-    if isinstance(form, dict) and set(form) == {"$json"}:
-        return form["$json"]
-    return json.dumps(form, separators=(",", ":"), ensure_ascii=False)
+    return sqlite_values(row, (name,))[0]
+
+
+def sqlite_values(row: Row, names: Sequence[str]) -> list[Any]:
+    """The SQLite values of the columns ``names`` of ``row``, in that order."""
+    out: list[Any] = []
+    forms: dict[str, Any] | None = None  # the row's JSON forms, made once if needed
+    for name in names:
+        value = row[name]
+        kind = type(value)
+        if value is None:
+            out.append(None)
+        elif kind is int:
+            out.append(value if value in _INT64 else str(value))
+        elif kind is str and row.type_oid(name) not in _JSON:
+            out.append(value)
+        elif kind is bool:
+            out.append(int(value))
+        elif kind is float:
+            out.append("NaN" if math.isnan(value) else value)
+        elif kind is bytes:
+            out.append(value)
+        elif kind is Decimal:
+            out.append(format(value, "f"))  # the digits as the server printed them
+        else:
+            if forms is None:
+                forms = row.to_dict()
+            form = forms[name]
+            if isinstance(form, str):
+                out.append(form)
+            elif isinstance(form, dict) and set(form) == {"$json"}:
+                out.append(form["$json"])
+            else:
+                out.append(json.dumps(form, separators=(",", ":"), ensure_ascii=False))
+    return out
 
 
 class SQLiteSink(TransactionalSink):
@@ -247,7 +263,7 @@ class SQLiteSink(TransactionalSink):
             marks = ", ".join("?" * len(names))
             self._run(
                 f"INSERT INTO {table} ({', '.join(_ident(c) for c in names)}) VALUES ({marks})",
-                [sqlite_value(row, c) for c in names],
+                sqlite_values(row, names),
             )
             return
         key_row = event.old if event.old is not None else event.new
@@ -280,7 +296,7 @@ class SQLiteSink(TransactionalSink):
             sets = ", ".join(f"{_ident(c)} = ?" for c in names)
             count = self._run(
                 f"UPDATE {table} SET {sets} WHERE {condition}",
-                [sqlite_value(new, c) for c in names] + params,
+                sqlite_values(new, names) + params,
             )
             what = "update"
         else:
