@@ -38,7 +38,7 @@ CREATE TABLE typed (
     n numeric, n2 numeric(10, 2), f8 float8, f4 real, b bool, t text, vc varchar(10),
     by bytea, j json, jb jsonb, ia int[], ta text[], r int4range, tr tstzrange,
     ts timestamp, tz timestamptz, d date, iv interval, u uuid, ip inet, p point,
-    m mood, big text
+    m mood, big text, c5 char(5), bits bit(3), ca char(3)[], vb varbit
 );
 """
 
@@ -48,11 +48,11 @@ TYPED_ROWS = [
     " '{\"a,b\",NULL,\"c\\\"d\"}', '[1,10)', '[2024-01-01 00:00+00,infinity)',"
     " 'infinity', '-infinity', '0044-03-15 BC', '1 year 2 mons 3 days 04:05:06.789',"
     " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '10.0.0.1/8', '(1.5,2)', 'happy',"
-    " repeat('toast', 5000))",
+    " repeat('toast', 5000), 'ab', B'101', '{abc,de}', B'10110')",
     "(2, '123456789012345678901234567890.000000000001', NULL, 'NaN', 1.5, NULL, '', NULL,"
     " '', 'null', 'null', '{}', '{}', 'empty', NULL, '294276-12-31 23:59:59',"
     " '2000-01-01 00:00+05:30', '5874897-12-31', '-178000000 years', NULL, '::1', NULL,"
-    " 'sad', NULL)",
+    " 'sad', NULL, 'abcde', B'010', NULL, B'')",
 ]
 
 

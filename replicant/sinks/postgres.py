@@ -315,9 +315,11 @@ class PostgresSink(TransactionalSink):
             row = cur.fetchone()
             assert row is not None
         oid = row[0]
+        # format_type(..., -1), not NULL: "bpchar" and "bit" rather than
+        # "character" and bit, which as casts mean char(1) and bit(1).
         generated = "a.attgenerated <> ''" if self._conn.server_version >= 120000 else "false"
         cur.execute(
-            "SELECT a.attname, format_type(a.atttypid, NULL), "
+            "SELECT a.attname, format_type(a.atttypid, -1), "
             f"{generated}, COALESCE(a.attnum = ANY(i.indkey), false) "
             "FROM pg_attribute a LEFT JOIN pg_index i "
             "ON i.indrelid = a.attrelid AND i.indisprimary "
