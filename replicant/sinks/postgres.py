@@ -88,6 +88,23 @@ def _copy_field(raw: Any) -> bytes:
     return data
 
 
+def _copy_line(raw: list[Any]) -> bytes:
+    """A row in COPY's text format, from the values as received."""
+    if None not in raw:
+        try:
+            line = b"\t".join(raw)
+        except TypeError:  # not all bytes (wal2json): field by field
+            pass
+        else:
+            # One scan per special byte for the whole line, not per field.
+            if (
+                not (b"\\" in line or b"\n" in line or b"\r" in line)
+                and line.count(b"\t") == len(raw) - 1
+            ):
+                return line + b"\n"
+    return b"\t".join([_copy_field(v) for v in raw]) + b"\n"
+
+
 @dataclass
 class _Target:
     """A source table's target: its name there, its column types, how rows are found."""
@@ -386,20 +403,22 @@ class PostgresSink(TransactionalSink):
     def _insert(self, event: Insert) -> None:
         target = self._target_of(event.relation)
         row = event.new
-        raw = [row.raw(name) for name in target.columns]
-        if any(value is UNCHANGED for value in raw):
+        columns = target.columns
+        # The row's own list of values when it has the columns written, in
+        # order (the usual case: no generated columns on the target).
+        raw: list[Any] = row._raw if row.columns == columns else [row.raw(n) for n in columns]
+        if UNCHANGED in raw:
             # Not sent by servers for an insert; if it comes, write what came.
             self._send_run()
-            columns = [n for n, v in zip(target.columns, raw, strict=True) if v is not UNCHANGED]
-            values = [v for v in raw if v is not UNCHANGED]
-            params = [self._param(v) for v in values]
-            self._execute(event, self._insert_sql(target, columns), params)
+            sent = [n for n, v in zip(columns, raw, strict=True) if v is not UNCHANGED]
+            params = [self._param(v) for v in raw if v is not UNCHANGED]
+            self._execute(event, self._insert_sql(target, sent), params)
             return
         run = self._run
         if run is None or run.target is not target:
             self._send_run()
             run = self._run = _CopyRun(target, target.columns)
-        run.lines.append(b"\t".join([_copy_field(v) for v in raw]) + b"\n")
+        run.lines.append(_copy_line(raw))
         run.lsns.append(event.lsn)
         run.rows.append(row)
         if len(run.lines) >= _COPY_ROWS:

@@ -43,7 +43,16 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from replicant.changes import UNCHANGED, Delete, Insert, Relation, Row, Truncate, Update
+from replicant.changes import (
+    UNCHANGED,
+    Delete,
+    Insert,
+    Relation,
+    Row,
+    Truncate,
+    Update,
+    json_value,
+)
 from replicant.lsn import LSN
 from replicant.sinks._apply import TransactionalSink, same_shape
 from replicant.sinks.base import SinkError
@@ -82,7 +91,6 @@ def sqlite_value(row: Row, name: str) -> Any:
 def sqlite_values(row: Row, names: Sequence[str]) -> list[Any]:
     """The SQLite values of the columns ``names`` of ``row``, in that order."""
     out: list[Any] = []
-    forms: dict[str, Any] | None = None  # the row's JSON forms, made once if needed
     for name in names:
         value = row[name]
         kind = type(value)
@@ -101,9 +109,7 @@ def sqlite_values(row: Row, names: Sequence[str]) -> list[Any]:
         elif kind is Decimal:
             out.append(format(value, "f"))  # the digits as the server printed them
         else:
-            if forms is None:
-                forms = row.to_dict()
-            form = forms[name]
+            form = _json_form(row, name, value)
             if isinstance(form, str):
                 out.append(form)
             elif isinstance(form, dict) and set(form) == {"$json"}:
@@ -111,6 +117,26 @@ def sqlite_values(row: Row, names: Sequence[str]) -> list[Any]:
             else:
                 out.append(json.dumps(form, separators=(",", ":"), ensure_ascii=False))
     return out
+
+
+def _json_form(row: Row, name: str, value: Any) -> Any:
+    """Column ``name``'s lossless JSON form: what ``row.to_dict()[name]`` is, for one column.
+
+    Like :meth:`Row.to_dict`, from the value as received where the row's
+    layout has a form for it (json, numeric, ranges, infinite timestamps,
+    intervals), else from the Python value.
+    """
+    layout = row._layout
+    forms = layout.json
+    index = layout.index[name]
+    form = forms[index] if forms is not None else None
+    raw = row._raw[index]
+    if form is None or raw is None or raw is UNCHANGED:
+        return json_value(value)
+    try:
+        return form(raw, value)
+    except Exception as exc:  # a form parses the raw value: bad input
+        raise row._error(name, exc) from exc
 
 
 class SQLiteSink(TransactionalSink):
@@ -157,6 +183,7 @@ class SQLiteSink(TransactionalSink):
         self.create_tables = create_tables
         self.strict = strict
         self._tables: dict[tuple[str, str], tuple[Relation, str, tuple[str, ...]]] = {}
+        self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}  # statements made
         try:
             # isolation_level=None: the sink opens and commits transactions
             # itself. check_same_thread=False: the writer calls it from more
@@ -244,10 +271,15 @@ class SQLiteSink(TransactionalSink):
                 statement=self._last_statement,
             ) from error
 
-    _last_statement = ""
+    _last: tuple[str, list[Any]] = ("", [])
+
+    @property
+    def _last_statement(self) -> str:
+        sql, params = self._last  # rendered only for a message
+        return f"{sql} with {params!r}"[:2000]
 
     def _run(self, sql: str, params: list[Any]) -> int:
-        self._last_statement = f"{sql} with {params!r}"[:2000]
+        self._last = (sql, params)
         self._cur.execute(sql, params)
         return self._cur.rowcount
 
@@ -259,12 +291,17 @@ class SQLiteSink(TransactionalSink):
         relation, table, columns = self._table(event.relation)
         if isinstance(event, Insert):
             row = event.new
-            names = [c for c in columns if row.raw(c) is not UNCHANGED]
-            marks = ", ".join("?" * len(names))
-            self._run(
-                f"INSERT INTO {table} ({', '.join(_ident(c) for c in names)}) VALUES ({marks})",
-                sqlite_values(row, names),
-            )
+            if row.columns == columns and UNCHANGED not in row._raw:
+                names = columns  # the usual case, without a look at each column
+            else:
+                names = tuple(c for c in columns if row.raw(c) is not UNCHANGED)
+            sql = self._inserts.get((table, names))
+            if sql is None:
+                marks = ", ".join("?" * len(names))
+                sql = self._inserts[(table, names)] = (
+                    f"INSERT INTO {table} ({', '.join(_ident(c) for c in names)}) VALUES ({marks})"
+                )
+            self._run(sql, sqlite_values(row, names))
             return
         key_row = event.old if event.old is not None else event.new
         assert key_row is not None
@@ -290,7 +327,7 @@ class SQLiteSink(TransactionalSink):
             condition = f"rowid = (SELECT rowid FROM {table} WHERE {condition} LIMIT 1)"
         if isinstance(event, Update):
             new = event.new
-            names = [c for c in columns if new.raw(c) is not UNCHANGED]
+            names = tuple(c for c in columns if new.raw(c) is not UNCHANGED)
             if not names:
                 return
             sets = ", ".join(f"{_ident(c)} = ?" for c in names)
