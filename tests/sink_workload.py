@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DDL = """
 CREATE TABLE items (id int PRIMARY KEY, payload text, n int);
 CREATE TABLE docs (id int PRIMARY KEY, body text, version int);
+ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TABLE txlog (id bigint PRIMARY KEY, kind text);
 """
 

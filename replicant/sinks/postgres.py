@@ -209,6 +209,9 @@ class PostgresSink(TransactionalSink):
         except psycopg2.Error as error:
             self._conn.close()
             raise SinkError(f"cannot set up progress on the target: {error}".strip()) from error
+        except BaseException:
+            self._conn.close()
+            raise
         logger.info(
             "target holds everything up to %s (progress in %s)",
             self._position,
