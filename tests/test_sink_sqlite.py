@@ -1,6 +1,7 @@
 """SQLiteSink: exactly once into SQLite, its value mapping, and SIGKILL at random moments.
 
-``REPLICANT_KILLS`` sets how many kills the kill test makes (a handful by default).
+``REPLICANT_KILLS`` sets how many kills the kill test makes (5 by default;
+``REPLICANT_KILLS=20`` for the full count).
 """
 
 from __future__ import annotations
@@ -215,17 +216,17 @@ def test_killed_at_random_moments_each_transaction_applied_once(
         return LSN(row[0]) if row else LSN(0)
 
     seed = random.randrange(1 << 30)
-    workload = Workload(db.dsn, count=300, seed=seed)
+    workload = Workload(db.dsn, count=200, seed=seed)
     killed = kill_loop(
         CONSUMER,
         [db.dsn, "s", str(path)],
         workload=workload,
         position=position,
         source_end=lambda: source_end(db),
-        count=kills(6),
+        count=kills(5),
         seed=seed,
     )
-    assert killed == kills(6)
+    assert killed == kills(5)
     with lite(path) as conn:
         for table, columns in (
             ("items", "id, payload, n"),
