@@ -47,7 +47,7 @@ from replicant.lsn import LSN
 from replicant.metrics import MetricsServer, serve
 from replicant.progress import BacklogProgress
 from replicant.runtime import Consumer
-from replicant.sinks import JsonLinesSink, Sink, SinkWriter, open_sink
+from replicant.sinks import LINES, JsonLinesSink, Sink, SinkWriter, open_sink, sink_scheme
 
 __all__ = ["register"]
 
@@ -194,6 +194,12 @@ def register(commands: Commands) -> None:
         help="append to PATH instead of standard output ('-' is standard output)",
     )
     stream.add_argument(
+        "--to",
+        metavar="URL",
+        help="write the changes there instead: postgresql://... or sqlite:///PATH (each "
+        "transaction applied exactly once, committed in batches every second), a path or -",
+    )
+    stream.add_argument(
         "-F",
         "--fsync-interval",
         type=seconds_arg(allow_zero=True),
@@ -307,35 +313,42 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.two_phase and args.temporary and args.plugin != "pgoutput":
         raise UsageError("--two-phase with --temporary needs the pgoutput plugin")
+    to = args.to if args.to is not None else (args.file or "-")
+    if args.to is not None and args.file is not None:
+        raise UsageError("--to and --file name two outputs; give one")
+    try:
+        lines = sink_scheme(to) == LINES
+    except ConfigurationError as error:
+        raise UsageError(str(error)) from None
+    if not lines and (args.format != "json" or args.relations):
+        raise UsageError("--to writes into a sink: --format and --relations do not apply")
     consumer_args = _decoding_args(args, publications)
     if args.failover or (args.two_phase and args.plugin != "pgoutput"):
         # The slot is made here, with what the consumer itself cannot ask for.
         _create_slot(args, dsn, params)
-    path = None if args.file in (None, "-") else args.file
-    if args.to and (args.file is not None or args.format != "json" or args.relations):
-        raise UsageError("--to writes into a sink: --file, --format and --relations do not apply")
+    path = None if to == "-" else to
     # A file is fsynced every --fsync-interval seconds and acknowledged as far
     # as each fsync reached; standard output (or -F 0) is acknowledged at
-    # every transaction end, once its lines are handed to the system.
-    fsync = (path is not None or bool(args.to)) and args.fsync_interval > 0
-    # Counts the lines written: the sink formats only the events it writes.
+    # every transaction end, once its lines are handed to the system. A
+    # database or a broker commits (flushes) a batch every second.
+    fsync = lines and path is not None and args.fsync_interval > 0
+    # Counts the events written: the lines sink formats only those it writes.
     formatter = _Counted(format_json if args.format == "json" else format_text)
+    options: dict[str, Any] = {}
+    if lines:
+        options = {"fsync": fsync, "formatter": formatter, "relations": args.relations}
     try:
-        sink: Sink = (
-            _CountedSink(open_sink(args.to), formatter)
-            if args.to
-            else JsonLinesSink(
-                path,
-                fsync=fsync,
-                formatter=formatter,
-                relations=args.relations,
-            )
-        )
+        sink: Sink = open_sink(to, slot=args.slot, **options)
     except OSError as error:
-        raise CommandError(f"cannot open {args.file}: {error.strerror}") from None
+        raise CommandError(f"cannot open {to}: {error.strerror}") from None
+    except ConfigurationError as error:
+        raise UsageError(str(error)) from None
     except ReplicantError as error:  # a sink that cannot be made or reached
         raise CommandError(str(error)) from None
-    writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
+    if not lines:
+        sink = _CountedSink(sink, formatter)
+    interval = (args.fsync_interval if fsync else 0) if lines else 1.0
+    writer = SinkWriter(sink, flush_interval=interval)
     try:
         consumer = writer.consumer(
             dsn,

@@ -47,9 +47,33 @@ from replicant.errors import ConfigurationError, ReplicantError
 from replicant.lsn import LSN
 from replicant.runtime import Consumer
 
-__all__ = ["Sink", "SinkWriter", "is_boundary"]
+__all__ = ["Sink", "SinkError", "SinkWriter", "is_boundary"]
 
 logger = logging.getLogger("replicant")
+
+
+class SinkError(ReplicantError):
+    """A sink could not take or keep what it was given: the stream ends there.
+
+    Nothing after what the sink last made durable is acknowledged.
+
+    ``lsn`` is the source position of the change that failed (None when no
+    one change is to blame), ``statement`` what was sent to the target for
+    it, ``sqlstate`` the target's error code when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        lsn: LSN | None = None,
+        statement: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.lsn = lsn
+        self.statement = statement
+        self.sqlstate = sqlstate
 
 
 @runtime_checkable
@@ -72,6 +96,11 @@ class Sink(Protocol):
     ``None`` means nothing (more) is durable. Returning less than everything
     written is allowed (what is left is vouched for by a later flush); the
     writer never acknowledges beyond the highest LSN written.
+
+    A sink that stores the position with the data may also have
+    ``resume_lsn() -> LSN | None``: where the destination's own record says
+    it is. :meth:`SinkWriter.consumer` then starts the stream there (see
+    :func:`resume_lsn`).
 
     ``close()`` releases the destination. It comes last: after the final
     ``flush()``, or without one after a failure; a sink is not used after it.
@@ -113,6 +142,24 @@ _BOUNDARIES = (
     RollbackPrepared,
     RawChange,
 )
+
+
+def resume_lsn(sink: object) -> LSN | None:
+    """The position ``sink`` says it holds everything up to (its ``resume_lsn()``), or None.
+
+    None for a sink without the method (it keeps no position of its own).
+    """
+    method = getattr(sink, "resume_lsn", None)
+    if not callable(method):
+        return None
+    found: object = method()
+    if found is None:
+        return None
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise ConfigurationError(
+            f"{type(sink).__name__}.resume_lsn() returned {found!r}: return an LSN or None"
+        )
+    return LSN(found) or None
 
 
 def is_boundary(event: Event) -> bool:
@@ -213,11 +260,17 @@ class SinkWriter:
 
         Takes the consumer's arguments but ``callback`` and ``on_stop``,
         which are the writer's own; the consumer is attached (see
-        :meth:`attach`) and not started.
+        :meth:`attach`) and not started. When the sink keeps its own
+        position (``resume_lsn()``), the stream starts there, or at
+        ``start_lsn`` if that is later.
         """
         for taken in ("callback", "on_stop"):
             if taken in consumer_args:
                 raise ConfigurationError(f"{taken} is the sink writer's own; do not pass it")
+        held = resume_lsn(self.sink)
+        if held is not None:
+            given = consumer_args.get("start_lsn")
+            consumer_args["start_lsn"] = held if given is None else max(LSN(given), held)
         made = Consumer(dsn, callback=self, on_stop=self.on_stop, **consumer_args)
         self.attach(made)
         return made
