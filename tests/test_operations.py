@@ -609,6 +609,9 @@ def test_metrics_endpoint_during_a_stream(shop: Database, background: Any) -> No
         return f"replicant_lag_bytes{{{slot}}}" in scrape(url)
 
     wait_for(lag_known, what="the lag")
+    # The stream has begun (it stalls only once the pipe is full).
+    events = f"replicant_events_total{{{slot}}}"
+    wait_for(lambda: scrape(url).get(events, 0) > 0, what="the first events")
     acknowledged = f"replicant_acknowledged_lsn{{{slot}}}"
     wait_for(
         lambda: slot_lag(shop, "scraped")[1] == scrape(url)[acknowledged],
@@ -758,7 +761,9 @@ def run_with_stderr_on_a_terminal(*args: str) -> tuple[int, str]:
 def test_cli_backlog_progress(shop: Database) -> None:
     for slot in ("tty", "log", "quiet"):
         shop.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
-    for batch in range(2):  # about 2 MB of WAL: beyond the 1 MB worth a progress line
+    # About 12 MB of WAL: beyond the 1 MB worth a progress line, and more than
+    # a fast machine drains before the first progress check (2 MB did not).
+    for batch in range(12):
         shop.execute(
             "INSERT INTO items SELECT g, repeat('p', 300) FROM generate_series(%s, %s) g",
             batch * 2500 + 1,

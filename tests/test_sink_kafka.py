@@ -544,7 +544,7 @@ def test_options_the_guarantee_needs_cannot_be_changed() -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--to writes into a sink" in done.stderr
+    assert "--to and --file name two outputs" in done.stderr
 
 
 # --- a broker killed and started again

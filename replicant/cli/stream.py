@@ -197,7 +197,8 @@ def register(commands: Commands) -> None:
         "--to",
         metavar="URL",
         help="write the changes there instead: postgresql://... or sqlite:///PATH (each "
-        "transaction applied exactly once, committed in batches every second), a path or -",
+        "transaction applied exactly once, committed in batches every second), "
+        "kafka://HOST:PORT/PREFIX (at least once), a path or -",
     )
     stream.add_argument(
         "-F",
@@ -235,11 +236,6 @@ def register(commands: Commands) -> None:
         type=count_arg,
         metavar="N",
         help="give up after N failed reconnection attempts in a row (default: never)",
-    )
-    stream.add_argument(
-        "--to",
-        metavar="URL",
-        help="write into a sink instead, flushed every --fsync-interval: kafka://host:port/prefix",
     )
     stream.add_argument(
         "--retry-first-connect",
