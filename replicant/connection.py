@@ -25,7 +25,7 @@ import re
 import select
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NoReturn
@@ -56,13 +56,18 @@ from replicant.protocol import (
 )
 
 __all__ = [
+    "INVALIDATED_SLOT_ADVICE",
+    "WAL_POSITION",
     "CreatedSlot",
     "PublicationInfo",
     "ReplicationConnection",
     "ReplicationStream",
     "SlotState",
     "SystemInfo",
+    "check_slot_state",
     "mask_dsn",
+    "slot_state_from_row",
+    "slot_state_query",
 ]
 
 
@@ -141,6 +146,69 @@ class SlotState:
             return "conflicting"
         return None
 
+    @property
+    def invalidation_cause(self) -> str | None:
+        """What :attr:`invalidated` means in plain words, or None (valid, or a reason
+        this version of replicant does not know)."""
+        reason = self.invalidated
+        return None if reason is None else _INVALIDATION_CAUSES.get(reason)
+
+
+_INVALIDATION_CAUSES: Final = {
+    "wal_removed": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "wal_status lost": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "rows_removed": "the primary removed rows it still needed (a standby's slot; "
+    "turn on hot_standby_feedback with a physical slot)",
+    "conflicting": "it conflicts with recovery on this standby (rows it needed were "
+    "removed on the primary, or wal_level was lowered there)",
+    "wal_level_insufficient": "the primary's wal_level is below logical",
+    "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
+}
+
+INVALIDATED_SLOT_ADVICE: Final = (
+    "It can never stream again: drop it, create it anew and resynchronise the changes "
+    "since its last confirmed position"
+)
+"""What to do about an invalidated slot, the same words wherever it is reported."""
+
+
+def _check_slot_kind(state: SlotState, plugin: str | None, database: str | None) -> None:
+    """Raise :class:`SlotError` unless the slot is logical, of ``plugin`` and of
+    ``database`` (each when given)."""
+    if state.slot_type != "logical":
+        raise SlotError(f'replication slot "{state.name}" is a {state.slot_type} slot, not logical')
+    if plugin is not None and state.plugin != plugin:
+        raise SlotError(
+            f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
+            f"{plugin!r}; drop it or pick another slot name"
+        )
+    if database is not None and state.database is not None and state.database != database:
+        raise SlotError(
+            f'replication slot "{state.name}" belongs to database {state.database!r}, '
+            f"not {database!r}"
+        )
+
+
+def check_slot_state(state: SlotState, *, plugin: str) -> None:
+    """Raise :class:`SlotError` unless ``state`` is a slot a consumer of ``plugin`` can use.
+
+    A pure check of what the server reported: the slot must be logical, use
+    ``plugin``, and not be invalidated for any reason (an
+    ``invalidation_reason`` on 17+, ``conflicting`` on 16+, ``wal_status =
+    'lost'``). An invalidated slot never streams again: the message names the
+    reason and says to drop, recreate and resynchronise.
+    """
+    _check_slot_kind(state, plugin, None)
+    reason = state.invalidated
+    if reason is not None:
+        why = state.invalidation_cause
+        detail = f" ({why})" if why else ""
+        raise SlotError(
+            f'replication slot "{state.name}" was invalidated: {reason}{detail}. '
+            f"{INVALIDATED_SLOT_ADVICE}",
+            sqlstate="55000",
+        )
+
 
 @dataclass(frozen=True)
 class PublicationInfo:
@@ -149,6 +217,91 @@ class PublicationInfo:
     name: str
     all_tables: bool
     tables: tuple[str, ...]
+
+
+# --- slot state ---------------------------------------------------------------
+
+# The columns of pg_replication_slots that came after 10, by the version that
+# added them: an older server gets NULL in their place.
+_SLOT_COLUMNS: Final = (
+    ("wal_status", 130000),
+    ("safe_wal_size", 130000),
+    ("two_phase", 140000),
+    ("conflicting", 160000),
+    ("invalidation_reason", 170000),
+    ("inactive_since", 170000),
+    ("failover", 170000),
+    ("synced", 170000),
+    ("two_phase_at::text", 180000),
+)
+
+WAL_POSITION: Final = (
+    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
+    " ELSE pg_catalog.pg_current_wal_lsn() END"
+)
+"""An SQL expression (``pg_lsn``): where the server's WAL is now; on a standby,
+as far as it has replayed."""
+
+
+def slot_state_query(server_version: int, name: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The one query for slot state: ``(sql, params)`` for a cursor's ``execute``.
+
+    Selects every slot (or only ``name``) ordered by name, with the columns
+    :func:`slot_state_from_row` reads; columns ``server_version`` lacks are
+    NULL. Works on any connection, replication or not.
+    """
+    optional = ", ".join(c if server_version >= v else "NULL" for c, v in _SLOT_COLUMNS)
+    where = " WHERE slot_name = %s" if name is not None else ""
+    sql = (
+        "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
+        f" restart_lsn::text, confirmed_flush_lsn::text, {optional}"
+        f" FROM pg_catalog.pg_replication_slots{where} ORDER BY slot_name"
+    )
+    return sql, (() if name is None else (name,))
+
+
+def slot_state_from_row(row: Sequence[Any]) -> SlotState:
+    """A :class:`SlotState` from one row of :func:`slot_state_query`."""
+    (
+        slot_name,
+        slot_type,
+        plugin,
+        database,
+        temporary,
+        active,
+        pid,
+        restart,
+        confirmed,
+        wal_status,
+        safe_size,
+        has_two_phase,
+        conflicting,
+        reason,
+        inactive_since,
+        failover,
+        synced,
+        two_phase_at,
+    ) = row
+    return SlotState(
+        name=slot_name,
+        slot_type=slot_type,
+        plugin=plugin,
+        database=database,
+        temporary=bool(temporary),
+        active=bool(active),
+        active_pid=pid,
+        restart_lsn=LSN.parse(restart) if restart else None,
+        confirmed_flush_lsn=LSN.parse(confirmed) if confirmed else None,
+        wal_status=wal_status,
+        safe_wal_size=None if safe_size is None else int(safe_size),
+        two_phase=has_two_phase,
+        conflicting=conflicting,
+        invalidation_reason=reason,
+        inactive_since=inactive_since,
+        failover=failover,
+        synced=synced,
+        two_phase_at=LSN.parse(two_phase_at) if two_phase_at else None,
+    )
 
 
 # --- errors -----------------------------------------------------------------
@@ -548,67 +701,19 @@ class ReplicationConnection:
     def read_slot(self, name: str) -> SlotState | None:
         """What the server knows of slot ``name``, or ``None`` if it has none."""
         validate_slot_name(name)
-        version = self.server_version
-        columns = {
-            "wal_status": 130000,
-            "safe_wal_size": 130000,
-            "two_phase": 140000,
-            "conflicting": 160000,
-            "invalidation_reason": 170000,
-            "inactive_since": 170000,
-            "failover": 170000,
-            "synced": 170000,
-            "two_phase_at::text": 180000,
-        }
-        optional = ", ".join(c if version >= v else "NULL" for c, v in columns.items())
-        rows = self.execute(
-            "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
-            f" restart_lsn::text, confirmed_flush_lsn::text, {optional}"
-            " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-            (name,),
-        )
-        if not rows:
-            return None
-        (
-            slot_name,
-            slot_type,
-            plugin,
-            database,
-            temporary,
-            active,
-            pid,
-            restart,
-            confirmed,
-            wal_status,
-            safe_size,
-            has_two_phase,
-            conflicting,
-            reason,
-            inactive_since,
-            failover,
-            synced,
-            two_phase_at,
-        ) = rows[0]
-        return SlotState(
-            name=slot_name,
-            slot_type=slot_type,
-            plugin=plugin,
-            database=database,
-            temporary=bool(temporary),
-            active=bool(active),
-            active_pid=pid,
-            restart_lsn=LSN.parse(restart) if restart else None,
-            confirmed_flush_lsn=LSN.parse(confirmed) if confirmed else None,
-            wal_status=wal_status,
-            safe_wal_size=None if safe_size is None else int(safe_size),
-            two_phase=has_two_phase,
-            conflicting=conflicting,
-            invalidation_reason=reason,
-            inactive_since=inactive_since,
-            failover=failover,
-            synced=synced,
-            two_phase_at=LSN.parse(two_phase_at) if two_phase_at else None,
-        )
+        slots = self.read_slots(name)
+        return slots[0] if slots else None
+
+    def read_slots(self, name: str | None = None) -> list[SlotState]:
+        """Every replication slot of the server (or only ``name``), sorted by name."""
+        query, params = slot_state_query(self.server_version, name)
+        return [slot_state_from_row(row) for row in self.execute(query, params)]
+
+    def wal_position(self) -> LSN | None:
+        """The server's current WAL position: its insert position, or on a standby
+        the last position replayed (None while a standby has replayed nothing)."""
+        rows = self.execute(f"SELECT ({WAL_POSITION})::text")
+        return None if rows[0][0] is None else LSN.parse(rows[0][0])
 
     def drop_slot(self, name: str, *, wait: bool = False) -> None:
         """Drop slot ``name``. With ``wait``, wait while another connection uses it.
@@ -650,18 +755,7 @@ class ReplicationConnection:
         state = self.read_slot(slot)
         if state is None:
             raise SlotError(f'replication slot "{slot}" does not exist', sqlstate="42704")
-        if state.slot_type != "logical":
-            raise SlotError(f'replication slot "{slot}" is a {state.slot_type} slot, not logical')
-        if plugin is not None and state.plugin != plugin:
-            raise SlotError(
-                f'replication slot "{slot}" uses plugin {state.plugin!r}, not {plugin!r}; '
-                "drop it or pick another slot name"
-            )
-        if state.database is not None and state.database != self._raw.info.dbname:
-            raise SlotError(
-                f'replication slot "{slot}" belongs to database {state.database!r}, '
-                f"not {self._raw.info.dbname!r}"
-            )
+        _check_slot_kind(state, plugin, self._raw.info.dbname)
         stream = ReplicationStream(self, command, timeout=timeout)
         self._stream = stream
         self._streamed = True

@@ -33,9 +33,15 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, ParamSpec
 
-from replicant.acknowledgement import Progress, WalProgress
+from replicant.acknowledgement import Progress
+from replicant.acknowledgement import WalProgress as _WalProgress
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
-from replicant.connection import ReplicationConnection, ReplicationStream, SlotState, mask_dsn
+from replicant.connection import (
+    ReplicationConnection,
+    ReplicationStream,
+    check_slot_state,
+    mask_dsn,
+)
 from replicant.decoders import Decoder, make_decoder
 from replicant.errors import (
     ConfigurationError,
@@ -57,7 +63,6 @@ __all__ = [
     "Progress",
     "Stats",
     "StatusTimer",
-    "WalProgress",
     "check_slot_state",
     "run",
 ]
@@ -254,7 +259,7 @@ class Consumer:
             raise ConfigurationError(f"max_retries must be >= 0 or None, not {max_retries!r}")
         self.reconnect = reconnect
         self.max_retries = max_retries
-        self._progress = WalProgress(idle_advance=idle_advance)
+        self._progress = _WalProgress(idle_advance=idle_advance)
         self._counters = _Counters()
 
         self._state_lock = threading.Lock()
@@ -878,46 +883,6 @@ def _pick_decoder(
             "with decoder=..., configure that decoder itself"
         )
     return decoder
-
-
-_INVALIDATION_HELP = {
-    "wal_removed": "the WAL it needed was removed (max_slot_wal_keep_size)",
-    "wal_status lost": "the WAL it needed was removed (max_slot_wal_keep_size)",
-    "rows_removed": "the primary removed rows it still needed (a standby's slot; "
-    "turn on hot_standby_feedback with a physical slot)",
-    "conflicting": "it conflicts with recovery on this standby (rows it needed were "
-    "removed on the primary, or wal_level was lowered there)",
-    "wal_level_insufficient": "the primary's wal_level is below logical",
-    "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
-}
-
-
-def check_slot_state(state: SlotState, *, plugin: str) -> None:
-    """Raise :class:`SlotError` unless ``state`` is a slot a consumer of ``plugin`` can use.
-
-    A pure check of what the server reported: the slot must be logical, use
-    ``plugin``, and not be invalidated for any reason (an
-    ``invalidation_reason`` on 17+, ``conflicting`` on 16+, ``wal_status =
-    'lost'``). An invalidated slot never streams again: the message names the
-    reason and says to drop, recreate and resynchronise.
-    """
-    if state.slot_type != "logical":
-        raise SlotError(f'replication slot "{state.name}" is a {state.slot_type} slot, not logical')
-    if state.plugin != plugin:
-        raise SlotError(
-            f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
-            f"{plugin!r}; drop it or pick another slot name"
-        )
-    reason = state.invalidated
-    if reason is not None:
-        why = _INVALIDATION_HELP.get(reason)
-        detail = f" ({why})" if why else ""
-        raise SlotError(
-            f'replication slot "{state.name}" was invalidated: {reason}{detail}. It can '
-            "never stream again: drop it, create it anew and resynchronise the changes "
-            "since its last confirmed position",
-            sqlstate="55000",
-        )
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:
