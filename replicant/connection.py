@@ -50,6 +50,7 @@ from replicant.protocol import (
     encode_status_update,
     identify_system_command,
     parse_frame,
+    quote_conninfo_value,
     quote_identifier,
     start_replication_command,
     validate_slot_name,
@@ -412,13 +413,7 @@ def mask_dsn(dsn: str | None = None, **params: Any) -> str:
     for key in _SECRET_KEYS:
         if key in parsed:
             parsed[key] = "***"
-    return " ".join(f"{key}={_dsn_value(str(value))}" for key, value in parsed.items())
-
-
-def _dsn_value(value: str) -> str:
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return " ".join(f"{key}={quote_conninfo_value(str(value))}" for key, value in parsed.items())
 
 
 # --- session settings ---------------------------------------------------------
@@ -562,7 +557,7 @@ class ReplicationConnection:
         if self.closed:
             raise ConnectionLost("the connection is closed")
         if self.streaming:
-            raise ReplicantError("the connection is streaming: stop the stream first")
+            raise UsageError("the connection is streaming: stop the stream first")
 
     def identify_system(self) -> SystemInfo:
         """``IDENTIFY_SYSTEM``: system id, timeline, current WAL position, database."""
@@ -746,7 +741,7 @@ class ReplicationConnection:
         if self._streamed:
             # The walsender ends a second logical stream on one connection
             # at once (seen on 15 and 16): say so instead of a ConnectionLost.
-            raise ReplicantError(
+            raise UsageError(
                 "this connection already streamed once; PostgreSQL needs a new "
                 "connection for another logical stream"
             )

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, ParamSpec
 
-from replicant.acknowledgement import Progress
-from replicant.acknowledgement import WalProgress as _WalProgress
+# WalProgress lives in acknowledgement; it stays importable from here (not in
+# __all__) for the consumer's tests.
+from replicant.acknowledgement import Progress, WalProgress
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import (
     ReplicationConnection,
@@ -259,7 +260,7 @@ class Consumer:
             raise ConfigurationError(f"max_retries must be >= 0 or None, not {max_retries!r}")
         self.reconnect = reconnect
         self.max_retries = max_retries
-        self._progress = _WalProgress(idle_advance=idle_advance)
+        self._progress = WalProgress(idle_advance=idle_advance)
         self._counters = _Counters()
 
         self._state_lock = threading.Lock()

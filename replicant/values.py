@@ -57,6 +57,7 @@ import psycopg2.extras
 
 from replicant import _accel
 from replicant.errors import DecodeError
+from replicant.protocol import PG_EPOCH
 
 # psycopg2's stubs leave out several of its typecaster objects (PYDATETIME,
 # BINARYARRAY, ...); the module is used untyped here.
@@ -819,9 +820,13 @@ _INTERVAL = struct.Struct(">qii")
 _ARRAY_HEAD = struct.Struct(">iiI")
 _ARRAY_DIM = struct.Struct(">ii")
 
-_PG_EPOCH_DATE: Final = _dt.date(2000, 1, 1)
-_PG_EPOCH: Final = _dt.datetime(2000, 1, 1)
-_PG_EPOCH_UTC: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+# The epoch of PostgreSQL's binary dates and timestamps (protocol.PG_EPOCH), as
+# a date, a naive and an aware datetime. Out of datetime's range, a value is
+# kept as the server's text (PgValue): see protocol.pg_timestamp_to_datetime
+# for the other policy, that of the times messages carry.
+_PG_EPOCH_UTC: Final = PG_EPOCH
+_PG_EPOCH: Final = PG_EPOCH.replace(tzinfo=None)
+_PG_EPOCH_DATE: Final = PG_EPOCH.date()
 _DATE_INFINITY: Final = 0x7FFFFFFF
 _DATE_NINFINITY: Final = -0x80000000
 _TS_INFINITY: Final = 0x7FFFFFFFFFFFFFFF

@@ -20,9 +20,8 @@ from freezegun import freeze_time
 
 import replicant
 from replicant import LSN, ConfigurationError, ConnectionLost, SlotError
-from replicant.acknowledgement import WalProgress
 from replicant.changes import Begin, Commit, Event, Insert
-from replicant.runtime import Backoff, Consumer, StatusTimer
+from replicant.runtime import Backoff, Consumer, StatusTimer, WalProgress
 
 from .conftest import Database
 

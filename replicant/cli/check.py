@@ -22,6 +22,7 @@ from replicant.connection import (
 from replicant.errors import ReplicantError
 from replicant.formatting import human_bytes
 from replicant.lsn import LSN
+from replicant.protocol import quote_identifier
 
 __all__ = ["register"]
 
@@ -75,12 +76,6 @@ class _Report:
         self.out.write(f"  {label}  {text}\n")
         if fix:
             self.out.write(f"        fix: {fix}\n")
-
-
-def _quote_ident(name: str) -> str:
-    if name.replace("_", "a").isalnum() and name.islower() and not name[:1].isdigit():
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,7 +200,7 @@ def _run_checks(
         report.fail(
             f"role {user} lacks the REPLICATION attribute: it cannot open a replication "
             "connection or create a slot",
-            f"as a superuser: ALTER ROLE {_quote_ident(user)} REPLICATION;",
+            f"as a superuser: ALTER ROLE {quote_identifier(user, minimal=True)} REPLICATION;",
         )
     if superuser or can_replicate:
         _check_replication_connection(args.dsn, report)
@@ -272,7 +267,7 @@ def _check_publications(
         if name not in publications:
             report.fail(
                 f"publication {name} does not exist in database {database}",
-                f"CREATE PUBLICATION {_quote_ident(name)} FOR TABLE <tables>;"
+                f"CREATE PUBLICATION {quote_identifier(name, minimal=True)} FOR TABLE <tables>;"
                 " (or FOR ALL TABLES, as a superuser)",
             )
     if not names:
@@ -308,7 +303,7 @@ def _check_publication(
     if not tables:
         report.warn(
             f"publication {name} ({scope}) publishes no table yet: it sends no row changes",
-            f"ALTER PUBLICATION {_quote_ident(name)} ADD TABLE <tables>;",
+            f"ALTER PUBLICATION {quote_identifier(name, minimal=True)} ADD TABLE <tables>;",
         )
         return
     listed = ", ".join(f"{schema}.{table}" for schema, table, *_ in tables[:8])
@@ -328,7 +323,7 @@ def _check_publication(
             "n": "REPLICA IDENTITY NOTHING",
             "i": "its replica identity index is gone",
         }.get(identity, f"replica identity {identity!r}")
-        qualified = f"{_quote_ident(schema)}.{_quote_ident(table)}"
+        qualified = ".".join(quote_identifier(part, minimal=True) for part in (schema, table))
         fix = (
             f"ALTER TABLE {qualified} ADD PRIMARY KEY (<columns>); or, to send whole old "
             f"rows, ALTER TABLE {qualified} REPLICA IDENTITY FULL;"
