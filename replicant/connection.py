@@ -18,17 +18,17 @@ connection in non-blocking mode.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import enum
 import os
 import re
 import select
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -55,6 +55,8 @@ from replicant.protocol import (
     start_replication_command,
     validate_slot_name,
 )
+
+_T = TypeVar("_T")
 
 __all__ = [
     "INVALIDATED_SLOT_ADVICE",
@@ -848,13 +850,15 @@ class ReplicationStream:
 
     def __init__(self, connection: ReplicationConnection, command: str, *, timeout: float) -> None:
         self._connection = connection
-        raw = connection.raw
-        self._pgconn = ctypes.c_void_p(raw.pgconn_ptr)
-        self._socket = int(libpq.lib.PQsocket(self._pgconn))
+        pointer = connection.raw.pgconn_ptr
+        if pointer is None:  # psycopg2's connection is closed
+            raise ConnectionLost("the connection is closed")
+        self._pgconn = libpq.PGconn(pointer)
+        self._socket = self._pgconn.socket()
         # OpenSSL may hold decrypted bytes that libpq did not take (its input
         # buffer had less room than the TLS record): select() cannot see
         # them, so with TLS a drain reads again before it gives up.
-        self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
+        self._extra_reads = 2 if self._pgconn.ssl_in_use() else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
         self._drain_copy_data = libpq.drain
@@ -873,57 +877,78 @@ class ReplicationStream:
             raise AssertionError(f"a replication stream cannot go from {current} to {state}")
         self._state = state
 
+    # -- the one way to call libpq, and the one way to wait
+
+    def _call(self, call: Callable[[libpq.PGconn], _T]) -> _T:
+        """``call(pgconn)`` under the lock; a connection it finds lost ends the stream.
+
+        Raises :class:`ConnectionLost` without calling when the connection
+        was closed under the stream.
+        """
+        with self._lock:
+            if self._state is _State.ABANDONED:
+                raise ConnectionLost("the connection was closed")
+            try:
+                return call(self._pgconn)
+            except ConnectionLost as error:
+                self._end_lost(error)
+                raise
+
+    def _until(
+        self, attempt: Callable[[], bool], deadline: float, *, write: bool, doing: str
+    ) -> None:
+        """Call ``attempt`` until it returns True, waiting for the socket between tries.
+
+        Readable between tries, or writable with ``write``. Raises
+        :class:`ConnectionLost` once ``deadline`` (a ``time.monotonic()``
+        value) passes: every wait of the stream but :meth:`read`'s is this.
+        """
+        while not attempt():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = ": the server is not reading" if write else ""
+                raise ConnectionLost(f"timed out {doing}{reason}")
+            _wait_socket(self._socket, remaining, write=write)
+
     # -- setup
 
     def _begin(self, command: str, timeout: float) -> None:
-        lib = libpq.lib
-        with self._lock:
-            if not lib.PQsendQuery(self._pgconn, command.encode()):
-                self._fail_connection("could not send START_REPLICATION")
+        def send(pgconn: libpq.PGconn) -> None:
+            pgconn.send_query(command, "could not send START_REPLICATION")
             # Non-blocking from here on: no libpq call may wait while we hold
             # the lock (a status update from the other thread would stall).
-            if lib.PQsetnonblocking(self._pgconn, 1) != 0:
-                self._fail_connection("could not switch the connection to non-blocking mode")
-        deadline = time.monotonic() + timeout
-        error: ReplicantError | None = None
-        while True:
-            self._wait_not_busy(deadline, "waiting for START_REPLICATION")
-            with self._lock:
-                result = lib.PQgetResult(self._pgconn)
-                if not result:
-                    break
-                status = lib.PQresultStatus(result)
-                if status == libpq.PGRES_COPY_BOTH:
-                    lib.PQclear(result)
-                    self._move(_State.STREAMING)
-                    return
-                if error is None:
-                    error = self._result_error(result, "START_REPLICATION failed")
-                lib.PQclear(result)
+            pgconn.set_nonblocking(True, "could not switch the connection to non-blocking mode")
+
+        self._call(send)
+        error = self._collect_results(
+            time.monotonic() + timeout, "waiting for START_REPLICATION", "START_REPLICATION failed"
+        )
+        if self._state is _State.STREAMING:
+            return
         self._move(_State.ENDED)
         self._restore_blocking()
         self._connection._stream_closed(self)
         raise error or ConnectionLost("START_REPLICATION ended without starting a stream")
 
-    def _wait_not_busy(self, deadline: float, doing: str) -> None:
-        """Read input until a whole result is buffered (PQisBusy false)."""
-        lib = libpq.lib
+    def _collect_results(self, deadline: float, waiting: str, failed: str) -> ReplicantError | None:
+        """Read results until libpq has no more (or, starting, the COPY BOTH
+        begins); the first failure among them as our error, ``failed`` its prefix."""
+        error: ReplicantError | None = None
         while True:
-            with self._lock:
-                if not lib.PQisBusy(self._pgconn):
-                    return
-                if not lib.PQconsumeInput(self._pgconn):
-                    # At EOF the server's last words (a FATAL ErrorResponse)
-                    # may already be buffered: let PQgetResult report them.
-                    if not lib.PQisBusy(self._pgconn):
-                        return
-                    self._fail_connection(doing)
-                if not lib.PQisBusy(self._pgconn):
-                    return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectionLost(f"timed out {doing}")
-            self._wait_readable(remaining)
+            self._until(
+                lambda: self._call(lambda pgconn: pgconn.ready(waiting)),
+                deadline,
+                write=False,
+                doing=waiting,
+            )
+            result = self._call(lambda pgconn: pgconn.get_result())
+            if result is None:
+                return error
+            if result.status == libpq.PGRES_COPY_BOTH and self._state is _State.STARTING:
+                self._move(_State.STREAMING)
+                return None
+            if result.failed and error is None:
+                error = self._result_error(result, failed)
 
     # -- reading
 
@@ -953,7 +978,7 @@ class ReplicationStream:
             # libpq may already hold buffered bytes (TLS records, or input a
             # status update pulled in while flushing): drained above, so the
             # socket is the only place left to wait on.
-            if self._wait_readable(timeout):
+            if _wait_socket(self._socket, timeout, write=False):
                 frames = self._drain()
             return frames
 
@@ -964,15 +989,16 @@ class ReplicationStream:
         error, a broken connection) are returned first; the failure is raised
         by the next call.
         """
+        # The hot path: the lock and the drain directly, not through _call.
         with self._lock:
             if self._state is _State.ABANDONED:
                 raise ConnectionLost("the connection was closed")
             items, raw, outcome = self._drain_copy_data(
-                self._pgconn, self.MAX_BATCH, self._extra_reads
+                self._pgconn.handle, self.MAX_BATCH, self._extra_reads
             )
             if outcome == libpq.DRAIN_LOST:
                 # Recorded in self._error: raised once these frames are out.
-                self._record_lost("reading the replication stream")
+                self._end_lost(self._pgconn.lost("reading the replication stream"))
         frames: list[Any] = items  # Frame objects once the bytes are parsed, in place
         try:
             if raw:  # keepalives and anything malformed come as bytes
@@ -992,9 +1018,6 @@ class ReplicationStream:
         if self._error is not None and not frames:
             raise self._error
         return frames
-
-    def _wait_readable(self, timeout: float | None) -> bool:
-        return _wait_socket(self._socket, timeout, write=False)
 
     # -- writing
 
@@ -1018,43 +1041,17 @@ class ReplicationStream:
         self._send(message, timeout, "sending a status update")
 
     def _send(self, message: bytes, timeout: float, doing: str) -> None:
-        lib = libpq.lib
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
+        queued = False
+
+        def put(pgconn: libpq.PGconn) -> bool:
+            nonlocal queued
+            if not queued:
                 self._check_open()
-                queued = lib.PQputCopyData(self._pgconn, message, len(message))
-                if queued < 0:
-                    self._fail_connection(doing)
-                pending = lib.PQflush(self._pgconn) if queued else 1
-                if pending < 0:
-                    self._fail_connection(doing)
-            if queued and pending == 0:
-                return
-            if queued:
-                self._flush_until(deadline, doing)
-                return
-            # libpq's output buffer is full: wait until the socket takes more.
-            self._wait_until_writable(deadline, doing)
+                # False: libpq's output buffer is full; wait until the socket takes more.
+                queued = pgconn.put_copy_data(message, doing)
+            return queued and pgconn.flush(doing)
 
-    def _flush_until(self, deadline: float, doing: str) -> None:
-        lib = libpq.lib
-        while True:
-            self._wait_until_writable(deadline, doing)
-            with self._lock:
-                if self._state is _State.ABANDONED:
-                    raise ConnectionLost("the connection was closed")
-                pending = lib.PQflush(self._pgconn)
-            if pending < 0:
-                with self._lock:
-                    self._fail_connection(doing)
-            if pending == 0:
-                return
-
-    def _wait_until_writable(self, deadline: float, doing: str) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not _wait_socket(self._socket, remaining, write=True):
-            raise ConnectionLost(f"timed out {doing}: the server is not reading")
+        self._until(lambda: self._call(put), time.monotonic() + timeout, write=True, doing=doing)
 
     # -- ending
 
@@ -1067,44 +1064,41 @@ class ReplicationStream:
         If the server does not finish within ``timeout`` seconds the
         connection is closed and :class:`ConnectionLost` raised.
         """
-        lib = libpq.lib
         deadline = time.monotonic() + timeout
         with self._read_lock:
             if self.ended:
                 return
             self._move(_State.STOPPING)
-            while True:
-                with self._lock:
-                    self._check_open()
-                    sent = lib.PQputCopyEnd(self._pgconn, None)
-                    if sent < 0:
-                        self._fail_connection("sending CopyDone")
-                if sent:
-                    break
-                self._wait_until_writable(deadline, "sending CopyDone")
+
+            def queue_copy_done(pgconn: libpq.PGconn) -> bool:
+                self._check_open()
+                return pgconn.put_copy_end("sending CopyDone")
+
+            def over() -> bool:
+                # Frames still arriving were never acknowledged, so the
+                # server sends them again next time: drop them.
+                self._drain()
+                return self._state in _OVER
+
+            self._until(
+                lambda: self._call(queue_copy_done), deadline, write=True, doing="sending CopyDone"
+            )
             try:
-                self._flush_until_done(deadline)
-                while True:
-                    # Frames still arriving were never acknowledged, so the
-                    # server sends them again next time: drop them.
-                    self._drain()
-                    if self._state in _OVER:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise ConnectionLost("timed out waiting for the server to end the stream")
-                    self._wait_readable(remaining)
+                self._until(
+                    lambda: self._call(lambda pgconn: pgconn.flush("sending CopyDone")),
+                    deadline,
+                    write=True,
+                    doing="sending CopyDone",
+                )
+                self._until(
+                    over,
+                    deadline,
+                    write=False,
+                    doing="waiting for the server to end the stream",
+                )
             except ConnectionLost:
                 self._connection.close()
                 raise
-
-    def _flush_until_done(self, deadline: float) -> None:
-        with self._lock:
-            pending = libpq.lib.PQflush(self._pgconn)
-            if pending < 0:
-                self._fail_connection("sending CopyDone")
-        if pending:
-            self._flush_until(deadline, "sending CopyDone")
 
     def _finish_copy(self) -> None:
         """The COPY is over: collect the final results and restore the connection.
@@ -1112,19 +1106,9 @@ class ReplicationStream:
         Raises the server's error if it sent one, or :class:`ConnectionLost`
         if the server ended a stream we did not stop.
         """
-        lib = libpq.lib
-        error: ReplicantError | None = None
-        deadline = time.monotonic() + 30.0
-        while True:
-            self._wait_not_busy(deadline, "finishing the replication stream")
-            with self._lock:
-                result = lib.PQgetResult(self._pgconn)
-                if not result:
-                    break
-                status = lib.PQresultStatus(result)
-                if status not in (libpq.PGRES_COMMAND_OK, libpq.PGRES_TUPLES_OK) and error is None:
-                    error = self._result_error(result, "replication stream failed")
-                lib.PQclear(result)
+        error = self._collect_results(
+            time.monotonic() + 30.0, "finishing the replication stream", "replication stream failed"
+        )
         stopping = self._state is _State.STOPPING
         self._move(_State.ENDED)
         self._restore_blocking()
@@ -1139,14 +1123,17 @@ class ReplicationStream:
     def _restore_blocking(self) -> None:
         with self._lock:
             if self._state is not _State.ABANDONED:
-                libpq.lib.PQsetnonblocking(self._pgconn, 0)
+                # A connection too broken to switch back is its owner's to close;
+                # the stream's own outcome is already decided.
+                with contextlib.suppress(ConnectionLost):
+                    self._pgconn.set_nonblocking(False, "restoring blocking mode")
 
     def _abandon(self) -> None:
         """The connection is about to close: never touch the PGconn again."""
         with self._lock:
             self._move(_State.ABANDONED)
 
-    # -- helpers
+    # -- state
 
     def _check_open(self) -> None:
         if self._state is _State.ABANDONED:
@@ -1156,36 +1143,19 @@ class ReplicationStream:
         if self._state in _OVER:
             raise UsageError("the replication stream has ended")
 
-    def _record_lost(self, doing: str) -> ConnectionLost:
-        """End the stream as lost, with libpq's message. Call with the lock held."""
-        message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
+    def _end_lost(self, error: ConnectionLost) -> None:
+        """End the stream as lost with ``error``. Call with the lock held."""
         self._move(_State.ENDED)
-        self._error = ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
-        return self._error
+        self._error = error
 
-    def _fail_connection(self, doing: str) -> NoReturn:
-        """Raise ConnectionLost with libpq's message. Call with the lock held."""
-        raise self._record_lost(doing)
-
-    def _result_error(self, result: int, doing: str) -> ReplicantError:
-        """The error a failed result reports. Call with the lock held."""
-        lib = libpq.lib
-
-        def field(code: int) -> str | None:
-            value = lib.PQresultErrorField(result, code)
-            return None if value is None else bytes(value).decode("utf-8", "replace")
-
-        message = field(libpq.PG_DIAG_MESSAGE_PRIMARY)
-        if message is None:
-            raw = lib.PQresultErrorMessage(result) or b""
-            message = bytes(raw).decode("utf-8", "replace").strip() or "unknown error"
-        sqlstate = field(libpq.PG_DIAG_SQLSTATE)
-        if sqlstate is None and lib.PQstatus(self._pgconn) == libpq.CONNECTION_BAD:
+    def _result_error(self, result: libpq.Result, doing: str) -> ReplicantError:
+        """The error a failed result reports."""
+        message = result.message or "unknown error"
+        with self._lock:
+            broken = self._state is not _State.ABANDONED and self._pgconn.is_bad()
+        if result.sqlstate is None and broken:
             # libpq's own report of a broken connection, not the server's.
             return ConnectionLost(f"{doing}: {message}")
         return classify_server_error(
-            f"{doing}: {message}",
-            sqlstate,
-            field(libpq.PG_DIAG_MESSAGE_DETAIL),
-            field(libpq.PG_DIAG_MESSAGE_HINT),
+            f"{doing}: {message}", result.sqlstate, result.detail, result.hint
         )
