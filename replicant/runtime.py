@@ -30,11 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, ParamSpec
 
 # WalProgress lives in acknowledgement; it stays importable from here (not in
 # __all__) for the consumer's tests.
+from replicant._signals import StopSignals
 from replicant.acknowledgement import Progress, WalProgress
 from replicant.changes import Commit, CommitPrepared, Event, RollbackPrepared, StreamCommit
 from replicant.connection import (
@@ -364,17 +365,13 @@ class Consumer:
         if threading.current_thread() is not threading.main_thread():
             self.join()
             return
-        previous: dict[signal.Signals, Any] = {}
-
-        def graceful(signum: int, frame: FrameType | None) -> None:
-            if self._stop_requested.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+        def graceful(signum: int) -> None:
             logger.info("signal %s: stopping gracefully", signal.Signals(signum).name)
             self._stop_requested.set()
             self._wake()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, graceful)
+        signals = StopSignals(graceful, stopping=self._stop_requested.is_set)
+        signals.install()
         try:
             # Wait in slices: the kernel may deliver the signal to one of our
             # threads, and then Python runs the handler only when the main
@@ -389,8 +386,7 @@ class Consumer:
             self._abort()
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            signals.restore()
 
     def __enter__(self) -> Consumer:
         if self._supervisor is None:
