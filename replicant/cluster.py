@@ -43,12 +43,14 @@ from typing import IO, Any, Literal, TypeAlias
 import psycopg2
 import psycopg2.extensions
 
-from replicant.errors import ConfigurationError, ReplicantError
+from replicant.errors import ConfigurationError, ReplicantError, UsageError
+from replicant.protocol import quote_conninfo_value, quote_identifier
 
 __all__ = [
     "BINDIRS_ENV",
     "DEFAULT_SETTINGS",
     "ClusterError",
+    "ClusterUsageError",
     "Installation",
     "LocalCluster",
     "SettingValue",
@@ -102,6 +104,12 @@ _MAX_SOCKET_DIR = 90
 
 class ClusterError(ReplicantError, RuntimeError):
     """A local server could not be found, initialised, started or stopped."""
+
+
+class ClusterUsageError(ClusterError, UsageError):
+    """A :class:`LocalCluster` used out of order (its port before it started, a
+    standby's call on a primary): a :class:`~replicant.errors.UsageError`, and a
+    :class:`ClusterError` as it always was."""
 
 
 # --------------------------------------------------------------------------
@@ -448,18 +456,6 @@ def _conf_value(value: SettingValue) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _quote_ident(name: str) -> str:
-    if not name or "\0" in name:
-        raise ConfigurationError(f"not a valid identifier: {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _dsn_value(value: str) -> str:
-    if value and re.fullmatch(r"[^\s'\\]+", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _pid_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
     try:
@@ -656,14 +652,14 @@ class LocalCluster:
     def port(self) -> int:
         """The TCP port; known once the cluster has started."""
         if self._port is None:
-            raise ClusterError("the cluster has no port yet: call start() first")
+            raise ClusterUsageError("the cluster has no port yet: call start() first")
         return self._port
 
     @property
     def directory(self) -> Path:
         """The temporary directory: data/, the log file and the unix socket."""
         if self._res.tmpdir is None:
-            raise ClusterError("the cluster has no directory: it is not started")
+            raise ClusterUsageError("the cluster has no directory: it is not started")
         return self._res.tmpdir
 
     @property
@@ -732,7 +728,7 @@ class LocalCluster:
     def dsn_for(self, dbname: str = "postgres", **overrides: str | int | None) -> str:
         """libpq key/value string for ``dbname``; ``overrides`` as for :meth:`params_for`."""
         params = self.params_for(dbname, **overrides)
-        return " ".join(f"{key}={_dsn_value(value)}" for key, value in params.items())
+        return " ".join(f"{key}={quote_conninfo_value(value)}" for key, value in params.items())
 
     def has_plugin(self, name: str) -> bool:
         """True when the output plugin (any loadable module) ``name`` is installed."""
@@ -810,7 +806,7 @@ class LocalCluster:
     def restart(self, mode: ShutdownMode = "fast") -> None:
         """Stop the server with ``mode`` and start it again: same port, same data."""
         if self._res.tmpdir is None:
-            raise ClusterError("restart() needs a started cluster")
+            raise ClusterUsageError("restart() needs a started cluster")
         self.stop(mode, keep_data=True)
         self._launch("wait")
 
@@ -853,20 +849,20 @@ class LocalCluster:
 
     def create_database(self, name: str) -> str:
         """Create database ``name``; return its DSN."""
-        self.execute(f"CREATE DATABASE {_quote_ident(name)}")
+        self.execute(f"CREATE DATABASE {quote_identifier(name)}")
         return self.dsn_for(name)
 
     def drop_database(self, name: str) -> None:
         """Drop database ``name`` if it exists, disconnecting its sessions first."""
         if self.version >= 13:
-            self.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+            self.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)} WITH (FORCE)")
             return
         self.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
-        self.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)}")
+        self.execute(f"DROP DATABASE IF EXISTS {quote_identifier(name)}")
 
     # -- standbys ---------------------------------------------------------
 
@@ -887,7 +883,7 @@ class LocalCluster:
         on a standby needs to keep the rows it reads). The caller stops it.
         """
         if not self.running:
-            raise ClusterError("create_standby() needs a running primary")
+            raise ClusterUsageError("create_standby() needs a running primary")
         if "bindir" in kwargs or "version" in kwargs:
             raise ConfigurationError("a standby runs the primary's installation")
         settings = {**self.settings, "hot_standby": True, "hot_standby_feedback": True}
@@ -906,7 +902,7 @@ class LocalCluster:
         """
         primary = self._primary
         if primary is None:
-            raise ClusterError("wait_for_replay() is for a standby made by create_standby()")
+            raise ClusterUsageError("wait_for_replay() is for a standby made by create_standby()")
         if lsn is None:
             lsn = str(primary.execute("SELECT pg_current_wal_lsn()::text")[0][0])
         deadline = time.monotonic() + timeout

@@ -18,17 +18,17 @@ connection in non-blocking mode.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import enum
 import os
 import re
 import select
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -50,19 +50,27 @@ from replicant.protocol import (
     encode_status_update,
     identify_system_command,
     parse_frame,
+    quote_conninfo_value,
     quote_identifier,
     start_replication_command,
     validate_slot_name,
 )
 
+_T = TypeVar("_T")
+
 __all__ = [
+    "INVALIDATED_SLOT_ADVICE",
+    "WAL_POSITION",
     "CreatedSlot",
     "PublicationInfo",
     "ReplicationConnection",
     "ReplicationStream",
     "SlotState",
     "SystemInfo",
+    "check_slot_state",
     "mask_dsn",
+    "slot_state_from_row",
+    "slot_state_query",
 ]
 
 
@@ -141,6 +149,70 @@ class SlotState:
             return "conflicting"
         return None
 
+    @property
+    def invalidation_cause(self) -> str | None:
+        """What :attr:`invalidated` means in plain words, or None (valid, or a reason
+        this version of replicant does not know)."""
+        reason = self.invalidated
+        return None if reason is None else _INVALIDATION_CAUSES.get(reason)
+
+
+_INVALIDATION_CAUSES: Final = {
+    "wal_removed": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "wal_status lost": "the WAL it needed was removed (max_slot_wal_keep_size)",
+    "rows_removed": "the primary removed rows it still needed (a standby's slot; "
+    "turn on hot_standby_feedback with a physical slot)",
+    "conflicting": "it conflicts with recovery on this standby (rows it needed were "
+    "removed on the primary, or wal_level was lowered there)",
+    "wal_level_insufficient": "the primary's wal_level is below logical",
+    "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
+}
+
+INVALIDATED_SLOT_ADVICE: Final = (
+    "It can never stream again: drop it, create it anew and resynchronise the changes "
+    "since its last confirmed position"
+)
+"""What to do about an invalidated slot, the same words wherever it is reported."""
+
+
+def _check_slot_kind(state: SlotState, plugin: str | None, database: str | None) -> None:
+    """Raise :class:`SlotError` unless the slot is logical, of ``plugin`` and of
+    ``database`` (each when given)."""
+    if state.slot_type != "logical":
+        raise SlotError(f'replication slot "{state.name}" is a {state.slot_type} slot, not logical')
+    if plugin is not None and state.plugin != plugin:
+        raise SlotError(
+            f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
+            f"{plugin!r}: pass plugin={state.plugin!r} to stream it, or drop it or pick "
+            "another slot name"
+        )
+    if database is not None and state.database is not None and state.database != database:
+        raise SlotError(
+            f'replication slot "{state.name}" belongs to database {state.database!r}, '
+            f"not {database!r}"
+        )
+
+
+def check_slot_state(state: SlotState, *, plugin: str) -> None:
+    """Raise :class:`SlotError` unless ``state`` is a slot a consumer of ``plugin`` can use.
+
+    A pure check of what the server reported: the slot must be logical, use
+    ``plugin``, and not be invalidated for any reason (an
+    ``invalidation_reason`` on 17+, ``conflicting`` on 16+, ``wal_status =
+    'lost'``). An invalidated slot never streams again: the message names the
+    reason and says to drop, recreate and resynchronise.
+    """
+    _check_slot_kind(state, plugin, None)
+    reason = state.invalidated
+    if reason is not None:
+        why = state.invalidation_cause
+        detail = f" ({why})" if why else ""
+        raise SlotError(
+            f'replication slot "{state.name}" was invalidated: {reason}{detail}. '
+            f"{INVALIDATED_SLOT_ADVICE}",
+            sqlstate="55000",
+        )
+
 
 @dataclass(frozen=True)
 class PublicationInfo:
@@ -149,6 +221,91 @@ class PublicationInfo:
     name: str
     all_tables: bool
     tables: tuple[str, ...]
+
+
+# --- slot state ---------------------------------------------------------------
+
+# The columns of pg_replication_slots that came after 10, by the version that
+# added them: an older server gets NULL in their place.
+_SLOT_COLUMNS: Final = (
+    ("wal_status", 130000),
+    ("safe_wal_size", 130000),
+    ("two_phase", 140000),
+    ("conflicting", 160000),
+    ("invalidation_reason", 170000),
+    ("inactive_since", 170000),
+    ("failover", 170000),
+    ("synced", 170000),
+    ("two_phase_at::text", 180000),
+)
+
+WAL_POSITION: Final = (
+    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
+    " ELSE pg_catalog.pg_current_wal_lsn() END"
+)
+"""An SQL expression (``pg_lsn``): where the server's WAL is now; on a standby,
+as far as it has replayed."""
+
+
+def slot_state_query(server_version: int, name: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The one query for slot state: ``(sql, params)`` for a cursor's ``execute``.
+
+    Selects every slot (or only ``name``) ordered by name, with the columns
+    :func:`slot_state_from_row` reads; columns ``server_version`` lacks are
+    NULL. Works on any connection, replication or not.
+    """
+    optional = ", ".join(c if server_version >= v else "NULL" for c, v in _SLOT_COLUMNS)
+    where = " WHERE slot_name = %s" if name is not None else ""
+    sql = (
+        "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
+        f" restart_lsn::text, confirmed_flush_lsn::text, {optional}"
+        f" FROM pg_catalog.pg_replication_slots{where} ORDER BY slot_name"
+    )
+    return sql, (() if name is None else (name,))
+
+
+def slot_state_from_row(row: Sequence[Any]) -> SlotState:
+    """A :class:`SlotState` from one row of :func:`slot_state_query`."""
+    (
+        slot_name,
+        slot_type,
+        plugin,
+        database,
+        temporary,
+        active,
+        pid,
+        restart,
+        confirmed,
+        wal_status,
+        safe_size,
+        has_two_phase,
+        conflicting,
+        reason,
+        inactive_since,
+        failover,
+        synced,
+        two_phase_at,
+    ) = row
+    return SlotState(
+        name=slot_name,
+        slot_type=slot_type,
+        plugin=plugin,
+        database=database,
+        temporary=bool(temporary),
+        active=bool(active),
+        active_pid=pid,
+        restart_lsn=LSN.parse(restart) if restart else None,
+        confirmed_flush_lsn=LSN.parse(confirmed) if confirmed else None,
+        wal_status=wal_status,
+        safe_wal_size=None if safe_size is None else int(safe_size),
+        two_phase=has_two_phase,
+        conflicting=conflicting,
+        invalidation_reason=reason,
+        inactive_since=inactive_since,
+        failover=failover,
+        synced=synced,
+        two_phase_at=LSN.parse(two_phase_at) if two_phase_at else None,
+    )
 
 
 # --- errors -----------------------------------------------------------------
@@ -269,13 +426,7 @@ def mask_dsn(dsn: str | None = None, **params: Any) -> str:
     for key in _SECRET_KEYS:
         if key in parsed:
             parsed[key] = "***"
-    return " ".join(f"{key}={_dsn_value(str(value))}" for key, value in parsed.items())
-
-
-def _dsn_value(value: str) -> str:
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return " ".join(f"{key}={quote_conninfo_value(str(value))}" for key, value in parsed.items())
 
 
 # --- session settings ---------------------------------------------------------
@@ -419,7 +570,7 @@ class ReplicationConnection:
         if self.closed:
             raise ConnectionLost("the connection is closed")
         if self.streaming:
-            raise ReplicantError("the connection is streaming: stop the stream first")
+            raise UsageError("the connection is streaming: stop the stream first")
 
     def identify_system(self) -> SystemInfo:
         """``IDENTIFY_SYSTEM``: system id, timeline, current WAL position, database."""
@@ -558,67 +709,19 @@ class ReplicationConnection:
     def read_slot(self, name: str) -> SlotState | None:
         """What the server knows of slot ``name``, or ``None`` if it has none."""
         validate_slot_name(name)
-        version = self.server_version
-        columns = {
-            "wal_status": 130000,
-            "safe_wal_size": 130000,
-            "two_phase": 140000,
-            "conflicting": 160000,
-            "invalidation_reason": 170000,
-            "inactive_since": 170000,
-            "failover": 170000,
-            "synced": 170000,
-            "two_phase_at::text": 180000,
-        }
-        optional = ", ".join(c if version >= v else "NULL" for c, v in columns.items())
-        rows = self.execute(
-            "SELECT slot_name, slot_type, plugin, database, temporary, active, active_pid,"
-            f" restart_lsn::text, confirmed_flush_lsn::text, {optional}"
-            " FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-            (name,),
-        )
-        if not rows:
-            return None
-        (
-            slot_name,
-            slot_type,
-            plugin,
-            database,
-            temporary,
-            active,
-            pid,
-            restart,
-            confirmed,
-            wal_status,
-            safe_size,
-            has_two_phase,
-            conflicting,
-            reason,
-            inactive_since,
-            failover,
-            synced,
-            two_phase_at,
-        ) = rows[0]
-        return SlotState(
-            name=slot_name,
-            slot_type=slot_type,
-            plugin=plugin,
-            database=database,
-            temporary=bool(temporary),
-            active=bool(active),
-            active_pid=pid,
-            restart_lsn=LSN.parse(restart) if restart else None,
-            confirmed_flush_lsn=LSN.parse(confirmed) if confirmed else None,
-            wal_status=wal_status,
-            safe_wal_size=None if safe_size is None else int(safe_size),
-            two_phase=has_two_phase,
-            conflicting=conflicting,
-            invalidation_reason=reason,
-            inactive_since=inactive_since,
-            failover=failover,
-            synced=synced,
-            two_phase_at=LSN.parse(two_phase_at) if two_phase_at else None,
-        )
+        slots = self.read_slots(name)
+        return slots[0] if slots else None
+
+    def read_slots(self, name: str | None = None) -> list[SlotState]:
+        """Every replication slot of the server (or only ``name``), sorted by name."""
+        query, params = slot_state_query(self.server_version, name)
+        return [slot_state_from_row(row) for row in self.execute(query, params)]
+
+    def wal_position(self) -> LSN | None:
+        """The server's current WAL position: its insert position, or on a standby
+        the last position replayed (None while a standby has replayed nothing)."""
+        rows = self.execute(f"SELECT ({WAL_POSITION})::text")
+        return None if rows[0][0] is None else LSN.parse(rows[0][0])
 
     def drop_slot(self, name: str, *, wait: bool = False) -> None:
         """Drop slot ``name``. With ``wait``, wait while another connection uses it.
@@ -651,7 +754,7 @@ class ReplicationConnection:
         if self._streamed:
             # The walsender ends a second logical stream on one connection
             # at once (seen on 15 and 16): say so instead of a ConnectionLost.
-            raise ReplicantError(
+            raise UsageError(
                 "this connection already streamed once; PostgreSQL needs a new "
                 "connection for another logical stream"
             )
@@ -660,18 +763,7 @@ class ReplicationConnection:
         state = self.read_slot(slot)
         if state is None:
             raise SlotError(f'replication slot "{slot}" does not exist', sqlstate="42704")
-        if state.slot_type != "logical":
-            raise SlotError(f'replication slot "{slot}" is a {state.slot_type} slot, not logical')
-        if plugin is not None and state.plugin != plugin:
-            raise SlotError(
-                f'replication slot "{slot}" uses plugin {state.plugin!r}, not {plugin!r}; '
-                "drop it or pick another slot name"
-            )
-        if state.database is not None and state.database != self._raw.info.dbname:
-            raise SlotError(
-                f'replication slot "{slot}" belongs to database {state.database!r}, '
-                f"not {self._raw.info.dbname!r}"
-            )
+        _check_slot_kind(state, plugin, self._raw.info.dbname)
         stream = ReplicationStream(self, command, timeout=timeout)
         self._stream = stream
         self._streamed = True
@@ -769,13 +861,15 @@ class ReplicationStream:
 
     def __init__(self, connection: ReplicationConnection, command: str, *, timeout: float) -> None:
         self._connection = connection
-        raw = connection.raw
-        self._pgconn = ctypes.c_void_p(raw.pgconn_ptr)
-        self._socket = int(libpq.lib.PQsocket(self._pgconn))
+        pointer = connection.raw.pgconn_ptr
+        if pointer is None:  # psycopg2's connection is closed
+            raise ConnectionLost("the connection is closed")
+        self._pgconn = libpq.PGconn(pointer)
+        self._socket = self._pgconn.socket()
         # OpenSSL may hold decrypted bytes that libpq did not take (its input
         # buffer had less room than the TLS record): select() cannot see
         # them, so with TLS a drain reads again before it gives up.
-        self._extra_reads = 2 if libpq.lib.PQsslInUse(self._pgconn) else 0
+        self._extra_reads = 2 if self._pgconn.ssl_in_use() else 0
         self._lock = threading.Lock()  # every libpq call on this PGconn
         self._read_lock = threading.Lock()  # one reader (read/stop) at a time
         self._drain_copy_data = libpq.drain
@@ -794,57 +888,78 @@ class ReplicationStream:
             raise AssertionError(f"a replication stream cannot go from {current} to {state}")
         self._state = state
 
+    # -- the one way to call libpq, and the one way to wait
+
+    def _call(self, call: Callable[[libpq.PGconn], _T]) -> _T:
+        """``call(pgconn)`` under the lock; a connection it finds lost ends the stream.
+
+        Raises :class:`ConnectionLost` without calling when the connection
+        was closed under the stream.
+        """
+        with self._lock:
+            if self._state is _State.ABANDONED:
+                raise ConnectionLost("the connection was closed")
+            try:
+                return call(self._pgconn)
+            except ConnectionLost as error:
+                self._end_lost(error)
+                raise
+
+    def _until(
+        self, attempt: Callable[[], bool], deadline: float, *, write: bool, doing: str
+    ) -> None:
+        """Call ``attempt`` until it returns True, waiting for the socket between tries.
+
+        Readable between tries, or writable with ``write``. Raises
+        :class:`ConnectionLost` once ``deadline`` (a ``time.monotonic()``
+        value) passes: every wait of the stream but :meth:`read`'s is this.
+        """
+        while not attempt():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = ": the server is not reading" if write else ""
+                raise ConnectionLost(f"timed out {doing}{reason}")
+            _wait_socket(self._socket, remaining, write=write)
+
     # -- setup
 
     def _begin(self, command: str, timeout: float) -> None:
-        lib = libpq.lib
-        with self._lock:
-            if not lib.PQsendQuery(self._pgconn, command.encode()):
-                self._fail_connection("could not send START_REPLICATION")
+        def send(pgconn: libpq.PGconn) -> None:
+            pgconn.send_query(command, "could not send START_REPLICATION")
             # Non-blocking from here on: no libpq call may wait while we hold
             # the lock (a status update from the other thread would stall).
-            if lib.PQsetnonblocking(self._pgconn, 1) != 0:
-                self._fail_connection("could not switch the connection to non-blocking mode")
-        deadline = time.monotonic() + timeout
-        error: ReplicantError | None = None
-        while True:
-            self._wait_not_busy(deadline, "waiting for START_REPLICATION")
-            with self._lock:
-                result = lib.PQgetResult(self._pgconn)
-                if not result:
-                    break
-                status = lib.PQresultStatus(result)
-                if status == libpq.PGRES_COPY_BOTH:
-                    lib.PQclear(result)
-                    self._move(_State.STREAMING)
-                    return
-                if error is None:
-                    error = self._result_error(result, "START_REPLICATION failed")
-                lib.PQclear(result)
+            pgconn.set_nonblocking(True, "could not switch the connection to non-blocking mode")
+
+        self._call(send)
+        error = self._collect_results(
+            time.monotonic() + timeout, "waiting for START_REPLICATION", "START_REPLICATION failed"
+        )
+        if self._state is _State.STREAMING:
+            return
         self._move(_State.ENDED)
         self._restore_blocking()
         self._connection._stream_closed(self)
         raise error or ConnectionLost("START_REPLICATION ended without starting a stream")
 
-    def _wait_not_busy(self, deadline: float, doing: str) -> None:
-        """Read input until a whole result is buffered (PQisBusy false)."""
-        lib = libpq.lib
+    def _collect_results(self, deadline: float, waiting: str, failed: str) -> ReplicantError | None:
+        """Read results until libpq has no more (or, starting, the COPY BOTH
+        begins); the first failure among them as our error, ``failed`` its prefix."""
+        error: ReplicantError | None = None
         while True:
-            with self._lock:
-                if not lib.PQisBusy(self._pgconn):
-                    return
-                if not lib.PQconsumeInput(self._pgconn):
-                    # At EOF the server's last words (a FATAL ErrorResponse)
-                    # may already be buffered: let PQgetResult report them.
-                    if not lib.PQisBusy(self._pgconn):
-                        return
-                    self._fail_connection(doing)
-                if not lib.PQisBusy(self._pgconn):
-                    return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectionLost(f"timed out {doing}")
-            self._wait_readable(remaining)
+            self._until(
+                lambda: self._call(lambda pgconn: pgconn.ready(waiting)),
+                deadline,
+                write=False,
+                doing=waiting,
+            )
+            result = self._call(lambda pgconn: pgconn.get_result())
+            if result is None:
+                return error
+            if result.status == libpq.PGRES_COPY_BOTH and self._state is _State.STARTING:
+                self._move(_State.STREAMING)
+                return None
+            if result.failed and error is None:
+                error = self._result_error(result, failed)
 
     # -- reading
 
@@ -874,7 +989,7 @@ class ReplicationStream:
             # libpq may already hold buffered bytes (TLS records, or input a
             # status update pulled in while flushing): drained above, so the
             # socket is the only place left to wait on.
-            if self._wait_readable(timeout):
+            if _wait_socket(self._socket, timeout, write=False):
                 frames = self._drain()
             return frames
 
@@ -885,15 +1000,16 @@ class ReplicationStream:
         error, a broken connection) are returned first; the failure is raised
         by the next call.
         """
+        # The hot path: the lock and the drain directly, not through _call.
         with self._lock:
             if self._state is _State.ABANDONED:
                 raise ConnectionLost("the connection was closed")
             items, raw, outcome = self._drain_copy_data(
-                self._pgconn, self.MAX_BATCH, self._extra_reads
+                self._pgconn.handle, self.MAX_BATCH, self._extra_reads
             )
             if outcome == libpq.DRAIN_LOST:
                 # Recorded in self._error: raised once these frames are out.
-                self._record_lost("reading the replication stream")
+                self._end_lost(self._pgconn.lost("reading the replication stream"))
         frames: list[Any] = items  # Frame objects once the bytes are parsed, in place
         try:
             if raw:  # keepalives and anything malformed come as bytes
@@ -913,9 +1029,6 @@ class ReplicationStream:
         if self._error is not None and not frames:
             raise self._error
         return frames
-
-    def _wait_readable(self, timeout: float | None) -> bool:
-        return _wait_socket(self._socket, timeout, write=False)
 
     # -- writing
 
@@ -939,43 +1052,17 @@ class ReplicationStream:
         self._send(message, timeout, "sending a status update")
 
     def _send(self, message: bytes, timeout: float, doing: str) -> None:
-        lib = libpq.lib
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
+        queued = False
+
+        def put(pgconn: libpq.PGconn) -> bool:
+            nonlocal queued
+            if not queued:
                 self._check_open()
-                queued = lib.PQputCopyData(self._pgconn, message, len(message))
-                if queued < 0:
-                    self._fail_connection(doing)
-                pending = lib.PQflush(self._pgconn) if queued else 1
-                if pending < 0:
-                    self._fail_connection(doing)
-            if queued and pending == 0:
-                return
-            if queued:
-                self._flush_until(deadline, doing)
-                return
-            # libpq's output buffer is full: wait until the socket takes more.
-            self._wait_until_writable(deadline, doing)
+                # False: libpq's output buffer is full; wait until the socket takes more.
+                queued = pgconn.put_copy_data(message, doing)
+            return queued and pgconn.flush(doing)
 
-    def _flush_until(self, deadline: float, doing: str) -> None:
-        lib = libpq.lib
-        while True:
-            self._wait_until_writable(deadline, doing)
-            with self._lock:
-                if self._state is _State.ABANDONED:
-                    raise ConnectionLost("the connection was closed")
-                pending = lib.PQflush(self._pgconn)
-            if pending < 0:
-                with self._lock:
-                    self._fail_connection(doing)
-            if pending == 0:
-                return
-
-    def _wait_until_writable(self, deadline: float, doing: str) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not _wait_socket(self._socket, remaining, write=True):
-            raise ConnectionLost(f"timed out {doing}: the server is not reading")
+        self._until(lambda: self._call(put), time.monotonic() + timeout, write=True, doing=doing)
 
     # -- ending
 
@@ -988,44 +1075,41 @@ class ReplicationStream:
         If the server does not finish within ``timeout`` seconds the
         connection is closed and :class:`ConnectionLost` raised.
         """
-        lib = libpq.lib
         deadline = time.monotonic() + timeout
         with self._read_lock:
             if self.ended:
                 return
             self._move(_State.STOPPING)
-            while True:
-                with self._lock:
-                    self._check_open()
-                    sent = lib.PQputCopyEnd(self._pgconn, None)
-                    if sent < 0:
-                        self._fail_connection("sending CopyDone")
-                if sent:
-                    break
-                self._wait_until_writable(deadline, "sending CopyDone")
+
+            def queue_copy_done(pgconn: libpq.PGconn) -> bool:
+                self._check_open()
+                return pgconn.put_copy_end("sending CopyDone")
+
+            def over() -> bool:
+                # Frames still arriving were never acknowledged, so the
+                # server sends them again next time: drop them.
+                self._drain()
+                return self._state in _OVER
+
+            self._until(
+                lambda: self._call(queue_copy_done), deadline, write=True, doing="sending CopyDone"
+            )
             try:
-                self._flush_until_done(deadline)
-                while True:
-                    # Frames still arriving were never acknowledged, so the
-                    # server sends them again next time: drop them.
-                    self._drain()
-                    if self._state in _OVER:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise ConnectionLost("timed out waiting for the server to end the stream")
-                    self._wait_readable(remaining)
+                self._until(
+                    lambda: self._call(lambda pgconn: pgconn.flush("sending CopyDone")),
+                    deadline,
+                    write=True,
+                    doing="sending CopyDone",
+                )
+                self._until(
+                    over,
+                    deadline,
+                    write=False,
+                    doing="waiting for the server to end the stream",
+                )
             except ConnectionLost:
                 self._connection.close()
                 raise
-
-    def _flush_until_done(self, deadline: float) -> None:
-        with self._lock:
-            pending = libpq.lib.PQflush(self._pgconn)
-            if pending < 0:
-                self._fail_connection("sending CopyDone")
-        if pending:
-            self._flush_until(deadline, "sending CopyDone")
 
     def _finish_copy(self) -> None:
         """The COPY is over: collect the final results and restore the connection.
@@ -1033,19 +1117,9 @@ class ReplicationStream:
         Raises the server's error if it sent one, or :class:`ConnectionLost`
         if the server ended a stream we did not stop.
         """
-        lib = libpq.lib
-        error: ReplicantError | None = None
-        deadline = time.monotonic() + 30.0
-        while True:
-            self._wait_not_busy(deadline, "finishing the replication stream")
-            with self._lock:
-                result = lib.PQgetResult(self._pgconn)
-                if not result:
-                    break
-                status = lib.PQresultStatus(result)
-                if status not in (libpq.PGRES_COMMAND_OK, libpq.PGRES_TUPLES_OK) and error is None:
-                    error = self._result_error(result, "replication stream failed")
-                lib.PQclear(result)
+        error = self._collect_results(
+            time.monotonic() + 30.0, "finishing the replication stream", "replication stream failed"
+        )
         stopping = self._state is _State.STOPPING
         self._move(_State.ENDED)
         self._restore_blocking()
@@ -1060,14 +1134,17 @@ class ReplicationStream:
     def _restore_blocking(self) -> None:
         with self._lock:
             if self._state is not _State.ABANDONED:
-                libpq.lib.PQsetnonblocking(self._pgconn, 0)
+                # A connection too broken to switch back is its owner's to close;
+                # the stream's own outcome is already decided.
+                with contextlib.suppress(ConnectionLost):
+                    self._pgconn.set_nonblocking(False, "restoring blocking mode")
 
     def _abandon(self) -> None:
         """The connection is about to close: never touch the PGconn again."""
         with self._lock:
             self._move(_State.ABANDONED)
 
-    # -- helpers
+    # -- state
 
     def _check_open(self) -> None:
         if self._state is _State.ABANDONED:
@@ -1077,36 +1154,19 @@ class ReplicationStream:
         if self._state in _OVER:
             raise UsageError("the replication stream has ended")
 
-    def _record_lost(self, doing: str) -> ConnectionLost:
-        """End the stream as lost, with libpq's message. Call with the lock held."""
-        message = (libpq.lib.PQerrorMessage(self._pgconn) or b"").decode("utf-8", "replace")
+    def _end_lost(self, error: ConnectionLost) -> None:
+        """End the stream as lost with ``error``. Call with the lock held."""
         self._move(_State.ENDED)
-        self._error = ConnectionLost(f"{doing}: {message.strip() or 'connection lost'}")
-        return self._error
+        self._error = error
 
-    def _fail_connection(self, doing: str) -> NoReturn:
-        """Raise ConnectionLost with libpq's message. Call with the lock held."""
-        raise self._record_lost(doing)
-
-    def _result_error(self, result: int, doing: str) -> ReplicantError:
-        """The error a failed result reports. Call with the lock held."""
-        lib = libpq.lib
-
-        def field(code: int) -> str | None:
-            value = lib.PQresultErrorField(result, code)
-            return None if value is None else bytes(value).decode("utf-8", "replace")
-
-        message = field(libpq.PG_DIAG_MESSAGE_PRIMARY)
-        if message is None:
-            raw = lib.PQresultErrorMessage(result) or b""
-            message = bytes(raw).decode("utf-8", "replace").strip() or "unknown error"
-        sqlstate = field(libpq.PG_DIAG_SQLSTATE)
-        if sqlstate is None and lib.PQstatus(self._pgconn) == libpq.CONNECTION_BAD:
+    def _result_error(self, result: libpq.Result, doing: str) -> ReplicantError:
+        """The error a failed result reports."""
+        message = result.message or "unknown error"
+        with self._lock:
+            broken = self._state is not _State.ABANDONED and self._pgconn.is_bad()
+        if result.sqlstate is None and broken:
             # libpq's own report of a broken connection, not the server's.
             return ConnectionLost(f"{doing}: {message}")
         return classify_server_error(
-            f"{doing}: {message}",
-            sqlstate,
-            field(libpq.PG_DIAG_MESSAGE_DETAIL),
-            field(libpq.PG_DIAG_MESSAGE_HINT),
+            f"{doing}: {message}", result.sqlstate, result.detail, result.hint
         )

@@ -19,6 +19,7 @@ from typing import IO
 
 from replicant.changes import Commit, Event, Message, Relation, Update
 from replicant.cluster import ClusterError, LocalCluster
+from replicant.connection import SlotState, slot_state_from_row, slot_state_query
 from replicant.errors import ReplicantError
 from replicant.formatting import format_json, format_text
 from replicant.lsn import LSN
@@ -258,10 +259,8 @@ def _wait_streaming(cluster: LocalCluster, consumer: Consumer) -> None:
     """Wait until the consumer's slot exists and is streaming (changes made later arrive)."""
     deadline = time.monotonic() + _STEP_TIMEOUT
     while True:
-        rows = cluster.execute(
-            "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (SLOT,)
-        )
-        if rows and rows[0][0]:
+        state = _slot(cluster)
+        if state is not None and state.active:
             return
         if not consumer.running:
             consumer.join()
@@ -271,13 +270,16 @@ def _wait_streaming(cluster: LocalCluster, consumer: Consumer) -> None:
         time.sleep(0.05)
 
 
+def _slot(cluster: LocalCluster) -> SlotState | None:
+    """The demo slot's state, or None before it exists."""
+    rows = cluster.execute(*slot_state_query(cluster.server_version_num, SLOT))
+    return slot_state_from_row(rows[0]) if rows else None
+
+
 def _confirmed(cluster: LocalCluster) -> str:
-    rows = cluster.execute(
-        "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots"
-        " WHERE slot_name = %s",
-        (SLOT,),
-    )
-    return str(rows[0][0]) if rows and rows[0][0] else "?"
+    state = _slot(cluster)
+    confirmed = None if state is None else state.confirmed_flush_lsn
+    return "?" if confirmed is None else str(confirmed)
 
 
 def _log_tail(cluster: LocalCluster) -> str:

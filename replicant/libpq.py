@@ -22,14 +22,14 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from ctypes import POINTER, c_char, c_char_p, c_int, c_void_p
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import psycopg2
 import psycopg2._psycopg
 import psycopg2.extensions
 
 from replicant import _accel
-from replicant.errors import ReplicantError
+from replicant.errors import ConnectionLost, ReplicantError
 from replicant.lsn import LSN
 from replicant.protocol import XLogData
 
@@ -50,6 +50,8 @@ __all__ = [
     "PG_DIAG_MESSAGE_PRIMARY",
     "PG_DIAG_SQLSTATE",
     "Drain",
+    "PGconn",
+    "Result",
     "drain",
     "lib",
     "library_version",
@@ -133,6 +135,141 @@ def _check_version() -> None:
 
 
 _check_version()
+
+
+# -- one connection as an object ------------------------------------------------
+
+
+class Result(NamedTuple):
+    """One result libpq reported (already freed): its status and, for a failed
+    one, the server's error fields (``message`` falls back on libpq's own text)."""
+
+    status: int
+    message: str | None = None
+    sqlstate: str | None = None
+    detail: str | None = None
+    hint: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True unless the command succeeded or a COPY began."""
+        return self.status not in _SUCCESS
+
+
+_SUCCESS: Final = frozenset(
+    {PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_COPY_OUT, PGRES_COPY_IN, PGRES_COPY_BOTH}
+)
+
+
+class PGconn:
+    """The libpq calls replicant makes on one ``PGconn``, as methods.
+
+    Every method is one libpq call (two for :meth:`ready`). Where libpq
+    signals a broken connection by its return value, the method raises
+    :class:`~replicant.errors.ConnectionLost` with libpq's message, prefixed
+    by ``doing``; nothing else raises. The caller serialises calls (libpq
+    allows one thread in a connection at a time) and never waits inside one
+    while the connection is non-blocking.
+    """
+
+    __slots__ = ("handle",)
+
+    def __init__(self, pointer: int) -> None:
+        self.handle: Final = c_void_p(pointer)
+        """The ``PGconn *`` as ctypes passes it (for :data:`drain`)."""
+
+    def socket(self) -> int:
+        """The connection's socket, for ``select()``."""
+        return int(lib.PQsocket(self.handle))
+
+    def ssl_in_use(self) -> bool:
+        """True when the connection runs over TLS."""
+        return bool(lib.PQsslInUse(self.handle))
+
+    def is_bad(self) -> bool:
+        """True once libpq considers the connection broken (``CONNECTION_BAD``)."""
+        return bool(lib.PQstatus(self.handle) == CONNECTION_BAD)
+
+    def lost(self, doing: str) -> ConnectionLost:
+        """The :class:`ConnectionLost` for a failure while ``doing``, in libpq's words."""
+        message = (lib.PQerrorMessage(self.handle) or b"").decode("utf-8", "replace").strip()
+        return ConnectionLost(f"{doing}: {message or 'connection lost'}")
+
+    def send_query(self, command: str, doing: str) -> None:
+        """``PQsendQuery``: send ``command`` without waiting for its results."""
+        if not lib.PQsendQuery(self.handle, command.encode()):
+            raise self.lost(doing)
+
+    def set_nonblocking(self, on: bool, doing: str) -> None:
+        """``PQsetnonblocking``: in non-blocking mode no call waits for the socket."""
+        if lib.PQsetnonblocking(self.handle, 1 if on else 0) != 0:
+            raise self.lost(doing)
+
+    def ready(self, doing: str) -> bool:
+        """Read what the socket holds; True once a whole result is buffered.
+
+        (``PQconsumeInput`` then ``PQisBusy``.) At end of file the server's
+        last words (a FATAL ErrorResponse) may already be buffered: then True
+        too, for :meth:`get_result` to report them; otherwise the connection
+        is lost.
+        """
+        if not lib.PQisBusy(self.handle):
+            return True
+        if not lib.PQconsumeInput(self.handle) and lib.PQisBusy(self.handle):
+            raise self.lost(doing)
+        return not lib.PQisBusy(self.handle)
+
+    def get_result(self) -> Result | None:
+        """``PQgetResult``: the next result, read and freed; None when there is no more.
+
+        Waits for input unless :meth:`ready` said a result is buffered.
+        """
+        result = lib.PQgetResult(self.handle)
+        if not result:
+            return None
+        try:
+            status = int(lib.PQresultStatus(result))
+            if status in _SUCCESS:
+                return Result(status)
+
+            def field(code: int) -> str | None:
+                value = lib.PQresultErrorField(result, code)
+                return None if value is None else bytes(value).decode("utf-8", "replace")
+
+            message = field(PG_DIAG_MESSAGE_PRIMARY)
+            if message is None:
+                raw = lib.PQresultErrorMessage(result) or b""
+                message = bytes(raw).decode("utf-8", "replace").strip() or "unknown error"
+            return Result(
+                status,
+                message,
+                field(PG_DIAG_SQLSTATE),
+                field(PG_DIAG_MESSAGE_DETAIL),
+                field(PG_DIAG_MESSAGE_HINT),
+            )
+        finally:
+            lib.PQclear(result)
+
+    def put_copy_data(self, data: bytes, doing: str) -> bool:
+        """``PQputCopyData``: True when queued, False when libpq's buffer is full."""
+        queued = lib.PQputCopyData(self.handle, data, len(data))
+        if queued < 0:
+            raise self.lost(doing)
+        return bool(queued)
+
+    def put_copy_end(self, doing: str) -> bool:
+        """``PQputCopyEnd`` (CopyDone): True when queued, False when the buffer is full."""
+        queued = lib.PQputCopyEnd(self.handle, None)
+        if queued < 0:
+            raise self.lost(doing)
+        return bool(queued)
+
+    def flush(self, doing: str) -> bool:
+        """``PQflush``: True once everything queued is sent, False while some waits."""
+        pending = int(lib.PQflush(self.handle))
+        if pending < 0:
+            raise self.lost(doing)
+        return pending == 0
 
 
 # -- draining the COPY stream ----------------------------------------------------

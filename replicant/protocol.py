@@ -41,6 +41,7 @@ __all__ = [
     "parse_frame",
     "pg_now",
     "pg_timestamp_to_datetime",
+    "quote_conninfo_value",
     "quote_identifier",
     "quote_literal",
     "read_slot_command",
@@ -51,6 +52,7 @@ __all__ = [
 # PostgreSQL counts time in microseconds from 2000-01-01 00:00:00 UTC.
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
+_timedelta = timedelta
 
 _XLOGDATA_HEADER = struct.Struct("!QQq")  # after the 'w' byte
 _KEEPALIVE = struct.Struct("!QqB")  # after the 'k' byte
@@ -166,11 +168,17 @@ def pg_now() -> int:
 def pg_timestamp_to_datetime(value: int) -> datetime:
     """PostgreSQL-epoch microseconds to an aware UTC ``datetime``.
 
-    Raises :class:`ProtocolError` for a value outside ``datetime``'s range
-    (such a timestamp can only come from a corrupt frame).
+    The one conversion of the times messages carry (keepalives, XLogData,
+    pgoutput's commit, prepare and abort times). The overflow policy: a
+    value outside ``datetime``'s range raises :class:`ProtocolError` (inside
+    a decoder, :class:`~replicant.errors.DecodeError`). The server's clock
+    writes these times, so only a corrupt frame carries one; clamping it
+    would deliver a wrong time in silence. (Column *values* are another
+    matter: :mod:`replicant.values` keeps an out-of-range timestamp as the
+    server's exact text in a :class:`~replicant.values.PgValue`.)
     """
     try:
-        return PG_EPOCH + timedelta(microseconds=value)
+        return PG_EPOCH + _timedelta(0, 0, value)  # positional: faster than microseconds=
     except OverflowError:
         raise ProtocolError(f"timestamp out of range: {value} us since 2000-01-01") from None
 
@@ -222,16 +230,62 @@ def _check_text(kind: str, value: str) -> str:
     return value
 
 
-def quote_identifier(name: str) -> str:
+def quote_identifier(name: str, *, minimal: bool = False) -> str:
     """Quote ``name`` as an SQL identifier (``"..."`` with ``"`` doubled).
 
     Works for any text without NUL: quotes, commas, spaces, backslashes,
     semicolons and non-ASCII characters all come through as they are.
+    ``minimal`` leaves a name bare where that means the same (lower-case
+    ASCII letters, digits and ``_``, not starting with a digit, not a
+    keyword), as the server's ``quote_ident()`` does: for text people read.
+    Raises :class:`ConfigurationError` for an empty name or one with NUL.
     """
     _check_text("identifier", name)
     if not name:
         raise ConfigurationError("identifier must not be empty")
+    if minimal and _BARE_IDENTIFIER.fullmatch(name) and name not in _KEYWORDS:
+        return name
     return '"' + name.replace('"', '""') + '"'
+
+
+_BARE_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+# The keywords a bare identifier may not be in every place (PostgreSQL's
+# reserved, type/function-name and column-name keywords): quoted even when
+# ``minimal``. Quoting one too many is harmless; one too few is not.
+_KEYWORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization between bigint
+    binary bit boolean both case cast char character check coalesce collate collation
+    column concurrently constraint create cross current_catalog current_date
+    current_role current_schema current_time current_timestamp current_user dec decimal
+    default deferrable desc distinct do else end except exists extract false fetch float
+    for foreign freeze from full grant greatest group grouping having ilike in initially
+    inner inout int integer intersect interval into is isnull join json lateral leading
+    least left like limit localtime localtimestamp national natural nchar none normalize
+    not notnull null nullif numeric offset on only or order out outer overlaps overlay
+    placing position precision primary real references returning right row select
+    session_user setof similar smallint some substring symmetric system_user table
+    tablesample then time timestamp to trailing treat trim true union unique user using
+    values varchar variadic verbose when where window with xmlattributes xmlconcat
+    xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize
+    xmltable
+    """.split()  # noqa: SIM905 (a word list reads better than 200 quoted strings)
+)
+
+
+def quote_conninfo_value(value: str) -> str:
+    """``value`` as a libpq key/value connection string writes it.
+
+    Bare when it has no white space, quote or backslash (and is not empty);
+    otherwise in single quotes with ``'`` and ``\\`` escaped by a backslash.
+    """
+    if _BARE_CONNINFO.fullmatch(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_BARE_CONNINFO = re.compile(r"[^\s'\\]+")
 
 
 def quote_literal(value: str) -> str:

@@ -32,9 +32,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, ParamSpec
 
+# WalProgress lives in acknowledgement; it stays importable from here (not in
+# __all__) for the consumer's tests.
+from replicant._signals import StopSignals
 from replicant.acknowledgement import Progress, WalProgress
 from replicant.changes import (
     Begin,
@@ -44,7 +47,12 @@ from replicant.changes import (
     RollbackPrepared,
     StreamCommit,
 )
-from replicant.connection import ReplicationConnection, ReplicationStream, SlotState, mask_dsn
+from replicant.connection import (
+    ReplicationConnection,
+    ReplicationStream,
+    check_slot_state,
+    mask_dsn,
+)
 from replicant.decoders import Decoder, make_decoder
 from replicant.errors import (
     ConfigurationError,
@@ -67,7 +75,6 @@ __all__ = [
     "Progress",
     "Stats",
     "StatusTimer",
-    "WalProgress",
     "check_slot_state",
     "run",
 ]
@@ -487,17 +494,14 @@ class Consumer:
         if threading.current_thread() is not threading.main_thread():
             self.join()
             return
-        previous: dict[signal.Signals, Any] = {}
 
-        def graceful(signum: int, frame: FrameType | None) -> None:
-            if self._stop_requested.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+        def graceful(signum: int) -> None:
             logger.info("signal %s: stopping gracefully", signal.Signals(signum).name)
             self._stop_requested.set()
             self._wake()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, graceful)
+        signals = StopSignals(graceful, stopping=self._stop_requested.is_set)
+        signals.install()
         try:
             # Wait in slices: the kernel may deliver the signal to one of our
             # threads, and then Python runs the handler only when the main
@@ -512,8 +516,7 @@ class Consumer:
             self._abort()
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            signals.restore()
 
     def __enter__(self) -> Consumer:
         if self._supervisor is None:
@@ -1065,47 +1068,6 @@ def _pick_decoder(
             "with decoder=..., configure that decoder itself"
         )
     return decoder
-
-
-_INVALIDATION_HELP = {
-    "wal_removed": "the WAL it needed was removed (max_slot_wal_keep_size)",
-    "wal_status lost": "the WAL it needed was removed (max_slot_wal_keep_size)",
-    "rows_removed": "the primary removed rows it still needed (a standby's slot; "
-    "turn on hot_standby_feedback with a physical slot)",
-    "conflicting": "it conflicts with recovery on this standby (rows it needed were "
-    "removed on the primary, or wal_level was lowered there)",
-    "wal_level_insufficient": "the primary's wal_level is below logical",
-    "idle_timeout": "it was idle longer than idle_replication_slot_timeout",
-}
-
-
-def check_slot_state(state: SlotState, *, plugin: str) -> None:
-    """Raise :class:`SlotError` unless ``state`` is a slot a consumer of ``plugin`` can use.
-
-    A pure check of what the server reported: the slot must be logical, use
-    ``plugin``, and not be invalidated for any reason (an
-    ``invalidation_reason`` on 17+, ``conflicting`` on 16+, ``wal_status =
-    'lost'``). An invalidated slot never streams again: the message names the
-    reason and says to drop, recreate and resynchronise.
-    """
-    if state.slot_type != "logical":
-        raise SlotError(f'replication slot "{state.name}" is a {state.slot_type} slot, not logical')
-    if state.plugin != plugin:
-        raise SlotError(
-            f'replication slot "{state.name}" uses plugin {state.plugin!r}, not '
-            f"{plugin!r}: pass plugin={state.plugin!r} to stream it, or drop it or pick "
-            "another slot name"
-        )
-    reason = state.invalidated
-    if reason is not None:
-        why = _INVALIDATION_HELP.get(reason)
-        detail = f" ({why})" if why else ""
-        raise SlotError(
-            f'replication slot "{state.name}" was invalidated: {reason}{detail}. It can '
-            "never stream again: drop it, create it anew and resynchronise the changes "
-            "since its last confirmed position",
-            sqlstate="55000",
-        )
 
 
 def _one_line(error: BaseException | str) -> str:

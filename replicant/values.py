@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -57,6 +57,7 @@ import psycopg2.extras
 
 from replicant import _accel
 from replicant.errors import DecodeError
+from replicant.protocol import PG_EPOCH
 
 # psycopg2's stubs leave out several of its typecaster objects (PYDATETIME,
 # BINARYARRAY, ...); the module is used untyped here.
@@ -819,9 +820,13 @@ _INTERVAL = struct.Struct(">qii")
 _ARRAY_HEAD = struct.Struct(">iiI")
 _ARRAY_DIM = struct.Struct(">ii")
 
-_PG_EPOCH_DATE: Final = _dt.date(2000, 1, 1)
-_PG_EPOCH: Final = _dt.datetime(2000, 1, 1)
-_PG_EPOCH_UTC: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
+# The epoch of PostgreSQL's binary dates and timestamps (protocol.PG_EPOCH), as
+# a date, a naive and an aware datetime. Out of datetime's range, a value is
+# kept as the server's text (PgValue): see protocol.pg_timestamp_to_datetime
+# for the other policy, that of the times messages carry.
+_PG_EPOCH_UTC: Final = PG_EPOCH
+_PG_EPOCH: Final = PG_EPOCH.replace(tzinfo=None)
+_PG_EPOCH_DATE: Final = PG_EPOCH.date()
 _DATE_INFINITY: Final = 0x7FFFFFFF
 _DATE_NINFINITY: Final = -0x80000000
 _TS_INFINITY: Final = 0x7FFFFFFFFFFFFFFF
@@ -997,15 +1002,7 @@ def _date_text(days: int) -> str:
 
 
 def _date_bin(data: bytes) -> Any:
-    days = _read_date(data)
-    if days == _DATE_INFINITY:
-        return _dt.date.max
-    if days == _DATE_NINFINITY:
-        return _dt.date.min
-    try:
-        return _PG_EPOCH_DATE + _dt.timedelta(days=days)
-    except OverflowError:
-        return PgValue(OID.DATE, _date_text(days))
+    return _from_epoch(_read_date(data), _DATE_EPOCH)
 
 
 def _clock(micros: int) -> str:
@@ -1073,28 +1070,72 @@ def _timetz_bin(data: bytes) -> Any:
     return _time_from_micros(micros, tz)
 
 
-def _timestamp_bin(data: bytes) -> Any:
-    micros = _read_timestamp(data)
-    if micros == _TS_INFINITY:
-        return _dt.datetime.max
-    if micros == _TS_NINFINITY:
-        return _dt.datetime.min
+class _Epoch(NamedTuple):
+    """How one binary date/time type counts from the epoch: in ``unit`` steps from
+    ``epoch``, with its two infinities and the value each stands for."""
+
+    epoch: Any
+    unit: _dt.timedelta
+    infinity: int
+    highest: Any
+    ninfinity: int
+    lowest: Any
+    oid: int
+    text: Callable[[int], str]
+
+
+def _from_epoch(count: int, kind: _Epoch) -> Any:
+    """``count`` units after the epoch; the infinities as Python's extremes; a value
+    beyond Python's range as the server's text in a :class:`PgValue` (never lost)."""
+    if count == kind.infinity:
+        return kind.highest
+    if count == kind.ninfinity:
+        return kind.lowest
     try:
-        return _PG_EPOCH + _dt.timedelta(microseconds=micros)
+        return kind.epoch + kind.unit * count
     except OverflowError:
-        return PgValue(OID.TIMESTAMP, _timestamp_text(micros, False))
+        return PgValue(kind.oid, kind.text(count))
+
+
+_MICROSECOND: Final = _dt.timedelta(microseconds=1)
+_DATE_EPOCH: Final = _Epoch(
+    _PG_EPOCH_DATE,
+    _dt.timedelta(days=1),
+    _DATE_INFINITY,
+    _dt.date.max,
+    _DATE_NINFINITY,
+    _dt.date.min,
+    OID.DATE,
+    _date_text,
+)
+_TIMESTAMP_EPOCH: Final = _Epoch(
+    _PG_EPOCH,
+    _MICROSECOND,
+    _TS_INFINITY,
+    _dt.datetime.max,
+    _TS_NINFINITY,
+    _dt.datetime.min,
+    OID.TIMESTAMP,
+    lambda micros: _timestamp_text(micros, False),
+)
+_TIMESTAMPTZ_EPOCH: Final = _Epoch(
+    _PG_EPOCH_UTC,
+    _MICROSECOND,
+    _TS_INFINITY,
+    _MAX_UTC,
+    _TS_NINFINITY,
+    _MIN_UTC,
+    OID.TIMESTAMPTZ,
+    lambda micros: _timestamp_text(micros, True),
+)
+
+
+def _timestamp_bin(data: bytes) -> Any:
+    return _from_epoch(_read_timestamp(data), _TIMESTAMP_EPOCH)
 
 
 def _timestamptz_bin(data: bytes) -> Any:
-    micros = _read_timestamp(data)
-    if micros == _TS_INFINITY:
-        return _MAX_UTC
-    if micros == _TS_NINFINITY:
-        return _MIN_UTC
-    try:
-        return _PG_EPOCH_UTC + _dt.timedelta(microseconds=micros)
-    except OverflowError:
-        return PgValue(OID.TIMESTAMPTZ, _timestamp_text(micros, True))
+    return _from_epoch(_read_timestamp(data), _TIMESTAMPTZ_EPOCH)
 
 
 _INTERVAL_INFINITY: Final = (0x7FFFFFFFFFFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF)

@@ -11,9 +11,18 @@ import psycopg2
 import psycopg2.extensions
 
 from replicant.cli.common import EXIT_ERROR, EXIT_OK, CommandError, Commands, one_line
-from replicant.connection import ReplicationConnection, mask_dsn
+from replicant.connection import (
+    INVALIDATED_SLOT_ADVICE,
+    WAL_POSITION,
+    ReplicationConnection,
+    mask_dsn,
+    slot_state_from_row,
+    slot_state_query,
+)
 from replicant.errors import ReplicantError
 from replicant.formatting import human_bytes
+from replicant.lsn import LSN
+from replicant.protocol import quote_identifier
 
 __all__ = ["register"]
 
@@ -67,12 +76,6 @@ class _Report:
         self.out.write(f"  {label}  {text}\n")
         if fix:
             self.out.write(f"        fix: {fix}\n")
-
-
-def _quote_ident(name: str) -> str:
-    if name.replace("_", "a").isalnum() and name.islower() and not name[:1].isdigit():
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,7 +200,7 @@ def _run_checks(
         report.fail(
             f"role {user} lacks the REPLICATION attribute: it cannot open a replication "
             "connection or create a slot",
-            f"as a superuser: ALTER ROLE {_quote_ident(user)} REPLICATION;",
+            f"as a superuser: ALTER ROLE {quote_identifier(user, minimal=True)} REPLICATION;",
         )
     if superuser or can_replicate:
         _check_replication_connection(args.dsn, report)
@@ -264,7 +267,7 @@ def _check_publications(
         if name not in publications:
             report.fail(
                 f"publication {name} does not exist in database {database}",
-                f"CREATE PUBLICATION {_quote_ident(name)} FOR TABLE <tables>;"
+                f"CREATE PUBLICATION {quote_identifier(name, minimal=True)} FOR TABLE <tables>;"
                 " (or FOR ALL TABLES, as a superuser)",
             )
     if not names:
@@ -300,7 +303,7 @@ def _check_publication(
     if not tables:
         report.warn(
             f"publication {name} ({scope}) publishes no table yet: it sends no row changes",
-            f"ALTER PUBLICATION {_quote_ident(name)} ADD TABLE <tables>;",
+            f"ALTER PUBLICATION {quote_identifier(name, minimal=True)} ADD TABLE <tables>;",
         )
         return
     listed = ", ".join(f"{schema}.{table}" for schema, table, *_ in tables[:8])
@@ -320,7 +323,7 @@ def _check_publication(
             "n": "REPLICA IDENTITY NOTHING",
             "i": "its replica identity index is gone",
         }.get(identity, f"replica identity {identity!r}")
-        qualified = f"{_quote_ident(schema)}.{_quote_ident(table)}"
+        qualified = ".".join(quote_identifier(part, minimal=True) for part in (schema, table))
         fix = (
             f"ALTER TABLE {qualified} ADD PRIMARY KEY (<columns>); or, to send whole old "
             f"rows, ALTER TABLE {qualified} REPLICA IDENTITY FULL;"
@@ -340,21 +343,29 @@ def _check_publication(
 
 
 def _check_slots(cur: psycopg2.extensions.cursor, server_version: int, report: _Report) -> None:
-    wal_status = "wal_status" if server_version >= 130000 else "NULL"
-    cur.execute(
-        f"SELECT slot_name, active, {wal_status}, pg_catalog.pg_wal_lsn_diff("
-        " CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
-        " ELSE pg_catalog.pg_current_wal_lsn() END, restart_lsn)::bigint"
-        " FROM pg_catalog.pg_replication_slots ORDER BY slot_name"
-    )
-    for slot, active, status, retained in cur.fetchall():
-        if status == "lost":
+    """Fail for every invalidated slot (saying why and what to do), warn for an
+    inactive one that keeps more than 1 GB of WAL."""
+    cur.execute(*slot_state_query(server_version))
+    slots = [slot_state_from_row(row) for row in cur.fetchall()]
+    cur.execute(f"SELECT ({WAL_POSITION})::text")
+    current_text = cur.fetchone()[0]  # type: ignore[index]
+    current = None if current_text is None else LSN.parse(current_text)
+    for state in slots:
+        reason = state.invalidated
+        if reason is not None:
+            cause = state.invalidation_cause
             report.fail(
-                f"slot {slot} was invalidated (wal_status lost): the WAL it needs is gone",
-                f"replicant slot drop --slot {slot}; then recreate it and resynchronise",
+                f"slot {state.name} was invalidated ({reason})"
+                + (f": {cause}" if cause else "")
+                + f". {INVALIDATED_SLOT_ADVICE}",
+                f"replicant slot drop --slot {state.name}; then recreate it and resynchronise",
             )
-        elif not active and retained is not None and retained > 1024**3:
+            continue
+        if state.active or current is None or state.restart_lsn is None:
+            continue
+        retained = int(current) - int(state.restart_lsn)
+        if retained > 1024**3:
             report.warn(
-                f"slot {slot} is inactive and keeps {human_bytes(retained)} of WAL",
-                f"start its consumer, or drop it: replicant slot drop --slot {slot}",
+                f"slot {state.name} is inactive and keeps {human_bytes(retained)} of WAL",
+                f"start its consumer, or drop it: replicant slot drop --slot {state.name}",
             )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import IO, Any
 
 from replicant.cli.common import EXIT_OK, CommandError, Commands, one_line
-from replicant.connection import ReplicationConnection
+from replicant.connection import INVALIDATED_SLOT_ADVICE, ReplicationConnection, SlotState
 from replicant.errors import SlotError
 from replicant.formatting import human_bytes
+from replicant.lsn import LSN
 
 __all__ = ["register"]
 
@@ -21,6 +23,7 @@ examples:
   replicant slot list "dbname=app" --json
   replicant slot info "dbname=app" --slot app
   replicant slot create "dbname=app" --slot app
+  replicant slot create "dbname=app" --slot app --failover   # PostgreSQL 17+
   replicant slot drop "dbname=app" --slot app
 """
 
@@ -67,7 +70,14 @@ def register(commands: Commands) -> None:
         "--plugin", default="pgoutput", metavar="NAME", help="output plugin (default pgoutput)"
     )
     create.add_argument(
-        "--two-phase", action="store_true", help="decode prepared transactions (PostgreSQL 15+)"
+        "--two-phase",
+        action="store_true",
+        help="decode prepared transactions at PREPARE (PostgreSQL 14+)",
+    )
+    create.add_argument(
+        "--failover",
+        action="store_true",
+        help="a failover slot, synchronised to standbys (PostgreSQL 17+)",
     )
     create.add_argument(
         "--if-not-exists", action="store_true", help="do nothing if the slot exists"
@@ -92,49 +102,55 @@ def _missing(name: str) -> CommandError:
 
 
 def _slot_rows(conn: ReplicationConnection, name: str | None) -> list[dict[str, Any]]:
-    version = conn.server_version
-    wal = "s.wal_status, s.safe_wal_size" if version >= 130000 else "NULL, NULL"
-    two_phase = "s.two_phase" if version >= 140000 else "NULL"
-    conflicting = "s.conflicting" if version >= 160000 else "NULL"
-    reason = "s.invalidation_reason" if version >= 170000 else "NULL"
-    where = "WHERE s.slot_name = %s" if name is not None else ""
-    rows = conn.execute(
-        "SELECT s.slot_name, s.slot_type, s.plugin, s.database, s.temporary, s.active,"
-        " s.active_pid, s.restart_lsn::text, s.confirmed_flush_lsn::text,"
-        f" {wal}, {two_phase}, w.lsn::text,"
-        " pg_catalog.pg_wal_lsn_diff(w.lsn, COALESCE(s.confirmed_flush_lsn, s.restart_lsn))"
-        "::bigint,"
-        " pg_catalog.pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint,"
-        f" {conflicting}, {reason}"
-        " FROM pg_catalog.pg_replication_slots s, (SELECT CASE WHEN pg_catalog.pg_is_in_recovery()"
-        " THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END"
-        f" AS lsn) w {where} ORDER BY s.slot_name",
-        (name,) if name is not None else None,
-    )
-    keys = (
-        "slot",
-        "slot_type",
-        "plugin",
-        "database",
-        "temporary",
-        "active",
-        "active_pid",
-        "restart_lsn",
-        "confirmed_flush_lsn",
-        "wal_status",
-        "safe_wal_size",
-        "two_phase",
-        "current_wal_lsn",
-        "lag_bytes",
-        "retained_bytes",
-        "conflicting",
-        "invalidation_reason",
-    )
-    slots = [dict(zip(keys, row, strict=True)) for row in rows]
-    for slot in slots:
-        slot["lag"] = human_bytes(slot["lag_bytes"])
-        slot["state"] = _state(slot)
-    return slots
+    """The slots (or only ``name``) as JSON-ready rows, with lag behind the current WAL.
+
+    Fields the server version lacks are ``None`` (``failover`` and ``synced``
+    before 17, ``conflicting`` before 16, ...).
+    """
+    slots = conn.read_slots(name)
+    current = conn.wal_position()
+    rows = [_slot_row(state, current) for state in slots]
+    for row in rows:
+        row["lag"] = human_bytes(row["lag_bytes"])
+        row["state"] = _state(row)
+    return rows
+
+
+def _lag(current: LSN | None, lsn: LSN | None) -> int | None:
+    return None if current is None or lsn is None else int(current) - int(lsn)
+
+
+def _slot_row(state: SlotState, current: LSN | None) -> dict[str, Any]:
+    inactive_since = state.inactive_since
+    return {
+        "slot": state.name,
+        "slot_type": state.slot_type,
+        "plugin": state.plugin,
+        "database": state.database,
+        "temporary": state.temporary,
+        "active": state.active,
+        "active_pid": state.active_pid,
+        "restart_lsn": _text(state.restart_lsn),
+        "confirmed_flush_lsn": _text(state.confirmed_flush_lsn),
+        "wal_status": state.wal_status,
+        "safe_wal_size": state.safe_wal_size,
+        "two_phase": state.two_phase,
+        "two_phase_at": _text(state.two_phase_at),
+        "failover": state.failover,
+        "synced": state.synced,
+        "conflicting": state.conflicting,
+        "invalidation_reason": state.invalidation_reason,
+        "invalidated": state.invalidated,
+        "inactive_since": None if inactive_since is None else inactive_since.isoformat(),
+        "invalidation_cause": state.invalidation_cause,
+        "current_wal_lsn": _text(current),
+        "lag_bytes": _lag(current, state.confirmed_flush_lsn or state.restart_lsn),
+        "retained_bytes": _lag(current, state.restart_lsn),
+    }
+
+
+def _text(lsn: LSN | None) -> str | None:
+    return None if lsn is None else str(lsn)
 
 
 def _state(row: dict[str, Any]) -> str:
@@ -180,52 +196,58 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: IO[
 
 
 def list_slots(args: argparse.Namespace) -> int:
-    """``replicant slot list``: every slot of the server, as a table or JSON."""
+    """``replicant slot list``: every slot of the server, as a table or JSON.
+
+    The table has a column for each thing the server reports: FAILOVER and
+    SYNCED from 17, INACTIVE_SINCE from 17; INVALIDATED names the reason
+    (``wal_status lost`` before 17, ``conflicting`` on a 16 standby).
+    """
     with ReplicationConnection.connect(args.dsn) as conn:
         rows = _slot_rows(conn, None)
+        version = conn.server_version
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
         print("no replication slots")
         return EXIT_OK
-    headers = [
-        "SLOT",
-        "PLUGIN",
-        "DATABASE",
-        "ACTIVE (PID)",
-        "RESTART_LSN",
-        "CONFIRMED_FLUSH",
-        "LAG",
-        "LAG_BYTES",
-        "STATE",
-        "WAL_STATUS",
-        "SAFE_WAL_SIZE",
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("SLOT", lambda r: r["slot"]),
+        ("PLUGIN", lambda r: r["plugin"] or r["slot_type"]),
+        ("DATABASE", lambda r: r["database"] or "-"),
+        ("ACTIVE (PID)", _active),
+        ("RESTART_LSN", lambda r: r["restart_lsn"] or "-"),
+        ("CONFIRMED_FLUSH", lambda r: r["confirmed_flush_lsn"] or "-"),
+        ("LAG", lambda r: r["lag"]),
+        ("LAG_BYTES", lambda r: "-" if r["lag_bytes"] is None else str(r["lag_bytes"])),
+        ("STATE", lambda r: r["state"]),
+        ("WAL_STATUS", lambda r: r["wal_status"] or "-"),
+        ("SAFE_WAL_SIZE", _safe_size),
+        ("INVALIDATED", lambda r: r["invalidated"] or "no"),
     ]
-    table = [
-        [
-            r["slot"],
-            r["plugin"] or r["slot_type"],
-            r["database"] or "-",
-            _active(r),
-            r["restart_lsn"] or "-",
-            r["confirmed_flush_lsn"] or "-",
-            r["lag"],
-            "-" if r["lag_bytes"] is None else str(r["lag_bytes"]),
-            r["state"],
-            r["wal_status"] or "-",
-            _safe_size(r),
+    if version >= 170000:
+        columns += [
+            ("FAILOVER", lambda r: _yes(r["failover"])),
+            ("SYNCED", lambda r: _yes(r["synced"])),
+            ("INACTIVE_SINCE", lambda r: _since(r["inactive_since"])),
         ]
-        for r in rows
-    ]
-    _print_table(headers, table, sys.stdout)
+    table = [[cell(r) for _, cell in columns] for r in rows]
+    _print_table([header for header, _ in columns], table, sys.stdout)
     return EXIT_OK
 
 
+def _since(moment: str | None) -> str:
+    """An ISO timestamp to the second (the table has no room for microseconds)."""
+    if moment is None:
+        return "-"
+    return datetime.fromisoformat(moment).isoformat(sep=" ", timespec="seconds")
+
+
 def slot_info(args: argparse.Namespace) -> int:
-    """``replicant slot info``: one slot in detail."""
+    """``replicant slot info``: one slot in detail, with what its server version reports."""
     with ReplicationConnection.connect(args.dsn) as conn:
         rows = _slot_rows(conn, args.slot)
+        version = conn.server_version
     if not rows:
         raise _missing(args.slot)
     row = rows[0]
@@ -238,6 +260,12 @@ def slot_info(args: argparse.Namespace) -> int:
         ("plugin", row["plugin"] or "-"),
         ("database", row["database"] or "-"),
         ("two_phase", _yes(row["two_phase"])),
+    ]
+    if version >= 180000:
+        lines.append(("two_phase_at", row["two_phase_at"] or "-"))
+    if version >= 170000:
+        lines += [("failover", _yes(row["failover"])), ("synced", _yes(row["synced"]))]
+    lines += [
         ("active", _active(row)),
         ("restart_lsn", row["restart_lsn"] or "-"),
         ("confirmed_flush_lsn", row["confirmed_flush_lsn"] or "-"),
@@ -248,10 +276,26 @@ def slot_info(args: argparse.Namespace) -> int:
         ("wal_status", row["wal_status"] or "-"),
         ("safe_wal_size", _safe_size(row)),
     ]
+    if version >= 160000:
+        lines.append(("conflicting", _yes(row["conflicting"])))
+    if version >= 170000:
+        lines += [
+            ("invalidation_reason", row["invalidation_reason"] or "-"),
+            ("inactive_since", _since(row["inactive_since"])),
+        ]
+    lines.append(("invalidated", _invalidated_words(row)))
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
         print(f"{key.ljust(width)}  {value}")
     return EXIT_OK
+
+
+def _invalidated_words(row: dict[str, Any]) -> str:
+    reason = row["invalidated"]
+    if reason is None:
+        return "no"
+    cause = f" ({row['invalidation_cause']})" if row["invalidation_cause"] else ""
+    return f"yes: {reason}{cause}. {INVALIDATED_SLOT_ADVICE}"
 
 
 def _lag_words(size: int | None, what: str) -> str:
@@ -272,8 +316,15 @@ def create_slot(args: argparse.Namespace) -> int:
                 f'replication slot "{args.slot}" already exists (plugin {existing.plugin}) '
                 "[SQLSTATE 42710] (add --if-not-exists to accept an existing slot)"
             )
-        created = conn.create_slot(args.slot, args.plugin, two_phase=args.two_phase)
-    print(f"created slot {created.name} (plugin {created.plugin}) at {created.consistent_point}")
+        created = conn.create_slot(
+            args.slot, args.plugin, two_phase=args.two_phase, failover=args.failover
+        )
+    chosen = (("two-phase", args.two_phase), ("failover", args.failover))
+    kinds = [word for word, on in chosen if on]
+    kind = f", {' and '.join(kinds)}" if kinds else ""
+    print(
+        f"created slot {created.name} (plugin {created.plugin}{kind}) at {created.consistent_point}"
+    )
     return EXIT_OK
 
 

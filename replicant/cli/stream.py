@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
+from replicant._signals import StopSignals
 from replicant.changes import Event, Relation
 from replicant.cli.common import (
     EXIT_INTERRUPTED,
@@ -263,31 +263,16 @@ def register(commands: Commands) -> None:
     )
 
 
-class _Signals:
+class _Signals(StopSignals):
     """Signal handling for ``stream``: Ctrl-C/SIGTERM stop, SIGHUP reopens."""
 
     def __init__(self) -> None:
         self.wake = threading.Event()
-        self.stop_signal: int | None = None
         self.reopen = False
-        self._previous: dict[int, Any] = {}
+        super().__init__(lambda signum: self.wake.set(), others={signal.SIGHUP: self._reopen})
 
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self.reopen = True
-        elif self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
-        else:
-            self.stop_signal = signum
+    def _reopen(self, signum: int) -> None:
+        self.reopen = True
         self.wake.set()
 
 

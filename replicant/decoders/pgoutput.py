@@ -20,7 +20,6 @@ Message Formats". Notes on what the documentation leaves implicit:
 
 from __future__ import annotations
 
-import datetime as _dt
 import struct
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -53,8 +52,10 @@ from replicant.changes import (
     new_insert,
     new_update,
 )
-from replicant.errors import ConfigurationError, DecodeError
+from replicant.errors import ConfigurationError, DecodeError, ProtocolError
 from replicant.lsn import LSN
+from replicant.protocol import pg_timestamp_to_datetime as _time
+from replicant.protocol import quote_identifier
 
 __all__ = ["PgOutputDecoder", "quote_publication_names"]
 
@@ -82,11 +83,10 @@ _KIND_LEN = struct.Struct(">BI")  # a tuple column's kind byte and (for 't'/'b')
 _PAD: Final = bytes(_KIND_LEN.size)
 
 _lsn = int.__new__  # _lsn(LSN, n): LSN.from_int without the method call, for the hot path
-_PG_EPOCH: Final = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
-_timedelta = _dt.timedelta
 _IDENTITY: Final = {b"d"[0]: "default", b"n"[0]: "nothing", b"f"[0]: "full", b"i"[0]: "index"}
 _TEXT, _BINARY, _NULL, _TOAST = b"t"[0], b"b"[0], b"n"[0], b"u"[0]
-_MALFORMED = (struct.error, IndexError, ValueError, OverflowError)
+# ProtocolError: a time out of range (pg_timestamp_to_datetime's policy).
+_MALFORMED = (struct.error, IndexError, ValueError, OverflowError, ProtocolError)
 
 _NAMES: Final = {
     b"B"[0]: "Begin",
@@ -111,16 +111,6 @@ _NAMES: Final = {
 }
 
 
-def _time(micros: int) -> _dt.datetime:
-    """A PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as an aware datetime."""
-    try:
-        return _PG_EPOCH + _timedelta(0, 0, micros)  # positional: faster than microseconds=
-    except OverflowError:
-        # Only a damaged or hostile payload carries such a time; keep going
-        # with the nearest representable one rather than failing the stream.
-        return _dt.datetime.max.replace(tzinfo=_dt.timezone.utc) if micros > 0 else _PG_EPOCH
-
-
 def quote_publication_names(publication: str | Sequence[str]) -> str:
     """The ``publication_names`` option value: a comma-separated list of quoted identifiers.
 
@@ -138,7 +128,7 @@ def quote_publication_names(publication: str | Sequence[str]) -> str:
             raise ConfigurationError(f"not a publication name: {name!r}")
         if "\x00" in name:
             raise ConfigurationError(f"publication name contains a NUL character: {name!r}")
-        quoted.append('"' + name.replace('"', '""') + '"')
+        quoted.append(quote_identifier(name))
     return ",".join(quoted)
 
 
