@@ -47,6 +47,7 @@ from replicant.errors import (
 )
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
+from replicant.snapshot import SNAPSHOT_MODES, create_slot_with_snapshot, take_snapshot
 
 _P = ParamSpec("_P")
 
@@ -220,10 +221,25 @@ class Consumer:
         backoff_max: float = 30.0,
         receive_timeout: float | None = 60.0,
         on_stop: Callable[[], LSN | int | str | None] | None = None,
+        snapshot: str = "never",
+        snapshot_tables: Sequence[str] | None = None,
+        snapshot_workers: int = 1,
+        snapshot_chunk_rows: int = 100_000,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
+        self._snapshot = _check_snapshot_options(
+            snapshot,
+            snapshot_tables,
+            snapshot_workers,
+            snapshot_chunk_rows,
+            create_slot=create_slot,
+            publication=publication,
+        )
+        self._snapshot_tables = None if snapshot_tables is None else list(snapshot_tables)
+        self._snapshot_workers = snapshot_workers
+        self._snapshot_chunk_rows = snapshot_chunk_rows
         self.slot = validate_slot_name(slot)
         self._decoder = _pick_decoder(
             plugin, decoder, publication=publication, options=options, decode_values=decode_values
@@ -578,6 +594,8 @@ class Consumer:
                     "(pass create_slot=True to create it)",
                     sqlstate="42704",
                 )
+            if self._snapshot != "never":
+                return self._initial_snapshot(connection)
             created = connection.create_slot(
                 self.slot,
                 self.plugin,
@@ -588,6 +606,12 @@ class Consumer:
             self._slot_seen = True
             return created.consistent_point
         check_slot_state(state, plugin=self.plugin)
+        if self._snapshot == "initial_only" and not self._slot_seen:
+            raise SlotError(
+                f'replication slot "{self.slot}" exists: its snapshot was taken (or not) when '
+                "it was created and cannot be taken again; drop it, pick a new slot name, or "
+                "re-read tables with consumer.snapshot([...]) while streaming"
+            )
         confirmed = state.confirmed_flush_lsn or state.restart_lsn or LSN(0)
         if self._reported_flush is not None and confirmed > self._reported_flush:
             raise SlotError(
@@ -598,6 +622,46 @@ class Consumer:
             )
         self._slot_seen = True
         return confirmed
+
+    def _initial_snapshot(self, connection: ReplicationConnection) -> LSN:
+        """Create the slot exporting its snapshot, deliver every row, return the consistent point.
+
+        Unless the snapshot finished, no slot is left under the slot's name
+        and the consumer stops (``stop()``) or fails (the error propagates).
+        """
+        decoder: Any = self._decoder
+
+        def copy(created: Any) -> bool:
+            return take_snapshot(
+                self._dsn,
+                self._connect_params,
+                snapshot_name=created.snapshot_name,
+                lsn=created.consistent_point,
+                deliver=self._callback,
+                stop=self._stop_requested,
+                tables=self._snapshot_tables,
+                publications=self._publications,
+                workers=self._snapshot_workers,
+                binary=bool(getattr(decoder, "binary", False)),
+                decode_values=bool(getattr(decoder, "decode_values", True)),
+                strict_values=bool(getattr(decoder, "strict_values", False)),
+                chunk_rows=self._snapshot_chunk_rows,
+                name=self.slot,
+            )
+
+        lsn, finished = create_slot_with_snapshot(
+            connection,
+            self.slot,
+            self.plugin,
+            temporary=self._temporary,
+            two_phase=_wants_two_phase(self._decoder, connection.server_version),
+            copy=copy,
+        )
+        if finished:
+            self._slot_seen = True
+        if not finished or self._snapshot == "initial_only":
+            self._stop_requested.set()
+        return lsn
 
     def _finish(self, stream: ReplicationStream, *, timeout: float = 30.0) -> None:
         """After both threads ended: final status update, CopyDone, close."""
@@ -918,6 +982,43 @@ def check_slot_state(state: SlotState, *, plugin: str) -> None:
             "since its last confirmed position",
             sqlstate="55000",
         )
+
+
+def _check_snapshot_options(
+    mode: str,
+    tables: Sequence[str] | None,
+    workers: int,
+    chunk_rows: int,
+    *,
+    create_slot: bool,
+    publication: str | Sequence[str] | None,
+) -> str:
+    """Validate the snapshot arguments; return the mode."""
+    if mode not in SNAPSHOT_MODES:
+        raise ConfigurationError(
+            f"snapshot must be one of {', '.join(map(repr, SNAPSHOT_MODES))}, not {mode!r}"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(f"snapshot_workers must be a whole number >= 1, not {workers!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ConfigurationError(
+            f"snapshot_chunk_rows must be a whole number >= 1, not {chunk_rows!r}"
+        )
+    if isinstance(tables, str):
+        raise ConfigurationError("snapshot_tables is a list of table names, not one string")
+    if mode == "never":
+        return mode
+    if not create_slot:
+        raise ConfigurationError(
+            f"snapshot={mode!r} needs create_slot=True: the snapshot is the one a slot exports "
+            "when it is created, and an existing slot's is gone. To read the tables of a "
+            "running slot again, call consumer.snapshot([...]) (an incremental snapshot)"
+        )
+    if publication is None and tables is None:
+        raise ConfigurationError(
+            f"snapshot={mode!r} needs snapshot_tables=[...] when there is no publication"
+        )
+    return mode
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:
