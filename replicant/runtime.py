@@ -642,7 +642,7 @@ class Consumer:
                 tables=self._snapshot_tables,
                 publications=self._publications,
                 workers=self._snapshot_workers,
-                binary=bool(getattr(decoder, "binary", False)),
+                binary=_streams_binary(decoder),
                 decode_values=bool(getattr(decoder, "decode_values", True)),
                 strict_values=bool(getattr(decoder, "strict_values", False)),
                 chunk_rows=self._snapshot_chunk_rows,
@@ -1019,6 +1019,13 @@ def _check_snapshot_options(
             f"snapshot={mode!r} needs snapshot_tables=[...] when there is no publication"
         )
     return mode
+
+
+def _streams_binary(decoder: Any) -> bool:
+    """Whether the decoder asks pgoutput for binary values (so the snapshot reads binary)."""
+    extra = getattr(decoder, "extra_options", None) or {}
+    asked = str(extra.get("binary", "")).lower() in ("true", "on", "1")
+    return asked or bool(getattr(decoder, "binary", False))
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:

@@ -416,19 +416,9 @@ def _key_chunks(
     cur: psycopg2.extensions.cursor, table: SnapshotTable, count: int, estimate: float
 ) -> list[_Chunk]:
     keys = ", ".join(quote_identifier(k) for k in table.primary_key)
-    texts = ", ".join(f"{quote_identifier(k)}::text" for k in table.primary_key)
-    percent = min(100.0, 100.0 * count * _SAMPLES_PER_CHUNK / max(estimate, 1.0))
-    cur.execute(
-        f"SELECT {texts} FROM {'ONLY ' if table.relkind == 'r' else ''}{table.qualified}"
-        f" TABLESAMPLE SYSTEM (%s) ORDER BY {keys}",
-        (percent,),
-    )
-    sample = cur.fetchall()
-    edges: list[tuple[Any, ...]] = []
-    for i in range(1, count):
-        edge = tuple(sample[len(sample) * i // count]) if sample else None
-        if edge is not None and (not edges or edges[-1] != edge):
-            edges.append(edge)
+    edges = _histogram_edges(cur, table, count) if len(table.primary_key) == 1 else []
+    if not edges:
+        edges = _sampled_edges(cur, table, count, estimate)
     if not edges:
         return [_Chunk(table, 0, "")]
     casts = ", ".join(f"%s::{t}" for t in table.key_types)
@@ -448,6 +438,60 @@ def _key_chunks(
         chunks.append(_Chunk(table, number, " AND ".join(parts), tuple(params)))
         low = high
     return chunks
+
+
+def _histogram_edges(
+    cur: psycopg2.extensions.cursor, table: SnapshotTable, count: int
+) -> list[tuple[Any, ...]]:
+    """Chunk edges from the planner's statistics of a one-column key (a random sample)."""
+    cur.execute(
+        "SELECT histogram_bounds::text::text[] FROM pg_catalog.pg_stats"
+        " WHERE schemaname = %s AND tablename = %s AND attname = %s AND NOT inherited",
+        (table.schema, table.name, table.primary_key[0]),
+    )
+    row = cur.fetchone()
+    bounds = row[0] if row else None
+    if not bounds or len(bounds) < 2:
+        return []
+    edges: list[tuple[Any, ...]] = []
+    for i in range(1, count):
+        edge = (bounds[len(bounds) * i // count],)
+        if not edges or edges[-1] != edge:
+            edges.append(edge)
+    return edges
+
+
+def _sampled_edges(
+    cur: psycopg2.extensions.cursor, table: SnapshotTable, count: int, estimate: float
+) -> list[tuple[Any, ...]]:
+    """Chunk edges from keys of whole pages sampled at random (``TABLESAMPLE SYSTEM``)."""
+    keys = ", ".join(quote_identifier(k) for k in table.primary_key)
+    # Aliased, so that ORDER BY sorts by the key, not by its text.
+    texts = ", ".join(
+        f"{quote_identifier(k)}::text AS _key{i}" for i, k in enumerate(table.primary_key)
+    )
+    pages = max(table.pages, 1)
+    # Enough pages for the keys wanted and spread over the table; more until
+    # there are enough (a small sample of a small table may come back empty).
+    wanted = count * _SAMPLES_PER_CHUNK
+    per_page = max(estimate / pages, 1.0)
+    percent = min(100.0, 100.0 * max(count * 8.0, wanted / per_page) / pages)
+    source = f"{'ONLY ' if table.relkind == 'r' else ''}{table.qualified}"
+    while True:
+        cur.execute(
+            f"SELECT {texts} FROM {source} TABLESAMPLE SYSTEM (%s) ORDER BY {keys}",
+            (percent,),
+        )
+        sample = cur.fetchall()
+        if len(sample) >= count or percent >= 100.0:
+            break
+        percent = min(100.0, percent * 4)
+    edges: list[tuple[Any, ...]] = []
+    for i in range(1, count):
+        edge = tuple(sample[len(sample) * i // count]) if sample else None
+        if edge is not None and (not edges or edges[-1] != edge):
+            edges.append(edge)
+    return edges
 
 
 def _copy_command(chunk: _Chunk, binary: bool, cur: psycopg2.extensions.cursor) -> str:
