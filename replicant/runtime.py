@@ -45,6 +45,7 @@ from replicant.errors import (
     SlotError,
     UsageError,
 )
+from replicant.incremental import IncrementalSnapshot, IncrementalSnapshots, streams_messages
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
 from replicant.snapshot import SNAPSHOT_MODES, create_slot_with_snapshot, take_snapshot
@@ -285,6 +286,21 @@ class Consumer:
         # was moved behind our back (dropped and recreated, or advanced).
         self._reported_flush: LSN | None = None
         self._slot_seen = False
+        # Incremental snapshots need the stream's logical messages; only a
+        # consumer that asks for them pays for the watermark filter.
+        self._incremental: IncrementalSnapshots | None = None
+        if streams_messages(self._decoder):
+            chosen: Any = self._decoder
+            self._incremental = IncrementalSnapshots(
+                dsn,
+                connect_params,
+                name=self.slot,
+                publications=self._publications,
+                binary=_streams_binary(chosen),
+                decode_values=bool(getattr(chosen, "decode_values", True)),
+                strict_values=bool(getattr(chosen, "strict_values", False)),
+            )
+            self._callback = self._incremental.wrap(callback)
 
     def __repr__(self) -> str:
         state = (
@@ -315,6 +331,30 @@ class Consumer:
         reports it.
         """
         return self._progress.acknowledge(lsn)
+
+    def snapshot(self, tables: Sequence[str], *, chunk_rows: int = 10_000) -> IncrementalSnapshot:
+        """Read ``tables`` again while streaming (an incremental snapshot); returns its handle.
+
+        Rows come as :class:`~replicant.changes.Read` events in stream order,
+        chunk by chunk (``chunk_rows`` rows in primary-key order), framed per
+        table by ``SnapshotBegin``/``SnapshotEnd`` with ``incremental=True``;
+        a row changed while its chunk was read comes from the stream instead,
+        so no ``Read`` is older than a change already delivered. Needs
+        pgoutput with ``messages`` on (``options={"messages": "true"}``) on
+        PostgreSQL 14+, and tables with a primary key: otherwise
+        :class:`ConfigurationError` at once. ``handle.wait()`` waits for the
+        end. Not kept across restarts: ask again after one.
+        """
+        if self._incremental is None:
+            raise ConfigurationError(
+                "incremental snapshots need the stream's logical messages: create the consumer "
+                'with plugin pgoutput and options={"messages": "true"} (PostgreSQL 14+)'
+            )
+        if not self.running:
+            raise UsageError("snapshot() needs a running consumer (start() it first)")
+        return self._incremental.request(
+            tables, chunk_rows=chunk_rows, stream_running=lambda: self.running
+        )
 
     @property
     def running(self) -> bool:
@@ -426,6 +466,8 @@ class Consumer:
             with self._state_lock:
                 self._failure = error
         finally:
+            if self._incremental is not None:
+                self._incremental.close()
             self._done.set()
 
     def _wake(self) -> _Attempt | None:

@@ -588,3 +588,90 @@ def test_sigkill_during_the_snapshot_and_the_stream_loses_nothing(
     print(f"kills: {kinds}")
     assert "snapshot" in kinds and "stream" in kinds
     assert _replay(files) == _table(db)
+
+
+# --- incremental --------------------------------------------------------------------------
+
+
+def test_incremental_snapshot_under_a_writer_never_delivers_a_stale_row(db: Database) -> None:
+    if _version(db) < 140000:
+        pytest.skip("incremental snapshots need PostgreSQL 14")
+    rows = ROWS // 2
+    _make_table(db, rows)
+    mirror = Mirror()
+    consumer = Consumer(
+        db.dsn,
+        slot="inc",
+        publication="pub",
+        callback=mirror,
+        options={"messages": "true"},
+    )
+    writer = Writer(db, seed=7, top=rows)
+    with running(consumer):
+        wait_for(lambda: consumer.progress.received > 0, what="the stream")
+        writer.start()
+        try:
+            wait_for(lambda: writer.transactions > 5, what="the writer")
+            handle = consumer.snapshot(["public.acct"], chunk_rows=rows // 8)
+            assert handle.wait(120)
+            writer.finish()
+            _sentinel(db, mirror)
+        finally:
+            writer.halt.set()
+    assert mirror.rows == _table(db)
+    reads = [e for e in mirror.events if isinstance(e, Read)]
+    assert len(reads) >= rows // 2 and handle.rows == len(reads)
+    # No Read older than a change already delivered: v only grows, a
+    # deleted row comes back only by an Insert.
+    last: dict[int, int | None] = {}  # id -> v of the latest change (None: deleted)
+    for event in mirror.events:
+        if isinstance(event, Read):
+            key = event.new["id"]
+            if key in last:
+                previous = last[key]
+                assert previous is not None, f"row {key} read after its delete"
+                assert event.new["v"] >= previous, f"row {key}: read {event.new['v']} < {previous}"
+        elif isinstance(event, (Insert, Update)) and event.table == "acct":
+            last[event.new["id"]] = event.new["v"]
+        elif isinstance(event, Delete):
+            last[event.old["id"]] = None
+    frames = [e for e in mirror.events if isinstance(e, (SnapshotBegin, SnapshotEnd))]
+    assert [type(e).__name__ for e in frames] == ["SnapshotBegin", "SnapshotEnd"]
+    assert all(e.incremental for e in frames) and frames[1].rows == len(reads)
+    assert not any(isinstance(e, replicant.Message) for e in mirror.events)  # watermarks
+
+
+def test_incremental_snapshot_refusals(db: Database) -> None:
+    db.execute("CREATE TABLE keyless (v int)")
+    db.execute("CREATE TABLE keyed (id int PRIMARY KEY)")
+    db.execute("CREATE PUBLICATION pub FOR TABLE keyless, keyed")
+    plain = Consumer(db.dsn, slot="r1", publication="pub", callback=lambda e: e.lsn)
+    with pytest.raises(ConfigurationError, match="messages"):
+        plain.snapshot(["keyed"])
+    if _version(db) < 140000:
+        consumer = Consumer(
+            db.dsn,
+            slot="r2",
+            publication="pub",
+            callback=lambda e: e.lsn,
+            options={"messages": "true"},
+        )
+        with running(consumer), pytest.raises(ConfigurationError, match="PostgreSQL 14"):
+            wait_for(lambda: consumer.running)
+            consumer.snapshot(["keyed"])
+        return
+    consumer = Consumer(
+        db.dsn,
+        slot="r2",
+        publication="pub",
+        callback=lambda e: e.lsn,
+        options={"messages": "true"},
+    )
+    with pytest.raises(replicant.UsageError, match="running"):
+        consumer.snapshot(["keyed"])
+    with running(consumer):
+        with pytest.raises(ConfigurationError, match="no primary key"):
+            consumer.snapshot(["keyless"])
+        with pytest.raises(ConfigurationError, match="nosuch"):
+            consumer.snapshot(["nosuch"])
+        assert consumer.snapshot(["keyed"]).wait(30)
