@@ -593,10 +593,13 @@ class SnapshotBegin(Event):
 
     ``table``/``schema`` are ``None`` for the frame of the whole snapshot,
     whose ``tables`` lists every table it is to read (schema-qualified,
-    quoted where needed); a table's own frame has its name and
-    ``tables == ()``. Everything a sink holds of a table is replaced by the
-    rows that follow until its :class:`SnapshotEnd`. ``incremental`` tells
-    an incremental snapshot (taken while streaming) from an initial one.
+    as ``schema.table``); a table's own frame has its name and
+    ``tables == ()``. In an initial snapshot everything a sink holds of a
+    table is replaced by the rows that follow until its
+    :class:`SnapshotEnd` (a snapshot taken again after a crash starts
+    over). ``incremental`` marks an incremental snapshot (taken while
+    streaming): its rows are upserts among the stream's changes, and the
+    sink keeps what it has.
     """
 
     kind: ClassVar[str] = "snapshot_begin"

@@ -89,7 +89,8 @@ class Mirror:
         with self.lock:
             self.events.append(event)
             if isinstance(event, SnapshotBegin) and event.table == "acct":
-                self.rows.clear()  # what follows replaces the table
+                if not event.incremental:
+                    self.rows.clear()  # what follows replaces the table
             elif isinstance(event, (Read, Insert, Update)) and event.table == "acct":
                 if isinstance(event, Update) and event.old is not None:
                     self.rows.pop(event.old["id"], None)
