@@ -47,6 +47,7 @@ from replicant import (
 
 from .conftest import Database
 from .helpers import running, wait_for
+from .test_cli import replicant as run_cli
 from .test_fidelity import _create_all_types, _insert_all_types, _same, _samples
 
 FULL = bool(os.environ.get("REPLICANT_SNAPSHOT_FULL"))
@@ -676,3 +677,38 @@ def test_incremental_snapshot_refusals(db: Database) -> None:
         with pytest.raises(ConfigurationError, match="nosuch"):
             consumer.snapshot(["nosuch"])
         assert consumer.snapshot(["keyed"]).wait(30)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_the_snapshot_command_copies_tables_as_read_lines(db: Database) -> None:
+    _make_table(db, 300)
+    done = run_cli("snapshot", db.dsn, "--publication", "pub", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    reads = [line for line in lines if line.get("op") == "read"]
+    assert len(reads) == 300 and all(line["kind"] == "read" for line in reads)
+    assert {r["new"]["id"]: (r["new"]["v"], r["new"]["note"]) for r in reads} == _table(db)
+    assert lines[0]["kind"] == "snapshot_begin" and lines[-1]["kind"] == "snapshot_end"
+    assert lines[-1]["rows"] == 300
+    assert _slots(db) == []  # a one-off copy needs no slot
+    refused = run_cli("snapshot", db.dsn)
+    assert refused.returncode != 0 and "--table" in refused.stderr
+
+
+def test_stream_snapshot_initial_writes_rows_then_changes(db: Database) -> None:
+    _make_table(db, 200)
+    done = run_cli(
+        "stream", db.dsn, "--slot", "cli", "--publication", "pub", "--snapshot", "initial_only"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sum(1 for line in lines if line.get("op") == "read") == 200
+    assert _slots(db) == ["cli"]
+    db.execute("UPDATE acct SET v = 0 WHERE id = 1")
+    end = db.query("SELECT pg_current_wal_lsn()::text")[0][0]
+    done = run_cli("stream", db.dsn, "--slot", "cli", "--publication", "pub", "--end", end)
+    assert done.returncode == 0, done.stderr
+    kinds = [json.loads(line)["kind"] for line in done.stdout.splitlines()]
+    assert "update" in kinds and "read" not in kinds

@@ -162,6 +162,21 @@ def register(commands: Commands) -> None:
         help="give up after N failed reconnection attempts in a row (default: never)",
     )
     stream.add_argument(
+        "--snapshot",
+        choices=("never", "initial", "initial_only"),
+        default="never",
+        help="initial: when the slot is created, first write every existing row of the "
+        'publication\'s tables ("op": "read"), then stream; initial_only: stop after them '
+        "(implies --create-slot; default never)",
+    )
+    stream.add_argument(
+        "--snapshot-workers",
+        type=count_arg,
+        default=1,
+        metavar="N",
+        help="connections reading the snapshot in parallel (default 1)",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
@@ -226,13 +241,15 @@ def run(args: argparse.Namespace) -> int:
             plugin=args.plugin,
             publication=publications or None,
             options=dict(args.option or []),
-            create_slot=args.create_slot or args.temporary,
+            create_slot=args.create_slot or args.temporary or args.snapshot != "never",
             temporary=args.temporary,
             start_lsn=args.start,
             end_lsn=args.end,
             status_interval=args.status_interval,
             reconnect=not args.no_reconnect,
             max_retries=args.max_retries,
+            snapshot=args.snapshot,
+            snapshot_workers=max(args.snapshot_workers, 1),
         )
     except ConfigurationError as error:
         writer.close()
