@@ -175,6 +175,7 @@ class _Chunk:
     where: str
     params: tuple[Any, ...] = ()
     rows: int = 0
+    binary: bool = False
 
 
 def _published_tables(
@@ -557,13 +558,59 @@ class _CopyReader:
         self.rows = 0
 
     def write(self, data: bytes) -> int:
+        # psycopg2 hands over one COPY message at a time: one row, the usual
+        # case, taken on the short path; anything else is buffered.
         if self._binary:
-            self._binary_rows(data)
+            if self._header and not self._pending:
+                self._binary_row(data)
+            else:
+                self._binary_rows(data)
+        elif not self._pending and data.find(b"\n") == len(data) - 1:
+            fields: list[Any] = data[:-1].split(b"\t")
+            if len(fields) != self._ncolumns:
+                self._text_rows(data)  # says what is wrong
+                return len(data)
+            if b"\\" in data:
+                fields = [
+                    None if f == _NULL_TEXT else _unescape(f) if b"\\" in f else f for f in fields
+                ]
+            self._batch.append(new_read(self._lsn, None, self._relation, Row(self._layout, fields)))
+            self.rows += 1
         else:
             self._text_rows(data)
         if len(self._batch) >= _BATCH_ROWS:
             self._flush()
         return len(data)
+
+    def _binary_row(self, data: bytes) -> None:
+        """One message that should hold exactly one tuple (or the trailer)."""
+        end = len(data)
+        if end < 2:
+            self._binary_rows(data)
+            return
+        count = int.from_bytes(data[:2], "big", signed=True)
+        if count != self._ncolumns:
+            self._binary_rows(data)  # the trailer, or an error worded there
+            return
+        raw: list[Any] = []
+        append = raw.append
+        unpack = _I32.unpack_from
+        pos = 2
+        for _ in range(count):
+            if pos + 4 > end:
+                self._binary_rows(data)
+                return
+            (length,) = unpack(data, pos)
+            pos += 4
+            if length < 0:
+                append(None)
+                continue
+            append(data[pos : pos + length])
+            pos += length
+        if pos != end:
+            self._binary_rows(data)  # a tuple cut in two messages, or two in one
+            return
+        self._add(raw)
 
     def _add(self, raw: list[Any]) -> None:
         self._batch.append(new_read(self._lsn, None, self._relation, Row(self._layout, raw)))
@@ -650,7 +697,7 @@ class _CopyReader:
 
     def close(self) -> None:
         """The copy ended: check nothing was cut, hand over the last rows."""
-        if self._pending:
+        if self._pending or (self._binary and not self._ended):
             raise DecodeError(
                 f"COPY data of {self._relation.schema}.{self._relation.table} ends in the "
                 "middle of a row"
@@ -702,43 +749,60 @@ def _layout_for(table: SnapshotTable, binary: bool, decode_values: bool, strict:
     return shape.binary if binary else shape.text
 
 
+class _Collector:
+    """The file object a worker's ``copy_expert`` writes into: COPY messages, in batches.
+
+    The worker thread only collects the server's messages; parsing them
+    into rows happens in the delivering thread, so the workers hold the
+    interpreter lock as little as possible and overlap the server's work.
+    """
+
+    __slots__ = ("_batch", "_emit")
+
+    def __init__(self, emit: Callable[[list[bytes]], None]) -> None:
+        self._emit = emit
+        self._batch: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        batch = self._batch
+        batch.append(data)
+        if len(batch) >= _BATCH_ROWS:
+            self._batch = []
+            self._emit(batch)
+        return len(data)
+
+    def close(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._emit(batch)
+
+
 def _worker(
     number: int,
     conn: psycopg2.extensions.connection,
     shared: _Shared,
     out: queue.Queue[Any],
     *,
-    lsn: LSN,
     binary: bool,
-    decode_values: bool,
-    strict: bool,
 ) -> None:
-    """Read chunks until none is left, handing their rows to ``out``."""
+    """Read chunks until none is left, handing their COPY data to ``out``."""
     try:
         with conn.cursor() as cur:
             while True:
                 chunk = shared.next_chunk()
                 if chunk is None:
                     break
-                table = chunk.table
-                as_binary = binary and table.binary_ok
-                reader = _CopyReader(
-                    _layout_for(table, as_binary, decode_values, strict),
-                    table.relation,
-                    lsn,
-                    as_binary,
-                    lambda batch: _put(out, batch, shared.stop),
-                )
+                chunk.binary = binary and chunk.table.binary_ok
+                collector = _Collector(lambda batch: _put(out, batch, shared.stop))
                 shared.started.put((number, chunk))
-                command = _copy_command(chunk, as_binary, cur)
+                command = _copy_command(chunk, chunk.binary, cur)
                 try:
-                    cur.copy_expert(command, reader)
+                    cur.copy_expert(command, collector)
                 except psycopg2.Error as error:
                     if shared.stop.is_set():
                         raise _Stopped from None
-                    raise _translate(error, f"COPY {table.display}") from None
-                reader.close()
-                chunk.rows = reader.rows
+                    raise _translate(error, f"COPY {chunk.table.display}") from None
+                collector.close()
                 _put(out, chunk, shared.stop)
     except _Stopped:
         pass
@@ -746,6 +810,11 @@ def _worker(
         shared.fail(error)
     finally:
         shared.started.put((number, None))
+
+
+def _deliver_all(deliver: Callable[[Event], object], events: list[Read]) -> None:
+    for event in events:
+        deliver(event)
 
 
 def _import(conn: psycopg2.extensions.connection, snapshot_name: str) -> None:
@@ -858,12 +927,7 @@ def take_snapshot(
             thread = threading.Thread(
                 target=_worker,
                 args=(number, conn, shared, out),
-                kwargs={
-                    "lsn": lsn,
-                    "binary": binary,
-                    "decode_values": decode_values,
-                    "strict": strict_values,
-                },
+                kwargs={"binary": binary},
                 name=f"replicant-snapshot[{name}]-{number}",
                 daemon=True,
             )
@@ -912,6 +976,13 @@ def take_snapshot(
                     )
                 )
             source = queues[number]
+            reader = _CopyReader(
+                _layout_for(table, chunk.binary, decode_values, strict_values),
+                table.relation,
+                lsn,
+                chunk.binary,
+                lambda events: _deliver_all(deliver, events),
+            )
             while True:
                 try:
                     item = source.get(timeout=_POLL)
@@ -923,6 +994,8 @@ def take_snapshot(
                         break
                     continue
                 if item is chunk:
+                    reader.close()
+                    chunk.rows = reader.rows
                     rows_of[table.oid] += chunk.rows
                     total += chunk.rows
                     chunks_left[table.oid] -= 1
@@ -938,8 +1011,9 @@ def take_snapshot(
                             )
                         )
                     break
-                for event in item:
-                    deliver(event)
+                write = reader.write
+                for data in item:
+                    write(data)
                 if stop.is_set():
                     stopped_by_user = True
                     shared.stop.set()

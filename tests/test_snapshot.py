@@ -712,3 +712,54 @@ def test_stream_snapshot_initial_writes_rows_then_changes(db: Database) -> None:
     assert done.returncode == 0, done.stderr
     kinds = [json.loads(line)["kind"] for line in done.stdout.splitlines()]
     assert "update" in kinds and "read" not in kinds
+
+
+@pytest.mark.parametrize("form", ["text", "binary"])
+def test_copy_data_split_anywhere_reads_the_same_and_a_cut_is_an_error(
+    db: Database, form: str
+) -> None:
+    from replicant import snapshot as module
+    from replicant.errors import DecodeError
+    from replicant.lsn import LSN
+
+    binary = form == "binary"
+    db.execute("CREATE TABLE t (a int, b text, c bytea)")
+    db.execute(
+        "INSERT INTO t VALUES (1, E'x\\ty\\\\z\\n\\r', '\\x00ff'), (2, NULL, NULL), (3, '', '')"
+    )
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            table = module.describe_tables(cur, tables=["t"], publications=(), lsn=LSN(1))[0]
+            messages: list[bytes] = []
+
+            class Keep:
+                def write(self, data: bytes) -> None:
+                    messages.append(data)
+
+            cur.copy_expert("COPY t TO STDOUT" + (" (FORMAT binary)" if binary else ""), Keep())
+    finally:
+        conn.close()
+
+    def parse(pieces: list[bytes]) -> list[dict[str, Any]]:
+        out: list[Read] = []
+        layout = module._layout_for(table, binary, True, False)
+        reader = module._CopyReader(layout, table.relation, LSN(1), binary, out.extend)
+        for piece in pieces:
+            reader.write(piece)
+        reader.close()
+        return [dict(e.new) for e in out]
+
+    want = parse(messages)
+    assert want == [
+        {"a": 1, "b": "x\ty\\z\n\r", "c": b"\x00\xff"},
+        {"a": 2, "b": None, "c": None},
+        {"a": 3, "b": "", "c": b""},
+    ]
+    whole = b"".join(messages)
+    for cut in range(len(whole) + 1):
+        assert parse([whole[:cut], whole[cut:]]) == want, cut
+    assert parse([bytes([byte]) for byte in whole]) == want
+    for cut in (1, 3, 5):  # inside the last row (text has no trailer to miss)
+        with pytest.raises(DecodeError, match="middle of a row"):
+            parse([whole[:-cut]])
