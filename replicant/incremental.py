@@ -354,6 +354,8 @@ class IncrementalSnapshots:
                         raise _Stopped
             finally:
                 self._windows.pop(ident, None)
+                if self._open is window:
+                    self._open = None  # abandoned (a failure, a stop): stop noting keys
             if window.redo:
                 logger.info("%s: chunk of %s read again (visibility)", self._name, table.display)
                 continue

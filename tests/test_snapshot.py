@@ -47,6 +47,7 @@ from replicant import (
 
 from .conftest import Database
 from .helpers import running, wait_for
+from .test_cli import Background
 from .test_cli import replicant as run_cli
 from .test_fidelity import _create_all_types, _insert_all_types, _same, _samples
 
@@ -712,6 +713,41 @@ def test_stream_snapshot_initial_writes_rows_then_changes(db: Database) -> None:
     assert done.returncode == 0, done.stderr
     kinds = [json.loads(line)["kind"] for line in done.stdout.splitlines()]
     assert "update" in kinds and "read" not in kinds
+
+
+def test_stream_rereads_a_table_on_sigusr1(db: Database) -> None:
+    if _version(db) < 140000:
+        pytest.skip("incremental snapshots need PostgreSQL 14")
+    _make_table(db, 50)
+    process = Background(
+        "stream",
+        db.dsn,
+        "--slot",
+        "usr1",
+        "--publication",
+        "pub",
+        "--create-slot",
+        "--resnapshot",
+        "public.acct",
+        "-F",
+        "0",
+    )
+    try:
+        wait_for(lambda: _slots(db) == ["usr1"], 30, "the slot")
+        db.execute("UPDATE acct SET v = -5 WHERE id = 1")
+        wait_for(lambda: any('"update"' in line for line in process.stdout), 30, "the update")
+        process.signal(signal.SIGUSR1)
+        wait_for(
+            lambda: sum('"op":"read"' in line for line in process.stdout) == 50, 30, "the rows"
+        )
+        process.signal(signal.SIGTERM)
+        process.wait(30)
+    finally:
+        process.kill()
+    lines = [json.loads(line) for line in process.stdout]
+    reads = {line["new"]["id"]: line["new"]["v"] for line in lines if line.get("op") == "read"}
+    assert reads[1] == -5 and len(reads) == 50
+    assert not any(line["kind"] == "message" for line in lines)
 
 
 @pytest.mark.parametrize("form", ["text", "binary"])

@@ -34,7 +34,7 @@ from replicant.cli.common import (
     seconds_arg,
 )
 from replicant.decoders import needs_publication
-from replicant.errors import ConfigurationError
+from replicant.errors import ConfigurationError, ReplicantError
 from replicant.formatting import format_json, format_text, human_bytes
 from replicant.runtime import Consumer
 from replicant.sinks import JsonLinesSink, SinkWriter
@@ -177,6 +177,13 @@ def register(commands: Commands) -> None:
         help="connections reading the snapshot in parallel (default 1)",
     )
     stream.add_argument(
+        "--resnapshot",
+        action="append",
+        metavar="TABLE",
+        help="on SIGUSR1, read TABLE again while streaming (an incremental snapshot; "
+        "repeatable; turns on pgoutput messages, PostgreSQL 14+)",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
@@ -190,10 +197,11 @@ class _Signals:
         self.wake = threading.Event()
         self.stop_signal: int | None = None
         self.reopen = False
+        self.resnapshot = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
@@ -204,6 +212,8 @@ class _Signals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self.reopen = True
+        elif signum == signal.SIGUSR1:
+            self.resnapshot = True
         elif self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
         else:
@@ -234,13 +244,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CommandError(f"cannot open {args.file}: {error.strerror}") from None
     writer = SinkWriter(sink, flush_interval=args.fsync_interval if fsync else 0)
+    options = dict(args.option or [])
+    if args.resnapshot:
+        options.setdefault("messages", "true")  # the incremental snapshot's watermarks
     try:
         consumer = writer.consumer(
             args.dsn,
             slot=args.slot,
             plugin=args.plugin,
             publication=publications or None,
-            options=dict(args.option or []),
+            options=options,
             create_slot=args.create_slot or args.temporary or args.snapshot != "never",
             temporary=args.temporary,
             start_lsn=args.start,
@@ -262,7 +275,9 @@ def run(args: argparse.Namespace) -> int:
     broken: BaseException | None = None  # the output failed
     try:
         consumer.start()
-        _stream_loop(consumer, writer, signals, verbose=args.verbose > 0)
+        _stream_loop(
+            consumer, writer, signals, verbose=args.verbose > 0, resnapshot=args.resnapshot
+        )
         consumer.stop()
         consumer.join()
     except KeyboardInterrupt:
@@ -314,7 +329,12 @@ def _summary(consumer: Consumer, elapsed: float) -> str:
 
 
 def _stream_loop(
-    consumer: Consumer, writer: SinkWriter, signals: _Signals, *, verbose: bool
+    consumer: Consumer,
+    writer: SinkWriter,
+    signals: _Signals,
+    *,
+    verbose: bool,
+    resnapshot: list[str] | None = None,
 ) -> None:
     """Run the main thread's chores until the consumer ends or a signal stops it.
 
@@ -333,6 +353,15 @@ def _stream_loop(
                 return
         if signals.stop_signal is not None:
             return  # the final write-out happens before the final status update
+        if signals.resnapshot:
+            signals.resnapshot = False
+            if not resnapshot:
+                print(f"{PROG}: SIGUSR1: no --resnapshot tables; ignored", file=sys.stderr)
+            else:
+                try:
+                    consumer.snapshot(resnapshot)
+                except ReplicantError as error:
+                    print(f"{PROG}: cannot re-read {resnapshot}: {error}", file=sys.stderr)
         now = time.monotonic()
         if verbose and now >= next_progress:
             stats, progress = consumer.stats, consumer.progress
