@@ -187,6 +187,21 @@ class Consumer:
     ``None``; an exception from it ends the consumer and, unless another
     failure ended it first, comes out of ``join()``/``run()``.
 
+    Snapshots (the guide's "Snapshot" chapter): ``snapshot="initial"``
+    creates the slot with an exported snapshot and first delivers every row
+    of the publication's tables (or ``snapshot_tables``) as it was at the
+    slot's consistent point, as :class:`~replicant.changes.Read` events
+    framed by :class:`~replicant.changes.SnapshotBegin`/``SnapshotEnd``,
+    then streams every change after it; a slot that already exists is
+    streamed without a snapshot. ``"initial_only"`` stops after the
+    snapshot (keeping the slot, unless ``temporary``, for a later stream);
+    ``"never"`` (the default) takes none. ``snapshot_workers`` connections
+    read in parallel, tables above ``snapshot_chunk_rows`` rows in key (or
+    page) ranges. During the snapshot the callback runs in the supervisor
+    thread (never at the same time as in the reader). A snapshot that did
+    not finish leaves no slot behind, so the next start takes it again.
+    :meth:`snapshot` re-reads tables while streaming.
+
     Reconnecting: when the connection is lost (reset, server restart,
     terminated walsender, or ``receive_timeout`` seconds without a byte from
     the server), ``reconnect`` opens a new one after an exponential back-off

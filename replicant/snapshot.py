@@ -1042,8 +1042,14 @@ def take_snapshot(
     finally:
         shared.stop.set()
         for thread in threads:
-            if thread.is_alive():
-                thread.join()
+            thread.join(1.0)
+        if any(thread.is_alive() for thread in threads):
+            # A worker waits on the server (a slow COPY): cancel its query.
+            for conn in connections:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.cancel()
+            for thread in threads:
+                thread.join(30.0)
         for conn in connections:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
