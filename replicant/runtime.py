@@ -48,7 +48,12 @@ from replicant.errors import (
 from replicant.incremental import IncrementalSnapshot, IncrementalSnapshots, streams_messages
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
-from replicant.snapshot import SNAPSHOT_MODES, create_slot_with_snapshot, take_snapshot
+from replicant.snapshot import (
+    check_snapshot_options,
+    create_slot_with_snapshot,
+    reading_options,
+    take_snapshot,
+)
 
 _P = ParamSpec("_P")
 
@@ -245,7 +250,7 @@ class Consumer:
     ) -> None:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
-        self._snapshot = _check_snapshot_options(
+        self._snapshot = check_snapshot_options(
             snapshot,
             snapshot_tables,
             snapshot_workers,
@@ -305,15 +310,12 @@ class Consumer:
         # consumer that asks for them pays for the watermark filter.
         self._incremental: IncrementalSnapshots | None = None
         if streams_messages(self._decoder):
-            chosen: Any = self._decoder
             self._incremental = IncrementalSnapshots(
                 dsn,
                 connect_params,
                 name=self.slot,
                 publications=self._publications,
-                binary=_streams_binary(chosen),
-                decode_values=bool(getattr(chosen, "decode_values", True)),
-                strict_values=bool(getattr(chosen, "strict_values", False)),
+                **reading_options(self._decoder),
             )
             self._callback = self._incremental.wrap(callback)
 
@@ -686,7 +688,6 @@ class Consumer:
         Unless the snapshot finished, no slot is left under the slot's name
         and the consumer stops (``stop()``) or fails (the error propagates).
         """
-        decoder: Any = self._decoder
 
         def copy(created: Any) -> bool:
             return take_snapshot(
@@ -699,10 +700,8 @@ class Consumer:
                 tables=self._snapshot_tables,
                 publications=self._publications,
                 workers=self._snapshot_workers,
-                binary=_streams_binary(decoder),
-                decode_values=bool(getattr(decoder, "decode_values", True)),
-                strict_values=bool(getattr(decoder, "strict_values", False)),
                 chunk_rows=self._snapshot_chunk_rows,
+                **reading_options(self._decoder),
                 name=self.slot,
             )
 
@@ -1039,50 +1038,6 @@ def check_slot_state(state: SlotState, *, plugin: str) -> None:
             "since its last confirmed position",
             sqlstate="55000",
         )
-
-
-def _check_snapshot_options(
-    mode: str,
-    tables: Sequence[str] | None,
-    workers: int,
-    chunk_rows: int,
-    *,
-    create_slot: bool,
-    publication: str | Sequence[str] | None,
-) -> str:
-    """Validate the snapshot arguments; return the mode."""
-    if mode not in SNAPSHOT_MODES:
-        raise ConfigurationError(
-            f"snapshot must be one of {', '.join(map(repr, SNAPSHOT_MODES))}, not {mode!r}"
-        )
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigurationError(f"snapshot_workers must be a whole number >= 1, not {workers!r}")
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ConfigurationError(
-            f"snapshot_chunk_rows must be a whole number >= 1, not {chunk_rows!r}"
-        )
-    if isinstance(tables, str):
-        raise ConfigurationError("snapshot_tables is a list of table names, not one string")
-    if mode == "never":
-        return mode
-    if not create_slot:
-        raise ConfigurationError(
-            f"snapshot={mode!r} needs create_slot=True: the snapshot is the one a slot exports "
-            "when it is created, and an existing slot's is gone. To read the tables of a "
-            "running slot again, call consumer.snapshot([...]) (an incremental snapshot)"
-        )
-    if publication is None and tables is None:
-        raise ConfigurationError(
-            f"snapshot={mode!r} needs snapshot_tables=[...] when there is no publication"
-        )
-    return mode
-
-
-def _streams_binary(decoder: Any) -> bool:
-    """Whether the decoder asks pgoutput for binary values (so the snapshot reads binary)."""
-    extra = getattr(decoder, "extra_options", None) or {}
-    asked = str(extra.get("binary", "")).lower() in ("true", "on", "1")
-    return asked or bool(getattr(decoder, "binary", False))
 
 
 def _wants_two_phase(decoder: Decoder, server_version: int) -> bool:

@@ -80,9 +80,11 @@ __all__ = [
     "SNAPSHOT_MODES",
     "SnapshotMode",
     "SnapshotTable",
+    "check_snapshot_options",
     "connect_sql",
     "create_slot_with_snapshot",
     "describe_tables",
+    "reading_options",
     "take_snapshot",
 ]
 
@@ -1053,6 +1055,61 @@ def take_snapshot(
         for conn in connections:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
+
+
+# --- the consumer's arguments ----------------------------------------------------------
+
+
+def check_snapshot_options(
+    mode: str,
+    tables: Sequence[str] | None,
+    workers: int,
+    chunk_rows: int,
+    *,
+    create_slot: bool,
+    publication: str | Sequence[str] | None,
+) -> str:
+    """Validate the snapshot arguments; return the mode."""
+    if mode not in SNAPSHOT_MODES:
+        raise ConfigurationError(
+            f"snapshot must be one of {', '.join(map(repr, SNAPSHOT_MODES))}, not {mode!r}"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(f"snapshot_workers must be a whole number >= 1, not {workers!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ConfigurationError(
+            f"snapshot_chunk_rows must be a whole number >= 1, not {chunk_rows!r}"
+        )
+    if isinstance(tables, str):
+        raise ConfigurationError("snapshot_tables is a list of table names, not one string")
+    if mode == "never":
+        return mode
+    if not create_slot:
+        raise ConfigurationError(
+            f"snapshot={mode!r} needs create_slot=True: the snapshot is the one a slot exports "
+            "when it is created, and an existing slot's is gone. To read the tables of a "
+            "running slot again, call consumer.snapshot([...]) (an incremental snapshot)"
+        )
+    if publication is None and tables is None:
+        raise ConfigurationError(
+            f"snapshot={mode!r} needs snapshot_tables=[...] when there is no publication"
+        )
+    return mode
+
+
+def reading_options(decoder: Any) -> dict[str, bool]:
+    """How a snapshot reads values so that they match the decoder's rows.
+
+    ``binary`` when the decoder asks pgoutput for binary values, and its
+    ``decode_values`` and ``strict_values``.
+    """
+    extra = getattr(decoder, "extra_options", None) or {}
+    asked = str(extra.get("binary", "")).lower() in ("true", "on", "1")
+    return {
+        "binary": asked or bool(getattr(decoder, "binary", False)),
+        "decode_values": bool(getattr(decoder, "decode_values", True)),
+        "strict_values": bool(getattr(decoder, "strict_values", False)),
+    }
 
 
 # --- the slot ----------------------------------------------------------------------------
