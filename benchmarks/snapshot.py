@@ -7,9 +7,10 @@ a text column, a numeric, a timestamptz), then in the same run and on the
 same table times:
 
 * ``psql -c "\\copy t to /dev/null"`` (the server's COPY, no parsing);
-* ``replicant`` with ``snapshot="initial_only"`` and 1 and 2 workers: each
-  row read through the value readers into a ``Read`` event delivered to a
-  callback that reads every value;
+* ``replicant`` with ``snapshot="initial_only"`` and 1 and 2 workers, text
+  and binary: each row read into a ``Read`` event delivered to a callback
+  that reads every value; and, with 1 worker, a callback that reads none
+  (the snapshot's own cost, without the value readers');
 
 each in its own process, reporting the client's peak resident memory.
 """
@@ -33,12 +34,14 @@ CHILD = """
 import json, resource, sys, time
 import replicant
 dsn, workers, binary = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "binary"
+read_values = sys.argv[4] == "values"
 count = 0
 def callback(event):
     global count
     if type(event) is replicant.Read:
-        for name in event.new:
-            event.new[name]
+        if read_values:
+            for name in event.new:
+                event.new[name]
         count += 1
 started = time.perf_counter()
 replicant.run(dsn, slot=f"bench{workers}{int(binary)}", publication="pub", callback=callback,
@@ -84,20 +87,22 @@ def main() -> None:
                 [psql, cluster.dsn, "-X", "-q", "-c", "\\copy t to /dev/null"], check=True, env=env
             )
             results.setdefault("psql \\copy", []).append(time.perf_counter() - started)
-            for workers in (1, 2):
-                for form in ("text", "binary"):
-                    out = subprocess.run(
-                        [sys.executable, "-c", CHILD, cluster.dsn, str(workers), form],
-                        check=True,
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                    )
-                    got = json.loads(out.stdout.strip().splitlines()[-1])
-                    assert got["rows"] == args.rows, got
-                    label = f"replicant {workers} worker{'s' if workers > 1 else ''} {form}"
-                    results.setdefault(label, []).append(got["seconds"])
-                    memory[label] = max(memory.get(label, 0.0), got["peak_rss_mb"])
+            runs = [(w, f, "values") for w in (1, 2) for f in ("text", "binary")]
+            runs += [(1, "text", "rows"), (1, "binary", "rows")]
+            for workers, form, what in runs:
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, cluster.dsn, str(workers), form, what],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                assert got["rows"] == args.rows, got
+                label = f"replicant {workers} worker{'s' if workers > 1 else ''} {form}"
+                label += "" if what == "values" else " (rows only)"
+                results.setdefault(label, []).append(got["seconds"])
+                memory[label] = max(memory.get(label, 0.0), got["peak_rss_mb"])
         base = min(results["psql \\copy"])
         print(f"{'':32} {'best s':>8} {'rows/s':>10} {'vs psql':>8} {'peak RSS':>9}")
         for label, times in results.items():
