@@ -208,7 +208,13 @@ class IncrementalSnapshots:
                 window.seen_before = frozenset(self._recent)
             self._open = window
             return None
-        if side != "high" or not window.opened:
+        if side != "high":
+            return None
+        if not window.opened:
+            # Its low watermark was never seen on this stream: the window is
+            # unknown, so the chunk is read again.
+            window.redo = True
+            window.done.set()
             return None
         self._open = None
         if window.invisible & window.seen_before:
