@@ -35,6 +35,8 @@ MODULES = (
     "replicant.runtime",
     "replicant.acknowledgement",
     "replicant.changes",
+    "replicant.snapshot",
+    "replicant.incremental",
     "replicant.lsn",
     "replicant.errors",
     "replicant.connection",
