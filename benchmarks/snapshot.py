@@ -104,11 +104,11 @@ def main() -> None:
                 results.setdefault(label, []).append(got["seconds"])
                 memory[label] = max(memory.get(label, 0.0), got["peak_rss_mb"])
         base = min(results["psql \\copy"])
-        print(f"{'':32} {'best s':>8} {'rows/s':>10} {'vs psql':>8} {'peak RSS':>9}")
+        print(f"{'':40} {'best s':>8} {'rows/s':>10} {'vs psql':>8} {'peak RSS':>9}")
         for label, times in results.items():
             best = min(times)
             rss = f"{memory[label]:.0f} MB" if label in memory else "-"
-            print(f"{label:32} {best:8.2f} {args.rows / best:10.0f} {best / base:7.2f}x {rss:>9}")
+            print(f"{label:40} {best:8.2f} {args.rows / best:10.0f} {best / base:7.2f}x {rss:>9}")
 
 
 if __name__ == "__main__":
