@@ -38,6 +38,8 @@ MODULES = (
     "replicant.progress",
     "replicant.acknowledgement",
     "replicant.changes",
+    "replicant.snapshot",
+    "replicant.incremental",
     "replicant.lsn",
     "replicant.errors",
     "replicant.connection",

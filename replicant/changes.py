@@ -69,9 +69,12 @@ __all__ = [
     "Origin",
     "Prepare",
     "RawChange",
+    "Read",
     "Relation",
     "RollbackPrepared",
     "Row",
+    "SnapshotBegin",
+    "SnapshotEnd",
     "StreamAbort",
     "StreamCommit",
     "StreamPrepare",
@@ -559,6 +562,74 @@ class Delete(_RowEvent):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class Read(_RowEvent):
+    """A row that existed when a snapshot was taken (see the guide's Snapshot chapter).
+
+    The same row model and values as :class:`Insert`: ``new`` is the row,
+    read with the same value readers. ``lsn`` is the slot's consistent point
+    for an initial snapshot, the high watermark's position for an
+    incremental one; ``xid`` is ``None``. Apply it as an upsert: a snapshot
+    that is redone (after a crash) delivers its rows again.
+    """
+
+    kind: ClassVar[str] = "read"
+
+    new: Row
+
+    @property
+    def old(self) -> None:
+        """Always ``None``: a snapshot row has no old row."""
+        return None
+
+    @property
+    def key(self) -> Row:
+        """The replica-identity columns of the row."""
+        return self._key_of(self.new)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SnapshotBegin(Event):
+    """A snapshot, or one table of it, starts.
+
+    ``table``/``schema`` are ``None`` for the frame of the whole snapshot,
+    whose ``tables`` lists every table it is to read (schema-qualified,
+    as ``schema.table``); a table's own frame has its name and
+    ``tables == ()``. In an initial snapshot everything a sink holds of a
+    table is replaced by the rows that follow until its
+    :class:`SnapshotEnd` (a snapshot taken again after a crash starts
+    over). ``incremental`` marks an incremental snapshot (taken while
+    streaming): its rows are upserts among the stream's changes, and the
+    sink keeps what it has.
+    """
+
+    kind: ClassVar[str] = "snapshot_begin"
+
+    schema: str | None
+    table: str | None
+    tables: tuple[str, ...]
+    incremental: bool
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SnapshotEnd(Event):
+    """A snapshot, or one table of it, is complete: ``rows`` were delivered.
+
+    For the whole snapshot (``table`` ``None``) ``rows`` is the total and
+    ``missing`` names the tables that were dropped before they could be
+    read (delivered as nothing). After an initial snapshot's end the
+    stream continues from its consistent point.
+    """
+
+    kind: ClassVar[str] = "snapshot_end"
+
+    schema: str | None
+    table: str | None
+    rows: int
+    incremental: bool
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Truncate(Event):
     """One or more tables were truncated."""
 
@@ -737,6 +808,7 @@ _insert_new = _slot(Insert, "new")
 _update_new = _slot(Update, "new")
 _update_old = _slot(Update, "old")
 _delete_old = _slot(Delete, "old")
+_read_new = _slot(Read, "new")
 
 
 def new_begin(
@@ -794,6 +866,16 @@ def new_delete(lsn: LSN, xid: int | None, relation: Relation, old: Row) -> Delet
     return event
 
 
+def new_read(lsn: LSN, xid: int | None, relation: Relation, new: Row) -> Read:
+    """``Read(lsn, xid, relation, new)``, faster."""
+    event: Read = _new(Read)
+    _lsn(event, lsn)
+    _xid(event, xid)
+    _relation(event, relation)
+    _read_new(event, new)
+    return event
+
+
 _Made = TypeVar("_Made", bound=Callable[..., Any])
 
 
@@ -812,9 +894,11 @@ def _compiled(python: _Made, cls: type, names: str) -> _Made:
 
 # The Python constructors stay the reference: the tests compare the two.
 _PYTHON_CONSTRUCTORS: Final = (new_begin, new_commit, new_insert, new_update, new_delete)
+_PYTHON_NEW_READ: Final = new_read
 
 new_begin = _compiled(new_begin, Begin, "lsn xid final_lsn commit_time")
 new_commit = _compiled(new_commit, Commit, "lsn xid commit_lsn commit_time")
 new_insert = _compiled(new_insert, Insert, "lsn xid relation new")
 new_update = _compiled(new_update, Update, "lsn xid relation new old")
 new_delete = _compiled(new_delete, Delete, "lsn xid relation old")
+new_read = _compiled(new_read, Read, "lsn xid relation new")

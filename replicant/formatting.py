@@ -24,6 +24,7 @@ from replicant.changes import (
     Insert,
     Message,
     RawChange,
+    Read,
     Relation,
     Row,
     Truncate,
@@ -43,6 +44,8 @@ def format_json(event: Event) -> str:
     and text messages stay readable.
     """
     data = event.to_dict()
+    if isinstance(event, Read):
+        data["op"] = "read"  # a snapshot row, told apart from the stream's changes
     if isinstance(event, RawChange):
         with contextlib.suppress(UnicodeDecodeError):
             data["text"] = event.data.decode("utf-8")
@@ -108,9 +111,9 @@ def format_text(event: Event) -> str:
     ``0/1949A30  INSERT   public.accounts  id=1 owner='ada' balance=100.00``
     """
     head = f"{event.lsn!s:>11}  {event.kind.upper():<8} "
-    if isinstance(event, (Insert, Update, Delete)):
+    if isinstance(event, (Insert, Update, Delete, Read)):
         where = f"{event.schema}.{event.table}  "
-        if isinstance(event, Insert):
+        if isinstance(event, (Insert, Read)):
             return head + where + _text_row(event.new)
         if isinstance(event, Update):
             text = head + where + _text_row(event.new)

@@ -63,8 +63,15 @@ from replicant.errors import (
     UsageError,
 )
 from replicant.health import Health, RateMeter, SlotMonitor, commit_time_of, seconds_since
+from replicant.incremental import IncrementalSnapshot, IncrementalSnapshots, streams_messages
 from replicant.lsn import LSN
 from replicant.protocol import PrimaryKeepalive, XLogData, validate_slot_name
+from replicant.snapshot import (
+    check_snapshot_options,
+    create_slot_with_snapshot,
+    reading_options,
+    take_snapshot,
+)
 
 _P = ParamSpec("_P")
 
@@ -219,6 +226,21 @@ class Consumer:
     ``None``; an exception from it ends the consumer and, unless another
     failure ended it first, comes out of ``join()``/``run()``.
 
+    Snapshots (the guide's "Snapshot" chapter): ``snapshot="initial"``
+    creates the slot with an exported snapshot and first delivers every row
+    of the publication's tables (or ``snapshot_tables``) as it was at the
+    slot's consistent point, as :class:`~replicant.changes.Read` events
+    framed by :class:`~replicant.changes.SnapshotBegin`/``SnapshotEnd``,
+    then streams every change after it; a slot that already exists is
+    streamed without a snapshot. ``"initial_only"`` stops after the
+    snapshot (keeping the slot, unless ``temporary``, for a later stream);
+    ``"never"`` (the default) takes none. ``snapshot_workers`` connections
+    read in parallel, tables above ``snapshot_chunk_rows`` rows in key (or
+    page) ranges. During the snapshot the callback runs in the supervisor
+    thread (never at the same time as in the reader). A snapshot that did
+    not finish leaves no slot behind, so the next start takes it again.
+    :meth:`snapshot` re-reads tables while streaming.
+
     Reconnecting: when the connection is lost (reset, server restart,
     terminated walsender, or ``receive_timeout`` seconds without a byte from
     the server), ``reconnect`` opens a new one after an exponential back-off
@@ -267,10 +289,25 @@ class Consumer:
         on_stop: Callable[[], LSN | int | str | None] | None = None,
         retry_first_connect: bool = False,
         health_interval: float | None = None,
+        snapshot: str = "never",
+        snapshot_tables: Sequence[str] | None = None,
+        snapshot_workers: int = 1,
+        snapshot_chunk_rows: int = 100_000,
         **connect_params: Any,
     ) -> None:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
+        self._snapshot = check_snapshot_options(
+            snapshot,
+            snapshot_tables,
+            snapshot_workers,
+            snapshot_chunk_rows,
+            create_slot=create_slot,
+            publication=publication,
+        )
+        self._snapshot_tables = None if snapshot_tables is None else list(snapshot_tables)
+        self._snapshot_workers = snapshot_workers
+        self._snapshot_chunk_rows = snapshot_chunk_rows
         self.slot = validate_slot_name(slot)
         self._decoder = _pick_decoder(
             plugin, decoder, publication=publication, options=options, decode_values=decode_values
@@ -336,6 +373,18 @@ class Consumer:
         # was moved behind our back (dropped and recreated, or advanced).
         self._reported_flush: LSN | None = None
         self._slot_seen = False
+        # Incremental snapshots need the stream's logical messages; only a
+        # consumer that asks for them pays for the watermark filter.
+        self._incremental: IncrementalSnapshots | None = None
+        if streams_messages(self._decoder):
+            self._incremental = IncrementalSnapshots(
+                dsn,
+                connect_params,
+                name=self.slot,
+                publications=self._publications,
+                **reading_options(self._decoder),
+            )
+            self._callback = self._incremental.wrap(callback)
 
     def __repr__(self) -> str:
         state = (
@@ -435,6 +484,30 @@ class Consumer:
         reports it.
         """
         return self._progress.acknowledge(lsn)
+
+    def snapshot(self, tables: Sequence[str], *, chunk_rows: int = 10_000) -> IncrementalSnapshot:
+        """Read ``tables`` again while streaming (an incremental snapshot); returns its handle.
+
+        Rows come as :class:`~replicant.changes.Read` events in stream order,
+        chunk by chunk (``chunk_rows`` rows in primary-key order), framed per
+        table by ``SnapshotBegin``/``SnapshotEnd`` with ``incremental=True``;
+        a row changed while its chunk was read comes from the stream instead,
+        so no ``Read`` is older than a change already delivered. Needs
+        pgoutput with ``messages`` on (``options={"messages": "true"}``) on
+        PostgreSQL 14+, and tables with a primary key: otherwise
+        :class:`ConfigurationError` at once. ``handle.wait()`` waits for the
+        end. Not kept across restarts: ask again after one.
+        """
+        if self._incremental is None:
+            raise ConfigurationError(
+                "incremental snapshots need the stream's logical messages: create the consumer "
+                'with plugin pgoutput and options={"messages": "true"} (PostgreSQL 14+)'
+            )
+        if not self.running:
+            raise UsageError("snapshot() needs a running consumer (start() it first)")
+        return self._incremental.request(
+            tables, chunk_rows=chunk_rows, stream_running=lambda: self.running
+        )
 
     @property
     def running(self) -> bool:
@@ -553,6 +626,8 @@ class Consumer:
         finally:
             if self._monitor is not None:
                 self._monitor.stop()
+            if self._incremental is not None:
+                self._incremental.close()
             self._done.set()
 
     def _wake(self) -> _Attempt | None:
@@ -732,6 +807,8 @@ class Consumer:
                     f"{_target(connection)} (pass create_slot=True to create it)",
                     sqlstate="42704",
                 )
+            if self._snapshot != "never":
+                return self._initial_snapshot(connection)
             created = connection.create_slot(
                 self.slot,
                 self.plugin,
@@ -742,6 +819,12 @@ class Consumer:
             self._slot_seen = True
             return created.consistent_point
         check_slot_state(state, plugin=self.plugin)
+        if self._snapshot == "initial_only" and not self._slot_seen:
+            raise SlotError(
+                f'replication slot "{self.slot}" exists: its snapshot was taken (or not) when '
+                "it was created and cannot be taken again; drop it, pick a new slot name, or "
+                "re-read tables with consumer.snapshot([...]) while streaming"
+            )
         confirmed = state.confirmed_flush_lsn or state.restart_lsn or LSN(0)
         if self._reported_flush is not None and confirmed > self._reported_flush:
             raise SlotError(
@@ -752,6 +835,43 @@ class Consumer:
             )
         self._slot_seen = True
         return confirmed
+
+    def _initial_snapshot(self, connection: ReplicationConnection) -> LSN:
+        """Create the slot exporting its snapshot, deliver every row, return the consistent point.
+
+        Unless the snapshot finished, no slot is left under the slot's name
+        and the consumer stops (``stop()``) or fails (the error propagates).
+        """
+
+        def copy(created: Any) -> bool:
+            return take_snapshot(
+                self._dsn,
+                self._connect_params,
+                snapshot_name=created.snapshot_name,
+                lsn=created.consistent_point,
+                deliver=self._callback,
+                stop=self._stop_requested,
+                tables=self._snapshot_tables,
+                publications=self._publications,
+                workers=self._snapshot_workers,
+                chunk_rows=self._snapshot_chunk_rows,
+                **reading_options(self._decoder),
+                name=self.slot,
+            )
+
+        lsn, finished = create_slot_with_snapshot(
+            connection,
+            self.slot,
+            self.plugin,
+            temporary=self._temporary,
+            two_phase=_wants_two_phase(self._decoder, connection.server_version),
+            copy=copy,
+        )
+        if finished:
+            self._slot_seen = True
+        if not finished or self._snapshot == "initial_only":
+            self._stop_requested.set()
+        return lsn
 
     def _finish(self, stream: ReplicationStream, *, timeout: float = 30.0) -> None:
         """After both threads ended: final status update, CopyDone, close."""

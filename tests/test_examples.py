@@ -289,3 +289,39 @@ def test_api_reference_builds(tmp_path: Path) -> None:
     text = out.read_text()
     for name in ("class `Consumer`", "`Consumer.acknowledge(", "class `LSN`", "## `replicant.cli`"):
         assert name in text, name
+
+
+def test_snapshot_to_sqlite_copies_then_follows(
+    example_db: Database, run_example: Callable[..., Example], tmp_path: Path
+) -> None:
+    db = example_db
+    db.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric)")
+    db.execute(
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g * 1.50 FROM generate_series(1, 500) g"
+    )
+    db.execute("CREATE PUBLICATION accounts_pub FOR TABLE accounts")
+    path = str(tmp_path / "accounts.db")
+
+    def mirrored() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(path) as lite:
+            return sorted(lite.execute("SELECT id, owner, balance FROM accounts").fetchall())
+
+    def source() -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in db.query("SELECT id, owner, balance::text FROM accounts")]
+
+    example = run_example("snapshot_to_sqlite.py", db.dsn, path)
+    example.wait_for_text("snapshot: 500 rows")
+    assert mirrored() == sorted(source())
+    db.execute("UPDATE accounts SET balance = 0 WHERE id <= 10")
+    db.execute("DELETE FROM accounts WHERE id > 490")
+    db.execute("INSERT INTO accounts VALUES (1000, 'new', 2.25)")
+    example.wait_for_text("applied transaction", count=3)
+    assert example.stop() == 0
+    assert mirrored() == sorted(source())
+    # Started again: no second snapshot, the stream resumes after what SQLite holds.
+    db.execute("DELETE FROM accounts WHERE id = 1")
+    again = run_example("snapshot_to_sqlite.py", db.dsn, path)
+    again.wait_for_text("applied transaction")
+    assert again.stop() == 0
+    assert "snapshot:" not in again.output
+    assert mirrored() == sorted(source())

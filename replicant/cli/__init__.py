@@ -26,7 +26,7 @@ import psycopg2
 import psycopg2.extensions
 
 from replicant import __version__
-from replicant.cli import check, demo, record, replay, slot, stream
+from replicant.cli import check, demo, record, replay, slot, snapshot, stream
 from replicant.cli.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # The commands, in the order --help lists them.
-_COMMANDS = (stream, slot, check, demo, record, replay)
+_COMMANDS = (stream, snapshot, slot, check, demo, record, replay)
 
 _MAIN_EPILOG = """\
 examples:

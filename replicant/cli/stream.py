@@ -244,6 +244,28 @@ def register(commands: Commands) -> None:
         "apply once a stream has run)",
     )
     stream.add_argument(
+        "--snapshot",
+        choices=("never", "initial", "initial_only"),
+        default="never",
+        help="initial: when the slot is created, first write every existing row of the "
+        'publication\'s tables ("op": "read"), then stream; initial_only: stop after them '
+        "(implies --create-slot; default never)",
+    )
+    stream.add_argument(
+        "--snapshot-workers",
+        type=count_arg,
+        default=1,
+        metavar="N",
+        help="connections reading the snapshot in parallel (default 1)",
+    )
+    stream.add_argument(
+        "--resnapshot",
+        action="append",
+        metavar="TABLE",
+        help="on SIGUSR1, read TABLE again while streaming (an incremental snapshot; "
+        "repeatable; turns on pgoutput messages, PostgreSQL 14+)",
+    )
+    stream.add_argument(
         "--relations",
         action="store_true",
         help="also write relation events (table descriptions with column types)",
@@ -269,10 +291,17 @@ class _Signals(StopSignals):
     def __init__(self) -> None:
         self.wake = threading.Event()
         self.reopen = False
-        super().__init__(lambda signum: self.wake.set(), others={signal.SIGHUP: self._reopen})
+        self.resnapshot = False
+        super().__init__(
+            lambda signum: self.wake.set(),
+            others={signal.SIGHUP: self._reopen, signal.SIGUSR1: self._resnapshot},
+        )
 
     def _reopen(self, signum: int) -> None:
         self.reopen = True
+
+    def _resnapshot(self, signum: int) -> None:
+        self.resnapshot = True
         self.wake.set()
 
 
@@ -330,12 +359,17 @@ def run(args: argparse.Namespace) -> int:
         sink = _CountedSink(sink, formatter)
     interval = (args.fsync_interval if fsync else 0) if lines else 1.0
     writer = SinkWriter(sink, flush_interval=interval)
+    if args.resnapshot:
+        if "options" not in consumer_args:
+            raise UsageError("--resnapshot and --two-phase cannot be combined yet")
+        # The incremental snapshot's watermarks come as pgoutput messages.
+        consumer_args["options"].setdefault("messages", "true")
     try:
         consumer = writer.consumer(
             dsn,
             slot=args.slot,
             **consumer_args,
-            create_slot=args.create_slot or args.temporary,
+            create_slot=args.create_slot or args.temporary or args.snapshot != "never",
             temporary=args.temporary,
             start_lsn=args.start,
             end_lsn=args.end,
@@ -345,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
             retry_first_connect=args.retry_first_connect,
             health_interval=_HEALTH_INTERVAL,
             **params,
+            snapshot=args.snapshot,
+            snapshot_workers=max(args.snapshot_workers, 1),
         )
     except ConfigurationError as error:
         writer.close()
@@ -378,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
             signals,
             verbose=args.verbose > 0 and not args.quiet,
             backlog=None if args.quiet else BacklogProgress(sys.stderr, prefix=f"{PROG}: "),
+            resnapshot=args.resnapshot,
         )
         consumer.stop()
         consumer.join()
@@ -550,15 +587,19 @@ def _stream_loop(
     *,
     verbose: bool,
     backlog: BacklogProgress | None,
+    resnapshot: list[str] | None = None,
 ) -> None:
     """Run the main thread's chores until the consumer ends or a signal stops it.
 
     The writer flushes (fsyncs) and acknowledges on its own timer; this loop
-    only reopens the file on SIGHUP and reports progress: through a backlog
+    only reopens the file on SIGHUP, starts an incremental snapshot of the
+    ``resnapshot`` tables on SIGUSR1, and reports progress: through a backlog
     (``backlog``), and with ``verbose`` a line every few seconds.
     """
     try:
-        _chores(consumer, writer, signals, verbose=verbose, backlog=backlog)
+        _chores(
+            consumer, writer, signals, verbose=verbose, backlog=backlog, resnapshot=resnapshot
+        )
     finally:
         if backlog is not None:
             backlog.close()
@@ -571,6 +612,7 @@ def _chores(
     *,
     verbose: bool,
     backlog: BacklogProgress | None,
+    resnapshot: list[str] | None,
 ) -> None:
     interval = min(_PROGRESS_INTERVAL, consumer.status_interval)
     next_progress = time.monotonic() + interval
@@ -584,6 +626,15 @@ def _chores(
                 return
         if signals.stop_signal is not None:
             return  # the final write-out happens before the final status update
+        if signals.resnapshot:
+            signals.resnapshot = False
+            if not resnapshot:
+                print(f"{PROG}: SIGUSR1: no --resnapshot tables; ignored", file=sys.stderr)
+            else:
+                try:
+                    consumer.snapshot(resnapshot)
+                except ReplicantError as error:
+                    print(f"{PROG}: cannot re-read {resnapshot}: {error}", file=sys.stderr)
         now = time.monotonic()
         if backlog is not None and not backlog.finished:
             backlog.update(consumer.health())
