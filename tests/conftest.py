@@ -48,6 +48,8 @@ import pytest
 
 from replicant.cluster import Installation, LocalCluster, find_installations
 
+from .helpers import Background
+
 # How long teardown keeps trying to drop a slot that is still active: the
 # walsender holding it needs a moment to exit after its client goes away.
 _DROP_TIMEOUT = 15.0
@@ -438,3 +440,18 @@ def wal2json_db(installation: Installation, request: pytest.FixtureRequest) -> D
         pytest.skip(f"PostgreSQL {installation.version} lacks wal2json")
     database: Database = request.getfixturevalue("db")
     return database
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., Background]]:
+    """Start ``python -m replicant ARGS`` in the background; each is killed at the end."""
+    started: list[Background] = []
+
+    def start(*args: str, read_stdout: bool = True) -> Background:
+        process = Background(*args, read_stdout=read_stdout)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

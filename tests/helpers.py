@@ -30,6 +30,7 @@ from replicant.protocol import XLogData
 
 __all__ = [
     "ROOT",
+    "Background",
     "Recorder",
     "assert_no_threads_left",
     "cli_env",
@@ -219,3 +220,46 @@ def drain_slot(dsn: str, slot: str, commits: int) -> list[list[Any]]:
                     seen += frame.data[:1] == b"C"
         stream.stop()
     return frames
+
+
+class Background:
+    """``python -m replicant ARGS`` in the background; stderr collected, stdout as asked."""
+
+    def __init__(self, *args: str, read_stdout: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "replicant", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        streams = [(self.proc.stderr, self.stderr)]
+        if read_stdout:
+            streams.append((self.proc.stdout, self.stdout))
+        self._threads = [
+            threading.Thread(target=self._collect, args=pair, daemon=True) for pair in streams
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _collect(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

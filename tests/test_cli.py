@@ -7,10 +7,8 @@ import json
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,63 +19,7 @@ from replicant.cluster import LocalCluster
 from replicant.formatting import human_bytes
 
 from .conftest import Database
-from .helpers import ROOT, cli_env, run_cli, wait_for
-
-
-class Background:
-    """``python -m replicant ARGS`` running in the background, stdout and stderr collected."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replicant", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._collect, args=(self.proc.stdout, self.stdout)),
-            threading.Thread(target=self._collect, args=(self.proc.stderr, self.stderr)),
-        ]
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
-
-    @staticmethod
-    def _collect(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout)
-        for thread in self._threads:
-            thread.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def background() -> Iterator[Callable[..., Background]]:
-    started: list[Background] = []
-
-    def start(*args: str) -> Background:
-        process = Background(*args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+from .helpers import Background, run_cli, wait_for
 
 
 def current_lsn(db: Database) -> str:

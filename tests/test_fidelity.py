@@ -26,121 +26,12 @@ from replicant.values import OID, BinaryValue
 
 from .conftest import Database, DatabaseFactory
 from .helpers import run_cli
-
-# (SQL type, SQL literal): a value of every built-in type, with the edge cases.
-VALUES: list[tuple[str, str]] = [
-    ("int2", "-32768"),
-    ("int4", "2147483647"),
-    ("int8", "-9223372036854775808"),
-    ("oid", "4294967295"),
-    ("numeric", "'12.50'"),
-    ("numeric", "'NaN'"),
-    ("numeric", "'-0.0000000500'"),
-    ("numeric", "9e1000 + 1"),
-    ("numeric", "'1e-20'"),
-    ("float4", "1004.3"),
-    ("float4", "'NaN'"),
-    ("float4", "'-Infinity'"),
-    ("float8", "0.1"),
-    ("float8", "'NaN'"),
-    ("float8", "'Infinity'"),
-    ("float8", "1e-308"),
-    ("text", "'héllo \"q\" \\ ☃'"),
-    ("varchar(5)", "'ab'"),
-    ("bpchar(4)", "'ab'"),
-    ("name", "'a name'"),
-    ('"char"', "'x'"),
-    ("bytea", "'\\x00ff10'"),
-    ("bool", "true"),
-    ("date", "'2024-02-29'"),
-    ("date", "'0044-03-15 BC'"),
-    ("date", "'10000-01-01'"),
-    ("date", "'infinity'"),
-    ("date", "'-infinity'"),
-    ("time", "'23:59:59.999999'"),
-    ("time", "'24:00:00'"),
-    ("timetz", "'12:34:56.5+05:30'"),
-    ("timestamp", "'2024-01-01 00:00:00.000001'"),
-    ("timestamp", "'10000-01-01 00:00:00'"),
-    ("timestamp", "'0044-03-15 12:00:00 BC'"),
-    ("timestamp", "'infinity'"),
-    ("timestamptz", "'2024-01-01 12:00+03'"),
-    ("timestamptz", "'0044-03-15 12:00:00+00 BC'"),
-    ("timestamptz", "'10000-01-01 00:00:00+00'"),
-    ("timestamptz", "'-infinity'"),
-    ("interval", "'1 mon'"),
-    ("interval", "'1 year 2 mons -3 days 04:05:06.5'"),
-    ("interval", "'-1 years -2 mons +3 days -04:05:06'"),
-    ("interval", "'178000000 years'"),
-    ("interval", "'2 days 1000000000:00:00'"),
-    ("json", '\'{"a": 1, "a": 2}\''),
-    ("json", "'null'"),
-    ("jsonb", "'null'"),
-    ("jsonb", '\'{"n": 1.000000000000000000001, "s": "é"}\''),
-    ("uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
-    ("inet", "'10.1.2.3/8'"),
-    ("cidr", "'2001:db8::/32'"),
-    ("macaddr", "'08:00:2b:01:02:03'"),
-    ("money", "'12.34'"),
-    ("bit(4)", "B'1010'"),
-    ("varbit", "B'101'"),
-    ("int4[]", "'{1,NULL,3}'"),
-    ("int4[]", "'[0:2][0:2]={{1,2,3},{4,5,6},{7,8,9}}'"),
-    ("int4[]", "'[0:4]={1,2,3,4,5}'"),
-    ("text[]", '\'{a,"b c",NULL,"NULL","\\\\"}\''),
-    ("numeric[]", "'{1.50,NaN,NULL}'"),
-    ("date[]", "'{2024-01-02,\"0044-03-15 BC\",infinity}'"),
-    ("timestamptz[]", "'{\"2024-01-02 03:04:05+00\",-infinity}'"),
-    ("interval[]", '\'{"1 mon","178000000 years"}\''),
-    ("time[]", "'{24:00:00,12:00:00}'"),
-    ("timetz[]", "'{24:00:00+02,12:00:00-05:30}'"),
-    ("jsonb[]", "ARRAY['null'::jsonb, NULL, '{\"a\": [1]}']"),
-    ("bytea[]", "'{\"\\\\x00ff\",NULL}'"),
-    ("int4range", "'[1,10)'"),
-    ("int8range", "'empty'"),
-    ("numrange", "'(1.50,)'"),
-    ("daterange", "'[2024-01-01,infinity)'"),
-    ("tsrange", "'[2024-01-01 00:00,2024-01-02 12:00:00.5)'"),
-    ("tstzrange", "'(,2024-01-01 00:00+00]'"),
-    ("int4range[]", "ARRAY['[1,2)'::int4range, 'empty']"),
-    ("macaddr[]", "'{08:00:2b:01:02:03,NULL}'"),
-    ("varbit[]", "'{101,\"\"}'"),
-    ("mood", "'happy'"),
-    ("positive", "5"),
-    ("pair", "ROW(1, 'a b')"),
-]
-MULTIRANGES: list[tuple[str, str]] = [
-    ("int4multirange", "'{[1,3),[5,7)}'"),
-    ("datemultirange", "'{}'"),
-    ("tstzmultirange", "'{[2024-01-01 00:00+00,2024-01-02 00:00+00)}'"),
-    ("int4multirange[]", "ARRAY['{[1,3),[5,7)}'::int4multirange, '{}', NULL]"),
-]
-
-
-def _server(db: Database) -> int:
-    return int(db.query("SHOW server_version_num")[0][0])
-
-
-def _samples(db: Database) -> list[tuple[str, str]]:
-    return VALUES + (MULTIRANGES if _server(db) >= 140000 else [])
-
-
-def _create_all_types(db: Database, samples: list[tuple[str, str]]) -> None:
-    db.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-    db.execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)")
-    db.execute("CREATE TYPE pair AS (a int, b text)")
-    columns = ", ".join(f"c{i} {sql_type}" for i, (sql_type, _) in enumerate(samples))
-    db.execute(f"CREATE TABLE everything (id int PRIMARY KEY, {columns})")
-    db.execute("ALTER TABLE everything REPLICA IDENTITY FULL")
-    db.execute("CREATE PUBLICATION pub FOR TABLE everything")
-
-
-def _insert_all_types(db: Database, samples: list[tuple[str, str]]) -> None:
-    names = ", ".join(f"c{i}" for i in range(len(samples)))
-    literals = ", ".join(f"({literal})::{sql_type}" for sql_type, literal in samples)
-    db.execute(f"INSERT INTO everything (id, {names}) VALUES (1, {literals})")
-    db.execute("INSERT INTO everything (id) VALUES (2)")  # every column NULL
-
+from .type_samples import (
+    all_samples,
+    create_all_types,
+    insert_all_types,
+    server_version,
+)
 
 # --- reading the JSON form back -------------------------------------------------------
 
@@ -208,16 +99,16 @@ _WAL2JSON_NULLS = {"'NaN'", "'-Infinity'", "'Infinity'"}
 
 @pytest.mark.parametrize("mode", ["text", "binary", "wal2json"])
 def test_the_json_form_round_trips_through_the_server(db: Database, mode: str) -> None:
-    server = _server(db)
+    server = server_version(db)
     if mode == "binary" and server < 140000:
         pytest.skip("pgoutput binary mode needs PostgreSQL 14")
     if mode == "wal2json" and not db.cluster.has_plugin("wal2json"):
         pytest.skip("no wal2json on this server")
-    samples = _samples(db)
-    _create_all_types(db, samples)
+    samples = all_samples(db)
+    create_all_types(db, samples)
     plugin = "wal2json" if mode == "wal2json" else "pgoutput"
     db.execute("SELECT pg_create_logical_replication_slot('rt', %s)", plugin)
-    _insert_all_types(db, samples)
+    insert_all_types(db, samples)
     args = ["--plugin", plugin] if mode == "wal2json" else ["--publication", "pub"]
     if mode == "binary":
         args += ["-o", "binary=true"]
@@ -311,11 +202,11 @@ def _inserts_up_to_now(
 
 def _styled_values(db: Database, mode: str) -> list[Any]:
     """The Python values of STYLED and of every built-in type's sample, streamed in ``mode``."""
-    samples = STYLED + _samples(db)
-    _create_all_types(db, samples)
+    samples = STYLED + all_samples(db)
+    create_all_types(db, samples)
     plugin = "wal2json" if mode == "wal2json" else "pgoutput"
     db.execute("SELECT pg_create_logical_replication_slot('styled', %s)", plugin)
-    _insert_all_types(db, samples)
+    insert_all_types(db, samples)
     got = _inserts_up_to_now(db, "styled", mode)
     assert len(got) == 2
     row = got[0].new
@@ -362,7 +253,7 @@ def test_odd_server_settings_give_the_same_values(
     ]
     expected = _styled_values(db, mode)
     got = _styled_values(odd, mode)
-    samples = STYLED + _samples(db)
+    samples = STYLED + all_samples(db)
     wrong = []
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         if samples[i][0] == "timestamptz" and e is not None:
@@ -402,7 +293,7 @@ def _far_values(db: Database, first_id: int) -> None:
 def test_values_past_python_do_not_stop_the_stream_and_restart_resumes(
     db: Database, mode: str
 ) -> None:
-    if mode == "binary" and _server(db) < 140000:
+    if mode == "binary" and server_version(db) < 140000:
         pytest.skip("pgoutput binary mode needs PostgreSQL 14")
     if mode == "wal2json" and not db.cluster.has_plugin("wal2json"):
         pytest.skip("no wal2json on this server")

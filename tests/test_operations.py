@@ -56,60 +56,6 @@ def replicant(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-class Background:
-    """``python -m replicant ARGS`` in the background; stderr collected, stdout as asked."""
-
-    def __init__(self, *args: str, read_stdout: bool = True) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replicant", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        streams = [(self.proc.stderr, self.stderr)]
-        if read_stdout:
-            streams.append((self.proc.stdout, self.stdout))
-        self._threads = [
-            threading.Thread(target=self._collect, args=pair, daemon=True) for pair in streams
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _collect(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line)
-
-    def wait(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout)
-        for thread in self._threads:
-            thread.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def background() -> Iterator[Any]:
-    started: list[Background] = []
-
-    def start(*args: str, read_stdout: bool = True) -> Background:
-        process = Background(*args, read_stdout=read_stdout)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-
-
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -273,9 +219,7 @@ def test_cli_first_connection_failure(background: Any) -> None:
     stream = background(
         "stream", DEAD, "--slot", "s", "--publication", "p", "--retry-first-connect",
     )  # fmt: skip
-    wait_for(
-        lambda: sum("reconnecting" in line for line in stream.stderr) >= 2, what="two retries"
-    )
+    wait_for(lambda: sum("reconnecting" in line for line in stream.stderr) >= 2, what="two retries")
     stream.proc.send_signal(signal.SIGINT)
     assert stream.wait() == 130
     assert all(line.startswith("replicant") for line in stream.stderr), stream.stderr
@@ -453,8 +397,7 @@ def test_health_figures_match_the_server(shop: Database) -> None:
         reader.start()
         for batch in range(8):
             shop.execute(
-                "INSERT INTO items SELECT g, repeat('x', 200)"
-                " FROM generate_series(%s, %s) g",
+                "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(%s, %s) g",
                 batch * 2000 + 1,
                 batch * 2000 + 2000,
             )
@@ -468,8 +411,10 @@ def test_health_figures_match_the_server(shop: Database) -> None:
         before = slot_lag(shop, "lag")
         asked = time.monotonic()
         wait_for(
-            lambda: (age := consumer.health().slot_read_age) is not None
-            and age < time.monotonic() - asked,
+            lambda: (
+                (age := consumer.health().slot_read_age) is not None
+                and age < time.monotonic() - asked
+            ),
             what="a read of the server after now",
         )
         health = consumer.health()
@@ -499,8 +444,10 @@ def test_health_figures_match_the_server(shop: Database) -> None:
         assert health.transactions == 8 and health.events >= 8 * 2002
         assert health.events_per_second > 0 and health.transactions_per_second > 0
         wait_for(
-            lambda: consumer.health().seconds_behind == 0.0
-            and consumer.health().seconds_behind_received == 0.0,
+            lambda: (
+                consumer.health().seconds_behind == 0.0
+                and consumer.health().seconds_behind_received == 0.0
+            ),
             what="caught up",
         )
         wait_for(lambda: slot_lag(shop, "lag")[1] >= commits[-1].lsn, what="the last commit")
@@ -723,8 +670,11 @@ def test_backlog_progress_on_a_terminal_and_in_a_log() -> None:
             lines = out.text.splitlines()
             assert "\r" not in out.text and 2 <= len(lines) <= 4, lines  # every 10 s, and the end
             assert lines[0].startswith("backlog   0.0%")
-        assert out.text.rstrip("\n").splitlines()[-1].split("\x1b[K")[-1].startswith(
-            "backlog done: 100 MB"
+        assert (
+            out.text.rstrip("\n")
+            .splitlines()[-1]
+            .split("\x1b[K")[-1]
+            .startswith("backlog done: 100 MB")
         )
     # A small backlog is not reported at all.
     out = FakeOut()

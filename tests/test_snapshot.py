@@ -46,10 +46,8 @@ from replicant import (
 )
 
 from .conftest import Database
-from .helpers import running, wait_for
-from .test_cli import Background
-from .test_cli import replicant as run_cli
-from .test_fidelity import _create_all_types, _insert_all_types, _same, _samples
+from .helpers import Background, run_cli, running, same, wait_for
+from .type_samples import all_samples, create_all_types, insert_all_types
 
 FULL = bool(os.environ.get("REPLICANT_SNAPSHOT_FULL"))
 ROWS = 200_000 if FULL else 12_000
@@ -221,9 +219,9 @@ def test_every_type_reads_the_same_from_a_snapshot_as_from_an_insert(
 ) -> None:
     if mode == "binary" and _version(db) < 140000:
         pytest.skip("pgoutput binary needs PostgreSQL 14")
-    samples = _samples(db)
-    _create_all_types(db, samples)
-    _insert_all_types(db, samples)
+    samples = all_samples(db)
+    create_all_types(db, samples)
+    insert_all_types(db, samples)
     mirror = Mirror()
     consumer = Consumer(
         db.dsn,
@@ -252,7 +250,7 @@ def test_every_type_reads_the_same_from_a_snapshot_as_from_an_insert(
             if name == "id":
                 continue
             assert read.new.raw(name) == insert.new.raw(name), name
-            assert _same(read.new[name], insert.new[name]), (name, read.new[name])
+            assert same(read.new[name], insert.new[name]), (name, read.new[name])
         got, want = read.new.to_dict(), insert.new.to_dict()
         got.pop("id"), want.pop("id")
         assert got == want
