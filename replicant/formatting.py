@@ -12,7 +12,8 @@ faster, for the sinks: it lays out row events, Begin and Commit without the
 generic ``to_dict()`` machinery and encodes with ``msgspec`` when it is
 installed (the ``fast`` extra) and replicant is not running in pure Python
 (``REPLICANT_PURE_PYTHON``); otherwise with a prepared standard-library
-encoder. The tests hold the two to the same bytes on every value type.
+encoder (``JSON_ENCODER`` says which: ``"msgspec"`` or ``"json"``). The
+tests hold the two to the same bytes on every value type.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from replicant.changes import (
 from replicant.errors import ReplicantError
 from replicant.lsn import LSN
 
-__all__ = ["JSON_ENCODER", "format_json", "format_text", "human_bytes", "json_line"]
+__all__ = ["format_json", "format_text", "human_bytes", "json_line"]
 
 
 def format_json(event: Event) -> str:
