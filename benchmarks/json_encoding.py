@@ -21,8 +21,8 @@ callback reads them), then times, per event:
 
 Times are the best of ``--repeat`` rounds (the machine is shared: the best
 round is the least disturbed). With ``--instructions`` it also counts, with
-valgrind's callgrind, the instructions ``json_line`` costs per event, a
-figure that does not move with the machine's load.
+valgrind's callgrind, the instructions ``format_json`` and ``json_line``
+cost per Insert, figures that do not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -106,11 +106,13 @@ def encoders() -> dict[str, Callable[[Any], Any]]:
     return found
 
 
-def instructions(count: int) -> int:
-    """Instructions per event of json_line, from two callgrind runs (with and without it)."""
+def instructions(count: int, encoder: str = "json_line") -> int:
+    """Instructions per event of ``encoder``, from two callgrind runs (with and without it)."""
     counts = []
     for encode in (False, True):
-        argv = [sys.executable, __file__, "--work", str(count)] + (["--encode"] if encode else [])
+        argv = [sys.executable, __file__, "--work", str(count)]
+        if encode:
+            argv += ["--encode", encoder]
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
             capture_output=True,
@@ -130,15 +132,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--instructions", action="store_true", help="also count (valgrind)")
     parser.add_argument("--work", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--encode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--encode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.work is not None:
-        from replicant.formatting import json_line
-
         made = events(args.work)
         if args.encode:
+            encode = encoders()[args.encode]
             for event in made:
-                json_line(event)
+                encode(event)
         return
     from replicant import _accel, formatting
 
@@ -161,8 +162,9 @@ def main() -> None:
     if args.instructions:
         if shutil.which("valgrind") is None:
             raise SystemExit("valgrind is needed (Debian: apt-get install valgrind)")
-        count = instructions(min(args.events, 20000))
-        print(f"json_line: {count:,} instructions per Insert (callgrind)")
+        for name in ("format_json", "json_line"):
+            count = instructions(min(args.events, 20000), name)
+            print(f"{name}: {count:,} instructions per Insert (callgrind)")
     verdict = "met" if results["json_line"] <= TARGET_US else "MISSED"
     print(
         f"json_line {results['json_line']:.2f} µs per Insert (target ≤ {TARGET_US:g}): {verdict}"
