@@ -7,6 +7,8 @@
  *   float4_bin  the compiled twin of values.py's _float4_bin_python: a
  *               binary float4 as the shortest decimal that reads back as
  *               the same float32, found the same way.
+ *   isoformat   datetime.isoformat() of a datetime, for the JSON form
+ *               (formatting.py): the same text without PyUnicode_FromFormat.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -15,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <structmember.h> /* PyMemberDef, T_OBJECT_EX (3.10 and 3.11) */
+#include <datetime.h>
 
 #include "_speedups.h"
 
@@ -255,7 +258,83 @@ float4_bin(PyObject *module, PyObject *data)
     return PyFloat_FromDouble(found[high]);
 }
 
+PyDoc_STRVAR(isoformat_doc,
+"isoformat(value)\n"
+"--\n\n"
+"``value.isoformat()`` for a datetime, written directly; anything unusual\n"
+"(a subclass, an offset that is not a timedelta within a day) is left to\n"
+"``value.isoformat()`` itself.");
+
+static PyObject *
+isoformat(PyObject *module, PyObject *value)
+{
+    if (!PyDateTime_CheckExact(value)) {
+        return PyObject_CallMethod(value, "isoformat", NULL);
+    }
+    char text[80];
+    int n = snprintf(text, 40, "%04d-%02d-%02dT%02d:%02d:%02d", PyDateTime_GET_YEAR(value),
+                     PyDateTime_GET_MONTH(value), PyDateTime_GET_DAY(value),
+                     PyDateTime_DATE_GET_HOUR(value), PyDateTime_DATE_GET_MINUTE(value),
+                     PyDateTime_DATE_GET_SECOND(value));
+    int micros = PyDateTime_DATE_GET_MICROSECOND(value);
+    if (micros) {
+        n += snprintf(text + n, 10, ".%06d", micros);
+    }
+    PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
+    if (zone != Py_None) {
+        if (zone == PyDateTime_TimeZone_UTC) {
+            memcpy(text + n, "+00:00", 6);
+            n += 6;
+        }
+        else {
+            PyObject *offset = PyObject_CallMethod(zone, "utcoffset", "O", value);
+            if (offset == NULL) {
+                return NULL;
+            }
+            if (offset != Py_None) {
+                if (!PyDelta_CheckExact(offset)) {
+                    Py_DECREF(offset);
+                    return PyObject_CallMethod(value, "isoformat", NULL);
+                }
+                long long total = ((long long)PyDateTime_DELTA_GET_DAYS(offset) * 86400
+                                   + PyDateTime_DELTA_GET_SECONDS(offset))
+                                      * 1000000LL
+                                  + PyDateTime_DELTA_GET_MICROSECONDS(offset);
+                Py_DECREF(offset);
+                if (total <= -86400000000LL || total >= 86400000000LL) {
+                    return PyObject_CallMethod(value, "isoformat", NULL); /* it raises */
+                }
+                char sign = '+';
+                if (total < 0) {
+                    sign = '-';
+                    total = -total;
+                }
+                int us = (int)(total % 1000000);
+                int seconds = (int)(total / 1000000);
+                int hours = seconds / 3600, minutes = seconds / 60 % 60;
+                seconds %= 60;
+                if (us) {
+                    n += snprintf(text + n, 24, "%c%02d:%02d:%02d.%06d", sign, hours, minutes,
+                                  seconds, us);
+                }
+                else if (seconds) {
+                    n += snprintf(text + n, 24, "%c%02d:%02d:%02d", sign, hours, minutes,
+                                  seconds);
+                }
+                else {
+                    n += snprintf(text + n, 24, "%c%02d:%02d", sign, hours, minutes);
+                }
+            }
+            else {
+                Py_DECREF(offset);
+            }
+        }
+    }
+    return PyUnicode_DecodeASCII(text, n, NULL);
+}
+
 static PyMethodDef values_methods[] = {
+    {"isoformat", (PyCFunction)isoformat, METH_O, isoformat_doc},
     {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},
     {"float4_bin", (PyCFunction)float4_bin, METH_O, float4_bin_doc},
     {NULL, NULL, 0, NULL},
@@ -264,6 +343,10 @@ static PyMethodDef values_methods[] = {
 int
 replicant_values_exec(PyObject *module)
 {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) {
+        return -1;
+    }
     if (PyType_Ready(&FromTextType) < 0) {
         return -1;
     }

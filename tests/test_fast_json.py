@@ -424,3 +424,48 @@ def test_wal2json_parsed_by_msgspec_gives_the_same_events() -> None:
         with pytest.raises(DecodeError) as fast_error:
             make_decoder("wal2json").decode(bad, 1, 1)
         assert "wal2json" in str(fast_error.value)
+
+
+# --- datetimes --------------------------------------------------------------------------------
+
+
+class _DayLong(dt.tzinfo):
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(days=1)  # out of range: isoformat() raises ValueError
+
+
+class _NoOffset(dt.tzinfo):
+    def utcoffset(self, when: dt.datetime | None) -> None:
+        return None
+
+
+_zones = st.none() | st.timezones() | st.builds(
+    dt.timezone,
+    st.timedeltas(
+        min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
+    ),
+)
+
+
+@pytest.mark.skipif(_accel.compiled is None, reason="the compiled module is not in use")
+@settings(max_examples=1500, deadline=None)
+@given(st.datetimes(timezones=_zones))
+def test_compiled_isoformat_is_the_method(value: dt.datetime) -> None:
+    assert _accel.compiled is not None
+    assert _accel.compiled.isoformat(value) == value.isoformat()
+
+
+@pytest.mark.skipif(_accel.compiled is None, reason="the compiled module is not in use")
+def test_compiled_isoformat_of_odd_zones_is_the_methods() -> None:
+    assert _accel.compiled is not None
+    iso = _accel.compiled.isoformat
+    assert iso(dt.datetime(2020, 1, 1, tzinfo=_NoOffset())) == "2020-01-01T00:00:00"
+    with pytest.raises(ValueError):
+        iso(dt.datetime(2020, 1, 1, tzinfo=_DayLong()))
+
+    class Later(dt.datetime):
+        def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+            return "later"
+
+    assert iso(Later(2020, 1, 1)) == "later"
+    assert iso(dt.datetime(1, 1, 1, 0, 0, 0, 1)) == "0001-01-01T00:00:00.000001"
