@@ -31,6 +31,13 @@ Contenders:
     :class:`replicant.Consumer` with ``decode_values=True`` and a callback
     that reads every value of every row (``row[name]`` for each column) and
     returns ``event.lsn``.
+``cli``
+    The ``replicant stream`` command, run in this process as
+    ``replicant.cli.main([...])``: ``--end LSN -f FILE`` (JSON Lines, every
+    value decoded, fsynced every 10 s and at the end) or, with
+    ``"fsync_interval": 0`` in the arguments, ``-F 0`` (acknowledged once
+    written, never fsynced). ``events`` is the number of lines written
+    (counted after ``done``).
 
 With ``BENCH_CPROFILE=<file>`` in the environment every thread the client
 starts runs under cProfile, and the merged statistics go to that file.
@@ -175,10 +182,50 @@ def run_replicant(args: dict[str, Any], *, decode: bool) -> dict[str, Any]:
     return result
 
 
+def run_cli(args: dict[str, Any]) -> dict[str, Any]:
+    from replicant.cli import main as replicant_main
+
+    path = args["file"]
+    argv = [
+        "stream",
+        args["dsn"],
+        "--slot",
+        args["slot"],
+        "--plugin",
+        args["plugin"],
+        "--end",
+        str(LSN(args["end_lsn"])),
+        "-f",
+        path,
+        "-F",
+        str(args.get("fsync_interval", 10)),
+    ]
+    if args.get("publication"):
+        argv += ["--publication", args["publication"]]
+    for name, value in args["options"].items():
+        if name == "publication_names":
+            continue  # --publication says it
+        argv += ["-o", f"{name}={value}"]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    result: dict[str, Any] = _ready()
+    code = replicant_main(argv)
+    result["done"] = time.monotonic()
+    if code != 0:
+        raise SystemExit(f"replicant stream exited with {code}")
+    with open(path, "rb") as written:
+        chunks = iter(lambda: written.read(1 << 20), b"")
+        result["events"] = sum(chunk.count(b"\n") for chunk in chunks)
+    if not args.get("keep_file"):
+        os.unlink(path)
+    return result
+
+
 CONTENDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "psycopg2": run_psycopg2,
     "replicant-raw": lambda args: run_replicant(args, decode=False),
     "replicant": lambda args: run_replicant(args, decode=True),
+    "cli": run_cli,
 }
 
 

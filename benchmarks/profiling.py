@@ -88,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="insert", choices=sorted(bench.WORKLOADS))
     parser.add_argument(
-        "--contender", default="replicant", choices=["replicant", "replicant-raw", "psycopg2"]
+        "--contender",
+        default="replicant",
+        choices=["replicant", "replicant-raw", "psycopg2", "cli"],
+        help="cli: the replicant stream command, writing JSON Lines to a file",
     )
     parser.add_argument(
         "--tool",
@@ -128,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "plugin": workload.plugin,
                     "publication": bench.PUBLICATION if workload.plugin == "pgoutput" else None,
                     "options": options,
+                    # the command's output (clients.py removes it afterwards)
+                    "file": str(args.out / "stream.jsonl"),
                 }
             )
             env = dict(os.environ)

@@ -32,6 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,7 +51,20 @@ from replicant.decoders import make_decoder
 from replicant.lsn import LSN
 
 HERE = Path(__file__).resolve().parent
-CONTENDERS = ("pg_recvlogical", "psycopg2", "replicant-raw", "replicant")
+CONTENDERS = (
+    "pg_recvlogical",
+    "psycopg2",
+    "replicant-raw",
+    "replicant",
+    "stream",
+    "stream-F0",
+)
+# The command-line contenders: clients.py's "cli" client with its arguments.
+COMMANDS: dict[str, dict[str, Any]] = {
+    "stream": {"fsync_interval": 10},  # the default: fsynced every 10 s and at the end
+    "stream-F0": {"fsync_interval": 0},  # -F 0: acknowledged once written, never fsynced
+}
+OUTPUT = Path(tempfile.gettempdir()) / f"replicant-bench-{os.getpid()}.jsonl"
 PUBLICATION = "bench"
 PGOUTPUT_PROTO = 1  # as in DESIGN.md's budget; every contender asks for the same
 
@@ -371,6 +385,10 @@ def run_python(
     timeout: float,
     **more: Any,
 ) -> Sample:
+    client = contender
+    if contender in COMMANDS:
+        client = "cli"
+        more = {"file": str(OUTPUT), **COMMANDS[contender], **more}
     arguments = {
         "dsn": server.dsn,
         "slot": slot,
@@ -380,7 +398,7 @@ def run_python(
         "options": options,
         **more,
     }
-    proc = start_python_client(contender, arguments)
+    proc = start_python_client(client, arguments)
     return finish_python_client(contender, proc, run, timeout)
 
 
@@ -392,6 +410,7 @@ class WorkloadResult:
     key: str
     title: str
     messages: int  # XLogData messages in the stream (what psycopg2 counts)
+    rows: int  # row events (inserted or updated rows)
     write_seconds: float
     samples: list[Sample]
 
@@ -446,7 +465,8 @@ def bench_workload(
     if len(counts) > 1:
         log(f"  WARNING: the contenders received different numbers of messages: {counts}")
     messages = max((c for c in counts if c is not None), default=0)
-    return WorkloadResult(workload.key, title, messages, write_seconds, samples)
+    rows = _count(_SIZES[workload.key], scale)
+    return WorkloadResult(workload.key, title, messages, rows, write_seconds, samples)
 
 
 # --- latency and streaming ---------------------------------------------------------------------
@@ -611,8 +631,9 @@ def workload_table(result: WorkloadResult, contenders: Sequence[str]) -> list[st
         f"{result.messages:,} messages; written by the server in {result.write_seconds:.1f} s."
         " Medians [min..max] over runs.",
         "",
-        "| contender | wall s | events/s | CPU µs/event | peak MB | wall / pg_recvlogical |",
-        "|---|---|---|---|---|---|",
+        "| contender | wall s | events/s | CPU µs/event | CPU µs/row | peak MB"
+        " | wall / pg_recvlogical |",
+        "|---|---|---|---|---|---|---|",
     ]
     baseline = {s.run: s.wall for s in result.samples if s.contender == "pg_recvlogical"}
     events = result.messages or 1
@@ -623,11 +644,12 @@ def workload_table(result: WorkloadResult, contenders: Sequence[str]) -> list[st
         walls = [s.wall for s in samples]
         rates = [events / s.wall for s in samples]
         cpus = [s.cpu / events * 1e6 for s in samples]
+        per_row = [s.cpu / result.rows * 1e6 for s in samples]
         rss = [s.rss_kb / 1024 for s in samples]
         ratios = [s.wall / baseline[s.run] for s in samples if s.run in baseline]
         lines.append(
             f"| {contender} | {_spread(walls, '.2f')} | {_spread(rates, ',.0f')}"
-            f" | {_spread(cpus, '.2f')} | {_spread(rss, '.0f')}"
+            f" | {_spread(cpus, '.2f')} | {_spread(per_row, '.2f')} | {_spread(rss, '.0f')}"
             f" | {_spread(ratios, '.3f') if ratios else '-'} |"
         )
     lines.append("")
@@ -641,6 +663,10 @@ def _ratios(result: WorkloadResult, contender: str, against: str) -> list[float]
     ]
 
 
+def _cpu_per(result: WorkloadResult, contender: str, count: int) -> list[float]:
+    return [s.cpu / (count or 1) * 1e6 for s in result.samples if s.contender == contender]
+
+
 def targets(
     results: Sequence[WorkloadResult],
     latency: Sequence[LatencyResult],
@@ -651,38 +677,43 @@ def targets(
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    for result in results:
-        if result.key == "wal2json":
-            continue
-        ratios = _ratios(result, "replicant", "pg_recvlogical")
-        cpus = [
-            s.cpu / (result.messages or 1) * 1e6
-            for s in result.samples
-            if s.contender == "replicant"
-        ]
+    def ratio_line(result: WorkloadResult, contender: str, against: str, limit: float) -> None:
+        ratios = _ratios(result, contender, against)
         if ratios:
             ratio = statistics.median(ratios)
             lines.append(
-                f"- {result.key}: replicant (decoded) wall / pg_recvlogical {ratio:.3f}"
-                f" (≤ 1.05): {verdict(ratio <= 1.05)}"
+                f"- {result.key}: {contender} wall / {against} {ratio:.3f} (≤ {limit:.2f}):"
+                f" {verdict(ratio <= limit)}"
             )
+
+    def cpu_line(result: WorkloadResult, contender: str, per: str, limit: float) -> None:
+        count = result.messages if per == "event" else result.rows
+        cpus = _cpu_per(result, contender, count)
         if cpus:
             cpu = statistics.median(cpus)
             lines.append(
-                f"- {result.key}: replicant (decoded) CPU {cpu:.2f} µs/event (≤ 4):"
-                f" {verdict(cpu <= 4.0)}"
+                f"- {result.key}: {contender} CPU {cpu:.2f} µs/{per} (≤ {limit:g}):"
+                f" {verdict(cpu <= limit)}"
             )
-        raw = _ratios(result, "replicant-raw", "psycopg2")
-        if raw:
-            ratio = statistics.median(raw)
+
+    for result in results:
+        ratio_line(result, "replicant", "pg_recvlogical", 1.0)
+        if result.key != "wal2json":
+            cpu_line(result, "replicant", "event", 4.0)
+            ratio_line(result, "replicant-raw", "psycopg2", 1.0)
+        ratio_line(result, "stream", "pg_recvlogical", 1.0)
+        cpu_line(result, "stream", "row", 4.0)
+        costs = _ratios(result, "stream-F0", "stream")
+        if costs:
             lines.append(
-                f"- {result.key}: replicant-raw wall / psycopg2 {ratio:.3f} (≤ 1.00):"
-                f" {verdict(ratio <= 1.0)}"
+                f"- {result.key}: stream -F 0 wall / stream {statistics.median(costs):.3f}"
+                " (what acknowledging every transaction once written, unfsynced, costs;"
+                " no target)"
             )
     for item in latency:
         if item.contender == "replicant":
             lines.append(
-                f"- latency: replicant p99 {item.p99_ms:.2f} ms (< 10): {verdict(item.p99_ms < 10)}"
+                f"- latency: replicant p99 {item.p99_ms:.2f} ms (< 1): {verdict(item.p99_ms < 1)}"
             )
     if streaming is not None:
         mb = streaming.rss_kb / 1024
@@ -758,7 +789,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(WORKLOADS),
         help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)",
     )
-    parser.add_argument("--runs", type=int, help="runs per contender (default 5; --quick: 1)")
+    parser.add_argument("--runs", type=int, help="runs per contender (default 3; --quick: 1)")
     parser.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
@@ -775,7 +806,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per drain at most")
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
     args = parser.parse_args(argv)
-    args.runs = args.runs or (1 if args.quick else 5)
+    args.runs = args.runs or (1 if args.quick else 3)
     args.scale = args.scale or (0.1 if args.quick else 1.0)
     args.latency_seconds = args.latency_seconds or (2.0 if args.quick else 10.0)
     args.workloads = [w for w in args.workloads.split(",") if w]

@@ -6,7 +6,7 @@
  *   _drain.c    drain                (libpq.py)
  *   _rows.c     read_row, RowCore    (decoders/pgoutput.py, changes.py)
  *   _events.c   maker                (changes.py)
- *   _values.c   from_text            (values.py)
+ *   _values.c   from_text, float4_bin (values.py), isoformat (formatting.py)
  *
  * Each function here is the exact equivalent of a pure-Python function that
  * stays the reference and the fallback when this module is not built (or
@@ -23,6 +23,10 @@
  *               event without running its dataclass __init__.
  *   from_text   values.py's _from_text_python: a text-value reader that
  *               decodes UTF-8 bytes and parses the text.
+ *   float4_bin  values.py's _float4_bin_python: a binary float4 as the
+ *               shortest decimal that reads back as the same float32.
+ *   isoformat   datetime.isoformat(), for formatting.py's JSON form: the
+ *               method stays the reference (and what pure Python runs).
  *
  * None raises for malformed input: drain hands back what it cannot parse
  * as bytes, read_row returns None, and RowCore asks the Row's own _error

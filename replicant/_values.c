@@ -1,13 +1,23 @@
 /*
- * replicant._speedups, part: from_text, the compiled twin of values.py's
- * _from_text_python: a text-value reader that decodes UTF-8 bytes and
- * parses the text (integers straight from ASCII bytes).
+ * replicant._speedups, part: values.
+ *
+ *   from_text   the compiled twin of values.py's _from_text_python: a
+ *               text-value reader that decodes UTF-8 bytes and parses the
+ *               text (integers straight from ASCII bytes).
+ *   float4_bin  the compiled twin of values.py's _float4_bin_python: a
+ *               binary float4 as the shortest decimal that reads back as
+ *               the same float32, found the same way.
+ *   isoformat   datetime.isoformat() of a datetime, for the JSON form
+ *               (formatting.py): the same text without PyUnicode_FromFormat.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 #include <structmember.h> /* PyMemberDef, T_OBJECT_EX (3.10 and 3.11) */
+#include <datetime.h>
 
 #include "_speedups.h"
 
@@ -141,14 +151,202 @@ from_text(PyObject *module, PyObject *args)
     return (PyObject *)self;
 }
 
+/* The double that `digits` significant digits of `value` read back as:
+ * float(f"{value:.{digits}g}"), with Python's own locale-independent
+ * conversions. Returns -1 with an exception set on failure. */
+static int
+rounded(double value, int digits, double *out)
+{
+    char *text = PyOS_double_to_string(value, 'g', digits, 0, NULL);
+    if (text == NULL) {
+        return -1;
+    }
+    double back = PyOS_string_to_double(text, NULL, NULL);
+    PyMem_Free(text);
+    if (back == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = back;
+    return 0;
+}
+
+/* What struct.pack(">f", candidate) == data says: the candidate rounds to
+ * the same float32 (and not past its largest value, which pack refuses). */
+static int
+same_float32(double candidate, uint32_t bits)
+{
+    float narrowed = (float)candidate;
+    if (isinf(narrowed) && !isinf(candidate)) {
+        return 0;
+    }
+    uint32_t got;
+    memcpy(&got, &narrowed, sizeof got);
+    return got == bits;
+}
+
+static PyObject *
+float4_error(Py_ssize_t size)
+{
+    PyObject *errors = PyImport_ImportModule("replicant.errors");
+    if (errors == NULL) {
+        return NULL;
+    }
+    PyObject *cls = PyObject_GetAttrString(errors, "DecodeError");
+    Py_DECREF(errors);
+    if (cls == NULL) {
+        return NULL;
+    }
+    PyObject *message = PyUnicode_FromFormat(
+        "binary float4 value has %zd bytes, expected 4", size);
+    if (message != NULL) {
+        PyErr_SetObject(cls, message);
+        Py_DECREF(message);
+    }
+    Py_DECREF(cls);
+    return NULL;
+}
+
+PyDoc_STRVAR(float4_bin_doc,
+"float4_bin(data)\n"
+"--\n\n"
+"A binary float4 (4 bytes, big-endian) as the shortest decimal that reads\n"
+"back as the same float32, as a float: values.py's _float4_bin_python.\n"
+"Raises DecodeError for another size.");
+
+static PyObject *
+float4_bin(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len != 4) {
+        Py_ssize_t size = view.len;
+        PyBuffer_Release(&view);
+        return float4_error(size);
+    }
+    const unsigned char *p = (const unsigned char *)view.buf;
+    uint32_t bits = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    PyBuffer_Release(&view);
+    float single;
+    memcpy(&single, &bits, sizeof single);
+    double value = (double)single;
+    if (!isfinite(value)) {
+        return PyFloat_FromDouble(value);
+    }
+    /* If d significant digits read back as the same float32, so do d + 1:
+     * search for the fewest (9 always do), as the Python twin does. */
+    double found[10];
+    int known[10] = {0};
+    int low = 1, high = 9;
+    while (low < high) {
+        int digits = (low + high) / 2;
+        if (rounded(value, digits, &found[digits]) < 0) {
+            return NULL;
+        }
+        known[digits] = 1;
+        if (same_float32(found[digits], bits)) {
+            high = digits;
+        }
+        else {
+            low = digits + 1;
+        }
+    }
+    if (!known[high] && rounded(value, high, &found[high]) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(found[high]);
+}
+
+PyDoc_STRVAR(isoformat_doc,
+"isoformat(value)\n"
+"--\n\n"
+"``value.isoformat()`` for a datetime, written directly; anything unusual\n"
+"(a subclass, an offset that is not a timedelta within a day) is left to\n"
+"``value.isoformat()`` itself.");
+
+static PyObject *
+isoformat(PyObject *module, PyObject *value)
+{
+    if (!PyDateTime_CheckExact(value)) {
+        return PyObject_CallMethod(value, "isoformat", NULL);
+    }
+    char text[80];
+    int n = snprintf(text, 40, "%04d-%02d-%02dT%02d:%02d:%02d", PyDateTime_GET_YEAR(value),
+                     PyDateTime_GET_MONTH(value), PyDateTime_GET_DAY(value),
+                     PyDateTime_DATE_GET_HOUR(value), PyDateTime_DATE_GET_MINUTE(value),
+                     PyDateTime_DATE_GET_SECOND(value));
+    int micros = PyDateTime_DATE_GET_MICROSECOND(value);
+    if (micros) {
+        n += snprintf(text + n, 10, ".%06d", micros);
+    }
+    PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
+    if (zone != Py_None) {
+        if (zone == PyDateTime_TimeZone_UTC) {
+            memcpy(text + n, "+00:00", 6);
+            n += 6;
+        }
+        else {
+            PyObject *offset = PyObject_CallMethod(zone, "utcoffset", "O", value);
+            if (offset == NULL) {
+                return NULL;
+            }
+            if (offset != Py_None) {
+                if (!PyDelta_CheckExact(offset)) {
+                    Py_DECREF(offset);
+                    return PyObject_CallMethod(value, "isoformat", NULL);
+                }
+                long long total = ((long long)PyDateTime_DELTA_GET_DAYS(offset) * 86400
+                                   + PyDateTime_DELTA_GET_SECONDS(offset))
+                                      * 1000000LL
+                                  + PyDateTime_DELTA_GET_MICROSECONDS(offset);
+                Py_DECREF(offset);
+                if (total <= -86400000000LL || total >= 86400000000LL) {
+                    return PyObject_CallMethod(value, "isoformat", NULL); /* it raises */
+                }
+                char sign = '+';
+                if (total < 0) {
+                    sign = '-';
+                    total = -total;
+                }
+                int us = (int)(total % 1000000);
+                int seconds = (int)(total / 1000000);
+                int hours = seconds / 3600, minutes = seconds / 60 % 60;
+                seconds %= 60;
+                if (us) {
+                    n += snprintf(text + n, 24, "%c%02d:%02d:%02d.%06d", sign, hours, minutes,
+                                  seconds, us);
+                }
+                else if (seconds) {
+                    n += snprintf(text + n, 24, "%c%02d:%02d:%02d", sign, hours, minutes,
+                                  seconds);
+                }
+                else {
+                    n += snprintf(text + n, 24, "%c%02d:%02d", sign, hours, minutes);
+                }
+            }
+            else {
+                Py_DECREF(offset);
+            }
+        }
+    }
+    return PyUnicode_DecodeASCII(text, n, NULL);
+}
+
 static PyMethodDef values_methods[] = {
+    {"isoformat", (PyCFunction)isoformat, METH_O, isoformat_doc},
     {"from_text", (PyCFunction)from_text, METH_VARARGS, from_text_doc},
+    {"float4_bin", (PyCFunction)float4_bin, METH_O, float4_bin_doc},
     {NULL, NULL, 0, NULL},
 };
 
 int
 replicant_values_exec(PyObject *module)
 {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) {
+        return -1;
+    }
     if (PyType_Ready(&FromTextType) < 0) {
         return -1;
     }

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -342,8 +341,7 @@ def run(args: argparse.Namespace) -> int:
     # every transaction end, once its lines are handed to the system. A
     # database or a broker commits (flushes) a batch every second.
     fsync = lines and path is not None and args.fsync_interval > 0
-    # Counts the events written: the lines sink formats only those it writes.
-    formatter = _Counted(format_json if args.format == "json" else format_text)
+    formatter = format_json if args.format == "json" else format_text
     options: dict[str, Any] = {}
     if lines:
         options = {"fsync": fsync, "formatter": formatter, "relations": args.relations}
@@ -356,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     except ReplicantError as error:  # a sink that cannot be made or reached
         raise CommandError(str(error)) from None
     if not lines:
-        sink = _CountedSink(sink, formatter)
+        sink = _CountedSink(sink)
     interval = (args.fsync_interval if fsync else 0) if lines else 1.0
     writer = SinkWriter(sink, flush_interval=interval)
     if args.resnapshot:
@@ -440,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
             _drop_at_exit(args, dsn, params, consumer)
             return quiet_broken_pipe()
         raise CommandError(f"writing the output failed: {explain(broken)}")
-    summary = _summary(consumer, formatter.count, time.monotonic() - started)
+    summary = _summary(consumer, _written(writer.sink), time.monotonic() - started)
     if signals.stop_signal is not None:
         name = "interrupted" if signals.stop_signal == signal.SIGINT else "terminated"
         print(f"{PROG}: {name}; {summary}", file=sys.stderr)
@@ -532,35 +530,28 @@ def _drop_at_exit(
         print(f"{PROG}: dropped slot {args.slot}", file=sys.stderr)
 
 
-class _Counted:
-    """A formatter that counts the lines it formats (the events written)."""
-
-    def __init__(self, formatter: Callable[[Event], str]) -> None:
-        self._formatter = formatter
-        self.count = 0
-
-    def __call__(self, event: Event) -> str:
-        self.count += 1
-        return self._formatter(event)
-
-
 class _CountedSink:
     """A sink passing every event on, counting those the JSON Lines output would write."""
 
-    def __init__(self, sink: Sink, counter: _Counted) -> None:
+    def __init__(self, sink: Sink) -> None:
         self._sink = sink
-        self._counter = counter
+        self.lines = 0
 
     def write(self, event: Event) -> None:
         self._sink.write(event)
         if type(event) is not Relation:
-            self._counter.count += 1
+            self.lines += 1
 
     def flush(self) -> LSN | None:
         return self._sink.flush()
 
     def close(self) -> None:
         self._sink.close()
+
+
+def _written(sink: Sink) -> int:
+    """How many events the output took (relations count only when written)."""
+    return int(getattr(sink, "lines", 0))
 
 
 def plural(count: int, word: str) -> str:

@@ -59,6 +59,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from replicant import _accel
 from replicant import values as _values
 from replicant.changes import (
     Begin,
@@ -120,8 +121,10 @@ def _lsn(text: Any) -> LSN:
 
 
 def _int(value: Any, what: str) -> int:
-    # Numbers are parsed as text (see _loads) so that numeric values keep
-    # every digit; the few integer fields are converted here.
+    # Numbers are parsed as text by the standard library (see _loads), as
+    # int by msgspec; the few integer fields are converted here.
+    if type(value) is int:
+        return value
     if isinstance(value, str):
         try:
             return int(value)
@@ -130,11 +133,53 @@ def _int(value: Any, what: str) -> int:
     raise DecodeError(f"wal2json {what} is not an integer: {value!r}")
 
 
+_KINDS: dict[str, str] = {"I": "insert", "U": "update", "D": "delete"}
+
 _STRAY_COMMA = re.compile(rb'(\{\s*"change":\s*\[)\s*,')
 
 # Numbers are kept as their text so numeric values keep every digit; the
 # column's type decides what they become.
 _PARSE = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str).raw_decode
+
+
+def _fast_parser() -> Callable[[bytes], Any] | None:
+    """msgspec's parser keeping fractions and exponents as text, if installed and compiled.
+
+    Integers come as int (made text again for values: see _values_of);
+    ``-0`` would too, losing its sign, so documents holding one go the
+    standard library's way. Pure-Python mode uses the standard library.
+    """
+    if _accel.compiled is None:
+        return None
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(float_hook=str).decode
+    return decode
+
+
+_FAST_PARSE = _fast_parser()
+# A number -0 (float8out writes one for negative zero): before a separator.
+_NEGATIVE_ZERO = re.compile(rb"-0[\s,\]}]")
+
+
+def _values_of(items: list[Any]) -> list[Any]:
+    """Column values as the standard library parses them: integers as their text."""
+    for value in items:
+        if type(value) is int:
+            return [str(v) if type(v) is int else v for v in items]
+    return items
+
+
+def _loads_fast(document: bytes) -> Any:
+    """What _loads gives, with msgspec where it parses the same; the rest as _loads does."""
+    if _FAST_PARSE is not None and not _NEGATIVE_ZERO.search(document):
+        try:
+            return _FAST_PARSE(document)
+        except Exception:  # msgspec's errors: the standard library decides what is wrong
+            pass
+    return _loads(document)
 
 
 def _loads(document: bytes) -> Any:
@@ -274,7 +319,7 @@ class Wal2JsonDecoder:
             # wal2json (2.5) puts a comma before a non-transactional message
             # written while a transaction with changes is being decoded.
             data = _STRAY_COMMA.sub(rb"\1", data, count=1)
-        document = _obj(_loads(data), "document")
+        document = _obj(_loads_fast(data), "document")
         try:
             if self.format_version == 1:
                 return self._document(document, wal_start)
@@ -458,7 +503,7 @@ class Wal2JsonDecoder:
             new = (
                 _list(change["columnnames"], "columnnames"),
                 _list(change.get("columntypeoids", []), "columntypeoids"),
-                _list(change["columnvalues"], "columnvalues"),
+                _values_of(_list(change["columnvalues"], "columnvalues")),
             )
             if not new[1]:
                 new = (new[0], [0] * len(new[0]), new[2])
@@ -468,7 +513,7 @@ class Wal2JsonDecoder:
             old = (
                 _list(keys["keynames"], "keynames"),
                 _list(keys.get("keytypeoids", []), "keytypeoids"),
-                _list(keys["keyvalues"], "keyvalues"),
+                _values_of(_list(keys["keyvalues"], "keyvalues")),
             )
             if not old[1]:
                 old = (old[0], [0] * len(old[0]), old[2])
@@ -484,14 +529,16 @@ class Wal2JsonDecoder:
 
     def _record(self, record: _Json, wal_start: int) -> list[Event]:
         action = record.get("action")
-        events: list[Event] = []
+        events: list[Event] | None = None
         if self._truncate and (action != "T" or record.get("lsn") != self._truncate[0]):
-            events.append(self._flush_truncate())
+            events = [self._flush_truncate()]
         try:
             handler = self._actions[action]
         except (KeyError, TypeError):  # TypeError: an unhashable action
             raise DecodeError(f"unknown wal2json action {action!r}") from None
         event = handler(record, wal_start)
+        if events is None:
+            return [] if event is None else [event]
         if event is not None:
             events.append(event)
         return events
@@ -539,11 +586,17 @@ class Wal2JsonDecoder:
     def _columns(items: Any, what: str) -> tuple[list[Any], list[Any], list[Any]]:
         # A non-list or a non-object item raises TypeError, reported by decode().
         columns = _list(items, what)
-        return (
-            [c["name"] for c in columns],
-            [c.get("typeoid", "0") for c in columns],
-            [c.get("value") for c in columns],
-        )
+        names: list[Any] = []
+        oids: list[Any] = []
+        values: list[Any] = []
+        add_name, add_oid, add_value = names.append, oids.append, values.append
+        for c in columns:
+            add_name(c["name"])
+            add_oid(c.get("typeoid", "0"))
+            value = c.get("value")
+            # msgspec's integers as the standard library's text (see _values_of)
+            add_value(str(value) if type(value) is int else value)
+        return names, oids, values
 
     def _row_v2(self, record: _Json, action: str, wal_start: int) -> Event:
         lsn = _lsn(record["lsn"]) if "lsn" in record else self._change_lsn(wal_start)
@@ -552,7 +605,7 @@ class Wal2JsonDecoder:
         pk = None
         if "pk" in record:
             pk = [_str(_obj(c, "pk")["name"], "pk name") for c in _list(record["pk"], "pk")]
-        kind = {"I": "insert", "U": "update", "D": "delete"}[action]
+        kind = _KINDS[action]
         schema = _str(record.get("schema", ""), "schema")
         table = _str(record["table"], "table")
         return self._event_for(kind, lsn, self._xid_of(record), schema, table, new, old, pk)
