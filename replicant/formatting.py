@@ -58,6 +58,11 @@ def format_json(event: Event) -> str:
     ``text`` field beside its base64, so text plugins such as test_decoding
     and text messages stay readable.
     """
+    return json.dumps(_json_dict(event), ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_dict(event: Event) -> dict[str, Any]:
+    """What :func:`format_json` writes for ``event``, before encoding: the one definition."""
     data = event.to_dict()
     if isinstance(event, Read):
         data["op"] = "read"  # a snapshot row, told apart from the stream's changes
@@ -67,7 +72,7 @@ def format_json(event: Event) -> str:
     elif isinstance(event, Message):
         with contextlib.suppress(UnicodeDecodeError):
             data["text"] = event.content.decode("utf-8")
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return data
 
 
 # --- the fast JSON Lines form --------------------------------------------------------------
@@ -270,11 +275,7 @@ def _event_json(event: Event, prepare: Prepare) -> Any:
             "commit_lsn": _field(commit.commit_lsn, prepare),
             "commit_time": _field(commit.commit_time, prepare),
         }
-    data = event.to_dict()
-    if isinstance(event, RawChange):
-        with contextlib.suppress(UnicodeDecodeError):
-            data["text"] = event.data.decode("utf-8")
-    return prepare(data)
+    return prepare(_json_dict(event))
 
 
 _JSON_LINE_DOC = """``format_json(event)`` and a newline, as UTF-8: byte for byte the same, faster.

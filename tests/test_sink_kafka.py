@@ -421,7 +421,11 @@ def test_a_message_the_broker_refuses_ends_the_stream_acknowledging_what_was_del
     broker.create_topics("shop.public.items", "shop.public.notes")
     sink = KafkaSink(broker.bootstrap, "shop", producer_options={"message.max.bytes": 10000})
     writer = SinkWriter(sink, flush_interval=0.2)
-    consumer = writer.consumer(shop.dsn, slot="kafka", publication="shop_pub", status_interval=0.2)
+    # The slot must stop where the sink's deliveries stopped: no idle advance
+    # over other WAL on the shared server.
+    consumer = writer.consumer(
+        shop.dsn, slot="kafka", publication="shop_pub", status_interval=0.2, idle_advance=False
+    )
     with (
         pytest.raises(KafkaSinkError, match=r"refused a message for topic shop\.public\.items"),
         running(consumer),
@@ -618,7 +622,11 @@ def test_a_broker_killed_mid_stream_loses_nothing_acknowledged(
         flush_timeout=1,
     )
     writer = SinkWriter(sink, flush_interval=3600)  # no timed flush: the test flushes
-    consumer = writer.consumer(db.dsn, slot="kafka", publication="shop_pub", status_interval=0.2)
+    # The slot must stop where the sink's deliveries stopped: no idle advance
+    # over other WAL on the shared server.
+    consumer = writer.consumer(
+        db.dsn, slot="kafka", publication="shop_pub", status_interval=0.2, idle_advance=False
+    )
     writing = threading.Thread(target=workload)
     consumer.start()
     try:

@@ -14,9 +14,8 @@ import signal
 import sys
 import threading
 import time
-from types import FrameType
-from typing import Any
 
+from replicant._signals import StopSignals
 from replicant.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -139,28 +138,12 @@ def register(commands: Commands) -> None:
     )
 
 
-class _Signals:
+class _Signals(StopSignals):
     """Ctrl-C and SIGTERM stop the recorder gracefully; a second Ctrl-C gives up."""
 
     def __init__(self) -> None:
         self.wake = threading.Event()
-        self.stop_signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stop_signal = signum
-        self.wake.set()
+        super().__init__(lambda signum: self.wake.set())
 
 
 def run(args: argparse.Namespace) -> int:
