@@ -47,7 +47,7 @@ from replicant.values import BinaryValue, PgArray, PgValue
 
 from .conftest import Database
 from .helpers import Recorder
-from .type_samples import MULTIRANGES, VALUES
+from .type_samples import all_samples, create_all_types, insert_all_types
 
 Line = Callable[[Event], bytes]
 
@@ -93,23 +93,13 @@ def test_msgspec_is_used_when_installed_and_compiled() -> None:
 
 
 def _all_types(db: Database) -> list[tuple[str, str]]:
-    server = int(db.query("SHOW server_version_num")[0][0])
-    samples = VALUES + (MULTIRANGES if server >= 140000 else [])
-    db.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-    db.execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)")
-    db.execute("CREATE TYPE pair AS (a int, b text)")
-    columns = ", ".join(f"c{i} {sql_type}" for i, (sql_type, _) in enumerate(samples))
-    db.execute(f"CREATE TABLE everything (id int PRIMARY KEY, {columns})")
-    db.execute("ALTER TABLE everything REPLICA IDENTITY FULL")
-    db.execute("CREATE PUBLICATION pub FOR TABLE everything")
+    samples = all_samples(db)
+    create_all_types(db, samples)
     return samples
 
 
 def _write_all_types(db: Database, samples: list[tuple[str, str]]) -> None:
-    names = ", ".join(f"c{i}" for i in range(len(samples)))
-    literals = ", ".join(f"({literal})::{sql_type}" for sql_type, literal in samples)
-    db.execute(f"INSERT INTO everything (id, {names}) VALUES (1, {literals})")
-    db.execute("INSERT INTO everything (id) VALUES (2)")  # every column NULL
+    insert_all_types(db, samples)  # rows 1 (every value) and 2 (every column NULL)
     db.execute("UPDATE everything SET id = id + 10")  # old and new rows
     db.execute("DELETE FROM everything")
     db.execute("INSERT INTO everything (id, c0) VALUES (3, 1)")
@@ -181,9 +171,11 @@ _scalars = st.one_of(
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.builds(lambda items: PgArray(items, [0]), st.lists(inner, min_size=1, max_size=3))
-    | st.dictionaries(_texts, inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.builds(lambda items: PgArray(items, [0]), st.lists(inner, min_size=1, max_size=3))
+        | st.dictionaries(_texts, inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -439,11 +431,16 @@ class _NoOffset(dt.tzinfo):
         return None
 
 
-_zones = st.none() | st.timezones() | st.builds(
-    dt.timezone,
-    st.timedeltas(
-        min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
-    ),
+_zones = (
+    st.none()
+    | st.timezones()
+    | st.builds(
+        dt.timezone,
+        st.timedeltas(
+            min_value=dt.timedelta(hours=-23, minutes=-59),
+            max_value=dt.timedelta(hours=23, minutes=59),
+        ),
+    )
 )
 
 

@@ -26,34 +26,10 @@ from replicant import LSN, ConnectionLost, Consumer, ServerError, SlotError
 from replicant.cluster import Installation, LocalCluster
 
 from .conftest import Database
-from .helpers import Recorder, running, wait_for
+from .helpers import ROOT, Recorder, cli_env, running, wait_for
+from .helpers import run_cli as replicant
 
-ROOT = Path(__file__).resolve().parent.parent
 DEAD = "host=127.0.0.1 port=1 connect_timeout=2"
-
-
-# --- running the command
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    for key in [k for k in env if k.startswith("PG")]:
-        del env[key]
-    return env
-
-
-def replicant(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m replicant ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "replicant", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
