@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from replicant.changes import Begin, Delete, Event, Insert, Relation, Update
+from replicant.changes import Begin, Delete, Event, Insert, Relation, SnapshotEnd, Update
 from replicant.formatting import format_json, json_line
 from replicant.lsn import LSN
 from replicant.sinks.base import is_boundary
@@ -101,7 +101,11 @@ class JsonLinesSink:
         lsn = event.lsn
         if lsn > self._last:
             self._last = lsn
-        if self._dirty and kind not in _NOT_BOUNDARIES and is_boundary(event):
+        if self._dirty and kind not in _NOT_BOUNDARIES and (
+            is_boundary(event) or kind is SnapshotEnd
+        ):
+            # A snapshot's rows come outside any transaction: its end (of a
+            # table, of the whole) is when a reader should see them.
             self._hand_out()
 
     def _write_pending(self) -> None:
