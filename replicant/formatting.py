@@ -83,7 +83,8 @@ def _import_msgspec() -> ModuleType | None:
         import msgspec
     except ImportError:
         return None
-    return msgspec
+    module: ModuleType = msgspec  # typed even where mypy cannot see msgspec
+    return module
 
 
 _msgspec_module: Final = _import_msgspec()
