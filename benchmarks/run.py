@@ -703,6 +703,10 @@ def targets(
             ratio_line(result, "replicant-raw", "psycopg2", 1.0)
         ratio_line(result, "stream", "pg_recvlogical", 1.0)
         cpu_line(result, "stream", "row", 4.0)
+        if result.messages > 2 * result.rows:
+            # Single-row transactions: each row comes with its Begin and Commit,
+            # which the command writes as lines too.
+            cpu_line(result, "stream", "event", 4.0)
         costs = _ratios(result, "stream-F0", "stream")
         if costs:
             lines.append(

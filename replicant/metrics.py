@@ -99,9 +99,7 @@ class ConsumerCollector:
         yield counter(
             "replicant_transactions", "Transactions delivered (their ends).", health.transactions
         )
-        yield counter(
-            "replicant_received_bytes", "Bytes of change payload received.", health.bytes
-        )
+        yield counter("replicant_received_bytes", "Bytes of change payload received.", health.bytes)
         yield counter(
             "replicant_reconnects", "Reconnections after a lost connection.", health.reconnects
         )

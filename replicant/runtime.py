@@ -225,6 +225,16 @@ class Consumer:
     it returns the LSN to acknowledge (the same rules as the callback's) or
     ``None``; an exception from it ends the consumer and, unless another
     failure ended it first, comes out of ``join()``/``run()``.
+    ``on_batch_end`` is called in the reader thread after each batch of
+    events it delivered (everything the connection had ready, up to the
+    end of one read), before it waits for more: the moment to push out
+    what a callback buffers, once per batch rather than once per event or
+    transaction. It returns an LSN to acknowledge or ``None``, like the
+    callback, and an exception from it ends the stream as the callback's
+    does. It comes after every batch in which the callback was called,
+    also one cut short (by ``end_lsn``, a stop or a failure: then an
+    exception from it is logged and the batch's own goes on), and after
+    each event of a snapshot.
 
     Snapshots (the guide's "Snapshot" chapter): ``snapshot="initial"``
     creates the slot with an exported snapshot and first delivers every row
@@ -287,6 +297,7 @@ class Consumer:
         backoff_max: float = 30.0,
         receive_timeout: float | None = 60.0,
         on_stop: Callable[[], LSN | int | str | None] | None = None,
+        on_batch_end: Callable[[], LSN | int | str | None] | None = None,
         retry_first_connect: bool = False,
         health_interval: float | None = None,
         snapshot: str = "never",
@@ -317,6 +328,9 @@ class Consumer:
         self._connect_params = connect_params
         self._callback = callback
         self._on_stop = on_stop
+        if on_batch_end is not None and not callable(on_batch_end):
+            raise ConfigurationError("on_batch_end must be callable")
+        self._on_batch_end = on_batch_end
         self._create_slot = create_slot
         self._temporary = temporary
         self._publications: tuple[str, ...] = (
@@ -849,7 +863,7 @@ class Consumer:
                 self._connect_params,
                 snapshot_name=created.snapshot_name,
                 lsn=created.consistent_point,
-                deliver=self._callback,
+                deliver=self._deliver_snapshot,
                 stop=self._stop_requested,
                 tables=self._snapshot_tables,
                 publications=self._publications,
@@ -914,6 +928,7 @@ class Consumer:
         # batch as it came: server send times and keepalives, which decode() lacks.
         observe = getattr(decoder, "observe_frames", None)
         callback = self._callback
+        batch_end = self._on_batch_end
         progress = self._progress
         counters = self._counters
         stop_requested = self._stop_requested.is_set
@@ -952,6 +967,7 @@ class Consumer:
                 observe(frames)
             acked = 0
             events = nbytes = nframes = ends = 0
+            failure: BaseException | None = None
             try:
                 for frame in frames:
                     if type(frame) is XLogData:
@@ -1008,7 +1024,14 @@ class Consumer:
                         ):
                             self._reached_end(end_lsn)
                             return
+            except BaseException as error:
+                failure = error
+                raise
             finally:
+                if events and batch_end is not None:
+                    # Also after a batch cut short or failed: the callback may
+                    # hold something (a lock, a buffer) until its batch ends.
+                    acked = self._end_batch(batch_end, acked, failure)
                 if acked:
                     progress.acknowledge(acked)
                 counters.frames += nframes
@@ -1018,6 +1041,45 @@ class Consumer:
                 if pending:
                     self._forget_acknowledged()
                 sample(counters.events, counters.transactions)
+
+    def _end_batch(
+        self,
+        batch_end: Callable[[], LSN | int | str | None],
+        acked: int,
+        failure: BaseException | None,
+    ) -> int:
+        """Call ``on_batch_end``; return ``acked`` raised to what it returned.
+
+        When the batch itself failed (``failure``), a failure of the hook
+        is logged (unless it is the same one) and the batch's own goes on.
+        """
+        try:
+            result = batch_end()
+        except BaseException as error:
+            if failure is None:
+                raise
+            if error is not failure:
+                logger.warning("on_batch_end failed after the batch failed: %s", error)
+            return acked
+        if result is None:
+            return acked
+        if type(result) is LSN:
+            return result if result > acked else acked
+        self._progress.acknowledge(result)  # checked now
+        return acked
+
+    def _deliver_snapshot(self, event: Event) -> object:
+        """The callback for a snapshot's events, each one a batch of its own (on_batch_end)."""
+        batch_end = self._on_batch_end
+        if batch_end is None:
+            return self._callback(event)
+        try:
+            result = self._callback(event)
+        except BaseException as error:
+            self._end_batch(batch_end, 0, error)
+            raise
+        self._end_batch(batch_end, 0, None)
+        return result
 
     def _forget_acknowledged(self) -> None:
         """Drop the commit times of transactions now acknowledged, keeping the newest's."""

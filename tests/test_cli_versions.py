@@ -66,9 +66,7 @@ def test_slot_create_failover_on_17_and_a_clear_refusal_before(db: Database, cli
     assert "created slot fo (plugin pgoutput, failover)" in out
     info = cli.json("slot", "info", db.dsn, "--slot", "fo")
     assert info["failover"] is True and info["synced"] is False
-    assert db.query("SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo'") == [
-        (True,)
-    ]
+    assert db.query("SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo'") == [(True,)]
     code, out, _ = cli("slot", "info", db.dsn, "--slot", "fo")
     assert _info_lines(out)["failover"] == "yes"
     assert _info_lines(out)["synced"] == "no"

@@ -816,6 +816,54 @@ def test_on_stop_returns_the_lsn_to_acknowledge(workload_db: Database) -> None:
     assert confirmed_flush(db, "app") == max(batch)
 
 
+def test_on_batch_end_follows_each_batch_and_acknowledges_what_it_returns(
+    workload_db: Database,
+) -> None:
+    db = workload_db
+    create_slot(db)
+    seen: list[Event] = []
+    ends: list[int] = []  # how many events had been delivered at each batch end
+
+    def batch_end() -> LSN | None:
+        ends.append(len(seen))
+        return seen[-1].lsn if seen and isinstance(seen[-1], Commit) else None
+
+    consumer = consumer_for(db, seen.append, on_batch_end=batch_end)
+    with consumer:
+        db.execute("INSERT INTO a VALUES (1, 'x')")
+        wait_for(lambda: ends and ends[-1] == len(seen) == 4, what="the batch end")
+        last = seen[-1]
+        assert isinstance(last, Commit)
+        # Acknowledged from the batch end alone (the callback returns nothing).
+        wait_for(lambda: consumer.progress.flushed == last.lsn, what="the acknowledgement")
+        db.execute("INSERT INTO a VALUES (2, 'y')")
+        wait_for(lambda: ends[-1] == len(seen) == 7, what="the second batch end")
+    assert ends == sorted(ends) and all(ends)  # never for a batch without events
+    assert confirmed_flush(db, "app") == seen[-1].lsn
+    with pytest.raises(ConfigurationError, match="on_batch_end"):
+        consumer_for(db, seen.append, on_batch_end=42)
+
+
+def test_on_batch_end_failing_ends_the_stream(workload_db: Database) -> None:
+    db = workload_db
+    create_slot(db)
+    db.execute("INSERT INTO a VALUES (1, 'x')")
+    before = confirmed_flush(db, "app")
+    failure = OSError(28, "No space left on device")
+
+    def batch_end() -> None:
+        raise failure
+
+    # The callback acknowledges nothing itself (what it returned would count).
+    consumer = consumer_for(db, lambda event: None, on_batch_end=batch_end)
+    consumer.start()
+    with pytest.raises(OSError) as raised:
+        consumer.join(20)
+    assert raised.value is failure
+    assert confirmed_flush(db, "app") == before
+    assert_no_threads_left()
+
+
 def test_on_stop_failing_comes_out_of_join(workload_db: Database) -> None:
     db = workload_db
     create_slot(db)

@@ -119,9 +119,7 @@ def test_connection_misuse_is_a_usage_error(db: Database) -> None:
     db.execute("CREATE PUBLICATION p FOR TABLE t")
     with ReplicationConnection.connect(db.dsn) as conn:
         conn.create_slot("misuse")
-        stream = conn.start(
-            "misuse", options={"proto_version": "1", "publication_names": '"p"'}
-        )
+        stream = conn.start("misuse", options={"proto_version": "1", "publication_names": '"p"'})
         with pytest.raises(UsageError, match="streaming: stop the stream first"):
             conn.identify_system()
         with pytest.raises(UsageError, match="streaming"):

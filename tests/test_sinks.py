@@ -175,6 +175,99 @@ def test_write_through_flushes_at_every_transaction_end() -> None:
     assert sink.calls[-1] == "close" and sink.calls.count("flush") == 2
 
 
+class BatchedConsumer(FakeConsumer):
+    """A consumer that calls the writer's batch_end, as Consumer(on_batch_end=...) does."""
+
+    def __init__(self, writer: SinkWriter) -> None:
+        super().__init__()
+        self._on_batch_end = writer.batch_end
+
+
+class Pushed(Recording):
+    """A sink with batch_end(), recording when it is called."""
+
+    def batch_end(self) -> None:
+        self._enter("batch_end")
+        self._busy.release()
+
+
+def test_write_through_flushes_at_every_transaction_end_even_with_batches() -> None:
+    sink = Pushed()
+    writer = SinkWriter(sink, flush_interval=0)
+    writer.attach(BatchedConsumer(writer))  # type: ignore[arg-type]
+    # Each transaction is durable on its own: a later one that fails cannot undo it.
+    returned = feed(writer, transaction(10) + transaction(20))
+    assert returned == [None, None, LSN(12), None, None, LSN(22)]
+    assert sink.flushes == 2
+    assert writer.batch_end() is None and sink.flushes == 2
+    assert "batch_end" not in sink.calls  # a flush does its job here
+    writer.close()
+
+
+def test_timed_writer_pushes_at_each_batch_end_or_without_batches_at_each_commit() -> None:
+    sink = Pushed()
+    writer = SinkWriter(sink, flush_interval=3600)
+    writer.attach(BatchedConsumer(writer))  # type: ignore[arg-type]
+    try:
+        feed(writer, [*transaction(10), begin(20), change(21)])
+        assert "batch_end" not in sink.calls  # not at the commit: the batch goes on
+        assert writer.batch_end() is None  # pushed, not durable
+        assert sink.calls.count("batch_end") == 1 and sink.flushes == 0
+    finally:
+        writer.close()
+
+    # A consumer made without on_batch_end: the writer pushes at every transaction end.
+    plain = Pushed()
+    writer = SinkWriter(plain, flush_interval=3600)
+    writer.attach(FakeConsumer())  # type: ignore[arg-type]
+    try:
+        feed(writer, transaction(10) + transaction(20))
+        assert plain.calls.count("batch_end") == 2 and plain.flushes == 0
+    finally:
+        writer.close()
+
+
+def test_a_batch_holds_the_writer_until_it_ends_and_a_failure_lets_go() -> None:
+    sink = Pushed()
+    writer = SinkWriter(sink, flush_interval=3600)
+    writer.attach(BatchedConsumer(writer))  # type: ignore[arg-type]
+    feed(writer, [begin(10), change(11)])  # a batch under way
+    flushed: list[LSN] = []
+    other = threading.Thread(target=lambda: flushed.append(writer.flush()))
+    other.start()
+    other.join(0.3)
+    assert other.is_alive() and flushed == []  # waits for the batch, never inside it
+    writer.batch_end()
+    other.join(10)
+    assert flushed == [LSN(11)]
+    # A write that fails lets go of the writer at once.
+    sink.fail_write = RuntimeError("target gone")
+    with pytest.raises(RuntimeError):
+        writer(commit(12))
+    done = threading.Thread(target=writer.close)
+    done.start()
+    done.join(10)
+    assert not done.is_alive() and sink.closed
+
+
+def test_a_failing_batch_end_propagates_and_stops_acknowledging() -> None:
+    class Failing(Pushed):
+        def batch_end(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    sink = Failing()
+    writer = SinkWriter(sink, flush_interval=3600)
+    writer.attach(BatchedConsumer(writer))  # type: ignore[arg-type]
+    feed(writer, transaction(10))
+    with pytest.raises(OSError, match="No space"):
+        writer.batch_end()
+    with pytest.raises(OSError, match="No space"):
+        writer(begin(20))
+    assert writer.durable == LSN(0)
+    writer.close()
+    assert sink.closed and sink.flushes == 0  # not flushed after the failure
+
+
 def test_timer_flushes_and_acknowledges_while_idle() -> None:
     sink = Recording()
     consumer = FakeConsumer()
@@ -326,11 +419,12 @@ def test_json_lines_sink_writes_pushes_and_fsyncs(
     sink.write(relation(9))  # left out by default
     sink.write(begin(10))
     sink.write(change(11))
-    assert path.read_text() == ""  # buffered inside the transaction
     sink.write(commit(12))
+    assert path.read_text() == ""  # buffered until the batch ends
+    sink.batch_end()
     lines = path.read_text().splitlines()
     assert [json.loads(line)["kind"] for line in lines] == ["begin", "message", "commit"]
-    assert synced == []  # handed to the system at the commit, fsynced only on flush
+    assert synced == []  # handed to the system at the batch end, fsynced only on flush
     assert sink.flush() == LSN(12)
     assert len(synced) == 1
     sink.close()

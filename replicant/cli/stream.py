@@ -588,9 +588,7 @@ def _stream_loop(
     (``backlog``), and with ``verbose`` a line every few seconds.
     """
     try:
-        _chores(
-            consumer, writer, signals, verbose=verbose, backlog=backlog, resnapshot=resnapshot
-        )
+        _chores(consumer, writer, signals, verbose=verbose, backlog=backlog, resnapshot=resnapshot)
     finally:
         if backlog is not None:
             backlog.close()

@@ -31,9 +31,12 @@ from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from replicant.changes import (
+    Begin,
     Commit,
     CommitPrepared,
+    Delete,
     Event,
+    Insert,
     Message,
     Prepare,
     RawChange,
@@ -42,6 +45,7 @@ from replicant.changes import (
     StreamCommit,
     StreamPrepare,
     StreamStop,
+    Update,
 )
 from replicant.errors import ConfigurationError, ReplicantError
 from replicant.lsn import LSN
@@ -102,6 +106,14 @@ class Sink(Protocol):
     it is. :meth:`SinkWriter.consumer` then starts the stream there (see
     :func:`resume_lsn`).
 
+    A sink that buffers may also have ``batch_end()``: the consumer has
+    delivered everything it had read and waits for more, so move what is
+    buffered on (to the operating system, a client library's queue)
+    without making it durable. The writer calls it once per batch (or at
+    every transaction end, for a consumer made without its
+    ``batch_end``); with ``flush_interval=0`` it flushes at every
+    transaction end instead.
+
     ``close()`` releases the destination. It comes last: after the final
     ``flush()``, or without one after a failure; a sink is not used after it.
 
@@ -142,6 +154,10 @@ _BOUNDARIES = (
     RollbackPrepared,
     RawChange,
 )
+
+
+# Never a boundary: the events most of a stream is made of skip the general test.
+_ROWS = frozenset((Begin, Insert, Update, Delete))
 
 
 def resume_lsn(sink: object) -> LSN | None:
@@ -187,9 +203,11 @@ class SinkWriter:
     timer.
     With ``flush_interval`` seconds (default 1), a timer thread flushes the
     sink that often when something was written since the last flush, and
-    acknowledges what the flush made durable; with 0, the sink is flushed
-    after every transaction (see :func:`is_boundary`) in the reader thread,
-    before the callback returns. Either way the sink is flushed once more
+    acknowledges what the flush made durable, and between flushes lets the
+    sink push its buffer out after each batch the consumer delivered (see
+    :meth:`batch_end`); with 0, the sink is flushed after every
+    transaction (see :func:`is_boundary`) in the reader thread, before the
+    callback returns. Either way the sink is flushed once more
     before the consumer's final status update (``on_stop``), so a graceful
     stop acknowledges everything written.
 
@@ -199,7 +217,8 @@ class SinkWriter:
             writer.consumer("dbname=app", slot="app", publication="app_pub").run()
 
     For a :class:`~replicant.runtime.Consumer` made by hand, pass
-    ``callback=writer, on_stop=writer.on_stop`` and call
+    ``callback=writer, on_stop=writer.on_stop, on_batch_end=writer.batch_end``
+    and call
     :meth:`attach` before starting it. Closing the writer (or leaving the
     ``with`` block) flushes what is left, unless the sink failed, and closes
     the sink. A writer serves one consumer.
@@ -218,6 +237,10 @@ class SinkWriter:
         self._delivered = self._written = self._durable = LSN(0)
         self._returned = LSN(0)  # the highest LSN the callback returned
         self._dirty = False  # written since the last flush
+        self._batched = False  # the attached consumer calls batch_end()
+        self._holding = False  # the reader holds the lock until the batch ends
+        method = getattr(sink, "batch_end", None)
+        self._sink_batch_end = method if callable(method) else None
         self._failure: BaseException | None = None
         self._failure_raised = False  # the consumer has it already
         self._closed = False
@@ -258,66 +281,150 @@ class SinkWriter:
     def consumer(self, dsn: str | None = None, **consumer_args: Any) -> Consumer:
         """A :class:`~replicant.runtime.Consumer` that streams into this writer's sink.
 
-        Takes the consumer's arguments but ``callback`` and ``on_stop``,
-        which are the writer's own; the consumer is attached (see
+        Takes the consumer's arguments but ``callback``, ``on_stop`` and
+        ``on_batch_end``, which are the writer's own; the consumer is attached (see
         :meth:`attach`) and not started. When the sink keeps its own
         position (``resume_lsn()``), the stream starts there, or at
         ``start_lsn`` if that is later.
         """
-        for taken in ("callback", "on_stop"):
+        for taken in ("callback", "on_stop", "on_batch_end"):
             if taken in consumer_args:
                 raise ConfigurationError(f"{taken} is the sink writer's own; do not pass it")
         held = resume_lsn(self.sink)
         if held is not None:
             given = consumer_args.get("start_lsn")
             consumer_args["start_lsn"] = held if given is None else max(LSN(given), held)
-        made = Consumer(dsn, callback=self, on_stop=self.on_stop, **consumer_args)
+        made = Consumer(
+            dsn,
+            callback=self,
+            on_stop=self.on_stop,
+            on_batch_end=self.batch_end,
+            **consumer_args,
+        )
         self.attach(made)
         return made
 
     def attach(self, consumer: Consumer) -> None:
         """Acknowledge timed flushes to ``consumer``, and stop it when a timed flush fails.
 
-        For a consumer made with ``callback=writer, on_stop=writer.on_stop``;
-        call it before the consumer starts.
+        For a consumer made with ``callback=writer, on_stop=writer.on_stop``
+        (and ``on_batch_end=writer.batch_end``); call it before the consumer
+        starts.
         """
         if self._consumer is not None and self._consumer is not consumer:
             raise ConfigurationError("this sink writer is attached to another consumer already")
         self._consumer = consumer
+        # Without on_batch_end=writer.batch_end, the writer pushes at every
+        # transaction end instead.
+        self._batched = getattr(consumer, "_on_batch_end", None) == self.batch_end
 
     # -- the callback (the consumer's reader thread)
 
     def __call__(self, event: Event) -> LSN | None:
         """Write ``event`` to the sink; return the durable LSN when it moved, else None."""
-        lsn = event.lsn
-        with self._lock:
-            if self._failure is not None or self._closed:
-                self._raise_failure()
-            if lsn > self._delivered:
-                self._delivered = lsn
-            try:
-                self.sink.write(event)
-            except BaseException as error:
-                self._failure = error
-                self._failure_raised = True  # it goes to the consumer right now
-                raise
-            if lsn > self._written:
-                self._written = lsn
-            self._dirty = True
-            if self.flush_interval == 0:
-                if is_boundary(event):
-                    try:
-                        self._flush_locked()
-                    except BaseException:
-                        self._failure_raised = True  # raised from the callback
-                        raise
-            elif self._timer is None or self._timer_stop.is_set():
+        if not self._holding:
+            self._lock.acquire()
+            # With a consumer that calls batch_end(), the lock is held from a
+            # batch's first event to its end: one acquisition per batch, not
+            # per event (a timed flush waits for the batch, a few ms at most).
+            self._holding = self._batched
+            if (
+                self._batched
+                and self.flush_interval
+                and (self._timer is None or self._timer_stop.is_set())
+            ):
                 self._start_timer()
+        try:
+            result = self._write_locked(event)
+        except BaseException:
+            self._holding = False
+            self._lock.release()
+            raise
+        if not self._holding:
+            self._lock.release()
+        return result
+
+    def _write_locked(self, event: Event) -> LSN | None:
+        if self._failure is not None or self._closed:
+            self._raise_failure()
+        lsn = event.lsn
+        if lsn > self._delivered:
+            self._delivered = lsn
+        try:
+            self.sink.write(event)
+        except BaseException as error:
+            self._failure = error
+            self._failure_raised = True  # it goes to the consumer right now
+            raise
+        if lsn > self._written:
+            self._written = lsn
+        self._dirty = True
+        if self.flush_interval == 0:
+            if type(event) not in _ROWS and is_boundary(event):
+                self._push_locked()  # a flush, at every transaction end
+        elif not self._batched:
+            # No batch ends come from the consumer: push at each transaction end,
+            # and see to the timer at each event (a batch's start does, otherwise).
+            if type(event) not in _ROWS and is_boundary(event):
+                self._push_locked()
+            if self._timer is None or self._timer_stop.is_set():
+                self._start_timer()
+        durable = self._durable
+        if durable > self._returned:
+            self._returned = durable
+            return durable
+        return None
+
+    def batch_end(self) -> LSN | None:
+        """The consumer's ``on_batch_end``: let the sink push out what it buffers.
+
+        Calls the sink's ``batch_end()``, if it has one and something was
+        written since the last flush (the JSON Lines sink hands its lines to
+        the operating system there, so a reader of the file sees them at
+        once). Nothing to do with ``flush_interval=0``, which flushes at
+        every transaction end. Returns the durable LSN when it moved since
+        the callback last said (or None); raises what the sink raised,
+        which ends the stream. A consumer made with
+        ``on_batch_end=writer.batch_end`` must call it after every batch in
+        which it called the writer (the :class:`~replicant.runtime.Consumer`
+        does, also for a batch cut short): it ends the batch's hold on the
+        writer.
+        """
+        if not self._holding:
+            self._lock.acquire()
+        self._holding = False
+        try:
+            if self._failure is not None:
+                if self._failure_raised:
+                    return None  # the consumer has it already
+                self._raise_failure()
+            if self._closed:
+                self._raise_failure()
+            if self.flush_interval != 0:
+                self._push_locked()
             durable = self._durable
             if durable > self._returned:
                 self._returned = durable
                 return durable
-        return None
+            return None
+        finally:
+            self._lock.release()
+
+    def _push_locked(self) -> None:
+        # Under the lock: with flush_interval 0 (at a transaction end) a
+        # flush, otherwise (at a batch end, or a transaction end for a
+        # consumer without batch ends) the sink's own batch_end(). A
+        # failure is recorded and raised to the reader.
+        try:
+            if self.flush_interval == 0:
+                if self._dirty:
+                    self._flush_locked()
+            elif self._sink_batch_end is not None and self._dirty:
+                self._sink_batch_end()
+        except BaseException as error:
+            self._failure = error
+            self._failure_raised = True  # raised from the callback
+            raise
 
     # -- flushing
 

@@ -8,20 +8,16 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from replicant.changes import Begin, Delete, Event, Insert, Relation, SnapshotEnd, Update
+from replicant.changes import Event, Relation, SnapshotEnd
 from replicant.formatting import format_json, json_line
 from replicant.lsn import LSN
-from replicant.sinks.base import is_boundary
 
 __all__ = ["JsonLinesSink"]
 
 logger = logging.getLogger("replicant")
 
-# Never the end of what the server is sending (see is_boundary): the events
-# most lines are made of skip the general test.
-_NOT_BOUNDARIES = frozenset((Begin, Insert, Update, Delete))
-# Lines pending in memory are handed to the file object at a transaction end,
-# or once they reach this size (a transaction of a million rows).
+# Lines pending in memory are handed to the file object at the end of each
+# batch the consumer delivered, or once they reach this size.
 _PENDING_BYTES = 1 << 20
 # The file's own buffer: large writes, few system calls.
 _FILE_BUFFER = 1 << 20
@@ -36,9 +32,10 @@ class JsonLinesSink:
     descriptions) are left out unless ``relations`` is true; their LSN
     still counts as written.
 
-    Lines are buffered and handed to the operating system at every
-    transaction end (see :func:`~replicant.sinks.is_boundary`), once 1 MiB
-    is pending, and on :meth:`flush`: one write for many lines. The default
+    Lines are buffered and handed to the operating system by
+    :meth:`batch_end` (after each batch of events the consumer delivered,
+    or at every transaction end), once 1 MiB is pending, at the end of a
+    snapshot's table, and on :meth:`flush`: one write for many lines. The default
     JSON form is written with :func:`~replicant.formatting.json_line` (the
     same bytes as ``format_json``, faster). ``flush()`` vouches for everything written: with
     ``fsync`` (files only; the default) once it is fsynced, otherwise once
@@ -88,7 +85,7 @@ class JsonLinesSink:
         return (self._format(event) + "\n").encode("utf-8")
 
     def write(self, event: Event) -> None:
-        """Buffer the event's line; hand the buffer out at a transaction end."""
+        """Buffer the event's line (handed out by :meth:`batch_end`, at 1 MiB, or by a flush)."""
         kind = type(event)
         if kind is not Relation or self._relations:
             line = self._line(event)
@@ -101,11 +98,19 @@ class JsonLinesSink:
         lsn = event.lsn
         if lsn > self._last:
             self._last = lsn
-        if self._dirty and kind not in _NOT_BOUNDARIES and (
-            is_boundary(event) or kind is SnapshotEnd
-        ):
-            # A snapshot's rows come outside any transaction: its end (of a
-            # table, of the whole) is when a reader should see them.
+        if kind is SnapshotEnd and self._dirty:
+            # A snapshot's rows come outside any transaction and its batches:
+            # its end (of a table, of the whole) is when a reader should see them.
+            self._hand_out()
+
+    def batch_end(self) -> None:
+        """Hand every line to the operating system (not fsynced): the stream caught up.
+
+        The :class:`~replicant.sinks.SinkWriter` calls it after each batch the
+        consumer delivered (or at each transaction end, for a consumer made
+        without ``on_batch_end``), so a reader of the file sees lines at once.
+        """
+        if self._dirty:
             self._hand_out()
 
     def _write_pending(self) -> None:
