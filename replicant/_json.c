@@ -1457,7 +1457,7 @@ put_xid(Buf *b, PyObject *xid)
 
 /* A row event's line: 0, 1 (give up), -1. */
 static int
-put_event(JsonWriter *self, Buf *b, PyObject *event, int kind)
+put_event(JsonWriter *self, Buf *b, PyObject *event, int kind, int newline)
 {
     PyObject *lsn = NULL, *xid = NULL, *relation = NULL, *new = NULL, *old = NULL;
     int result = -1;
@@ -1508,7 +1508,7 @@ put_event(JsonWriter *self, Buf *b, PyObject *event, int kind)
             goto done;
         }
     }
-    result = PUT_LITERAL(b, "}\n");
+    result = newline ? PUT_LITERAL(b, "}\n") : PUT_LITERAL(b, "}");
 done:
     Py_XDECREF(lsn);
     Py_XDECREF(xid);
@@ -1537,12 +1537,47 @@ writer_call(JsonWriter *self, PyObject *const *args, size_t nargsf, PyObject *kw
     Buf b;
     buf_init(&b);
     PyObject *result = NULL;
-    int done = put_event(self, &b, event, kind);
+    int done = put_event(self, &b, event, kind, 1);
     if (done == 0) {
         result = PyBytes_FromStringAndSize(b.data, b.len);
     }
     else if (done == 1) {
         result = PyObject_CallOneArg(self->line_exact, event);
+    }
+    buf_free(&b);
+    return result;
+}
+
+PyDoc_STRVAR(writer_value_doc,
+"value(event, /)\n"
+"--\n\n"
+"An Insert's, Update's or Delete's line without its newline (the\n"
+"replicant envelope's record); None for any other event.");
+
+static PyObject *
+writer_value(JsonWriter *self, PyObject *event)
+{
+    PyObject *type = (PyObject *)Py_TYPE(event);
+    int kind = type == self->insert_type ? 1
+               : type == self->update_type ? 2
+               : type == self->delete_type ? 3
+                                           : 0;
+    if (kind == 0) {
+        Py_RETURN_NONE;
+    }
+    Buf b;
+    buf_init(&b);
+    PyObject *result = NULL;
+    int done = put_event(self, &b, event, kind, 0);
+    if (done == 0) {
+        result = PyBytes_FromStringAndSize(b.data, b.len);
+    }
+    else if (done == 1) {
+        PyObject *line = PyObject_CallOneArg(self->line_exact, event);
+        if (line != NULL) {
+            result = PyBytes_FromStringAndSize(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line) - 1);
+            Py_DECREF(line);
+        }
     }
     buf_free(&b);
     return result;
@@ -1579,6 +1614,123 @@ writer_row(JsonWriter *self, PyObject *const *args, Py_ssize_t nargs)
         result = PyObject_Vectorcall(self->row_slow, call, 2, NULL);
     }
     buf_free(&b);
+    return result;
+}
+
+PyDoc_STRVAR(writer_debezium_doc,
+"debezium(event, transaction, txid, ts_ms, read=False, /)\n"
+"--\n\n"
+"The Debezium record of an Insert, Update or Delete, as envelopes.py's\n"
+"DebeziumEnvelope writes it: ``transaction`` is the bytes of the source\n"
+"block up to the event's LSN, ``txid`` the transaction's id (or None),\n"
+"``ts_ms`` the record's time; with ``read``, an Insert is written as a\n"
+"snapshot read (op \"r\"). None where the Python code must write it\n"
+"(another event, an LSN or a name this code does not write).");
+
+static PyObject *
+writer_debezium(JsonWriter *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 4 || nargs > 5 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "debezium() takes an event, bytes, a txid, ts_ms and a read flag");
+        return NULL;
+    }
+    int read = 0;
+    if (nargs == 5 && (read = PyObject_IsTrue(args[4])) < 0) {
+        return NULL;
+    }
+    PyObject *event = args[0];
+    PyObject *type = (PyObject *)Py_TYPE(event);
+    int kind = type == self->insert_type ? 1
+               : type == self->update_type ? 2
+               : type == self->delete_type ? 3
+                                           : 0;
+    if (kind == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *lsn = NULL, *relation = NULL, *new = NULL, *old = NULL, *result = NULL;
+    Buf b;
+    buf_init(&b);
+    int done = -1;
+    lsn = PyObject_GetAttr(event, str_lsn);
+    relation = lsn ? PyObject_GetAttr(event, str_relation) : NULL;
+    if (relation == NULL) {
+        goto finish;
+    }
+    if (kind != 3 && (new = PyObject_GetAttr(event, str_new)) == NULL) {
+        goto finish;
+    }
+    if (kind != 1 && (old = PyObject_GetAttr(event, str_old)) == NULL) {
+        goto finish;
+    }
+    done = 1;
+    if (Py_TYPE(lsn) != (PyTypeObject *)self->lsn_type) {
+        goto finish;
+    }
+    unsigned long long position = PyLong_AsUnsignedLongLong(lsn);
+    if (position == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto finish;
+    }
+    /* before (the old row, unchanged values as Debezium's placeholder), after */
+    if ((done = PUT_LITERAL(&b, "{\"before\":")) != 0) {
+        goto finish;
+    }
+    done = old == NULL || old == Py_None ? PUT_LITERAL(&b, "null") : put_row(self, &b, old, 1);
+    if (done != 0 || (done = PUT_LITERAL(&b, ",\"after\":")) != 0) {
+        goto finish;
+    }
+    done = new == NULL ? PUT_LITERAL(&b, "null") : put_row(self, &b, new, kind == 2);
+    if (done != 0 || (done = PUT_LITERAL(&b, ",\"source\":")) != 0) {
+        goto finish;
+    }
+    if ((done = buf_put(&b, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]))) != 0
+        || (done = buf_put_i64(&b, (int64_t)position)) != 0
+        || (done = PUT_LITERAL(&b, "\\\"]\"")) != 0) {
+        goto finish;
+    }
+    PyObject *part = relation_part(self, relation);
+    if (part == NULL) {
+        done = PyErr_Occurred() ? -1 : 1;
+        goto finish;
+    }
+    if ((done = buf_put(&b, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))) != 0
+        || (done = PUT_LITERAL(&b, ",\"txId\":")) != 0 || (done = put_xid(&b, args[2])) != 0
+        || (done = PUT_LITERAL(&b, ",\"lsn\":")) != 0
+        || (done = buf_put_i64(&b, (int64_t)position)) != 0
+        || (done = PUT_LITERAL(&b, ",\"xmin\":null},\"op\":\"")) != 0) {
+        goto finish;
+    }
+    static const char ops[] = " cud";
+    if ((done = buf_put(&b, read && kind == 1 ? "r" : ops + kind, 1)) != 0 || (done = PUT_LITERAL(&b, "\",\"ts_ms\":")) != 0) {
+        goto finish;
+    }
+    if (!PyLong_CheckExact(args[3])) {
+        done = 1;
+        goto finish;
+    }
+    long long ms = PyLong_AsLongLong(args[3]);
+    if (ms == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        done = 1;
+        goto finish;
+    }
+    if ((done = buf_put_i64(&b, (int64_t)ms)) != 0
+        || (done = PUT_LITERAL(&b, ",\"transaction\":null}")) != 0) {
+        goto finish;
+    }
+finish:
+    if (done == 0) {
+        result = PyBytes_FromStringAndSize(b.data, b.len);
+    }
+    else if (done == 1) {
+        result = Py_NewRef(Py_None);
+    }
+    buf_free(&b);
+    Py_XDECREF(lsn);
+    Py_XDECREF(relation);
+    Py_XDECREF(new);
+    Py_XDECREF(old);
     return result;
 }
 
@@ -1672,6 +1824,9 @@ writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef writer_methods[] = {
     {"row", (PyCFunction)(void (*)(void))writer_row, METH_FASTCALL, writer_row_doc},
+    {"value", (PyCFunction)writer_value, METH_O, writer_value_doc},
+    {"debezium", (PyCFunction)(void (*)(void))writer_debezium, METH_FASTCALL,
+     writer_debezium_doc},
     {NULL},
 };
 

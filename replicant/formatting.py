@@ -529,6 +529,28 @@ With ``debezium`` an unchanged TOASTed value is Debezium's placeholder
 :data:`json_line`; raises what the reference raises.
 """
 
+replicant_record: Final[Callable[[Event], bytes | None] | None] = (
+    None if _writer is None else _writer.value
+)
+"""The compiled replicant-envelope record of a row event (None in pure Python).
+
+``replicant_record(event)``: ``json_line(event)`` without the newline for
+an Insert, Update or Delete; None for any other event.
+"""
+
+debezium_record: Final[Callable[..., bytes | None] | None] = (
+    None if _writer is None else _writer.debezium
+)
+"""The compiled Debezium record of a row event, for envelopes.DebeziumEnvelope.
+
+None in pure Python.
+
+``debezium_record(event, transaction, txid, ts_ms, read=False)``:
+``transaction`` is the source block's bytes up to the event's LSN; with
+``read`` an Insert is written as a snapshot read. None where the
+envelope's Python code must write the record.
+"""
+
 
 # Longer text and bytea values are cut (with an ellipsis) in the text form.
 _MAX_TEXT_VALUE = 60

@@ -9,6 +9,7 @@ events. The compiled float4 reader must give what its Python twin gives.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import struct
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicant import Consumer, _accel, formatting, values
+from replicant import Consumer, _accel, envelopes, formatting, values
 from replicant.changes import (
     UNCHANGED,
     Begin,
@@ -39,7 +40,7 @@ from replicant.changes import (
     Update,
 )
 from replicant.decoders import make_decoder
-from replicant.errors import DecodeError
+from replicant.errors import DecodeError, ReplicantError
 from replicant.formatting import format_json, json_line
 from replicant.lsn import LSN
 from replicant.sinks import JsonLinesSink
@@ -127,6 +128,7 @@ def test_pgoutput_every_type_as_the_reference_writes_it(db: Database, binary: bo
     for event in events:
         assert_same(event)
     assert_written_by_the_writer(events)
+    assert_envelopes_as_before(events)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -144,6 +146,7 @@ def test_wal2json_every_type_as_the_reference_writes_it(
     for event in events:
         assert_same(event)
     assert_written_by_the_writer(events)
+    assert_envelopes_as_before(events)
 
 
 # The types the compiled writer writes itself; of these only dates and
@@ -151,6 +154,81 @@ def test_wal2json_every_type_as_the_reference_writes_it(
 _WRITER_TYPES: Final = {16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1700}
 _WRITER_TYPES_OUT_OF_RANGE: Final = {1082, 1114, 1184}
 _WRITER_TYPES_ALL: Final = _WRITER_TYPES | {2950, 3802} | _WRITER_TYPES_OUT_OF_RANGE
+
+
+def _unavailable(row: Row) -> dict[str, Any]:
+    # envelopes._unavailable, as it was before the compiled writer.
+    data = row.to_dict()
+    for name, value in data.items():
+        if type(value) is dict and value.get("$unchanged") is True:
+            data[name] = "__debezium_unavailable_value"
+    return data
+
+
+def _debezium_as_before(envelope: Any, event: Event) -> bytes:
+    """DebeziumEnvelope.value of a row event as it was written before the compiled writer."""
+    encode = formatting._stdlib_encode
+    assert isinstance(event, (Insert, Update, Delete))
+    rel = event.relation
+    if isinstance(event, Insert):
+        before, after, op = "null", encode(event.new.to_dict()), "c"
+    elif isinstance(event, Update):
+        old = event.old
+        before = "null" if old is None else encode(_unavailable(old))
+        after, op = encode(_unavailable(event.new)), "u"
+    else:
+        before, after, op = encode(_unavailable(event.old)), "null", "d"
+    source = envelope._source(event.lsn, envelope._txid(event), rel.schema, rel.table)
+    record: bytes = envelope._record(before, after, source, op)
+    return record
+
+
+def _read_as_before(envelope: Any, event: Insert) -> bytes:
+    encode = formatting._stdlib_encode
+    saved = envelope._tx_part
+    envelope._tx_part = envelope._transaction_part("true")
+    try:
+        rel = event.relation
+        source = envelope._source(event.lsn, event.xid, rel.schema, rel.table)
+    finally:
+        envelope._tx_part = saved
+    record: bytes = envelope._record("null", encode(event.new.to_dict()), source, "r")
+    return record
+
+
+class _FixedTime:
+    @staticmethod
+    def time() -> float:
+        return 1_700_000_000.125
+
+
+def _check_row_records(debezium: Any, replicant: Any, event: Insert | Update | Delete) -> None:
+    expected = _outcome(lambda: _debezium_as_before(debezium, event))
+    assert _outcome(lambda: debezium.value(event)) == expected, event
+    expected = _outcome(lambda: format_json(event).encode())
+    assert _outcome(lambda: replicant.value(event)) == expected, event
+    if isinstance(event, Insert):
+        expected = _outcome(lambda: _read_as_before(debezium, event))
+        rel, row, lsn, xid = event.relation, event.new, event.lsn, event.xid
+        assert _outcome(lambda: debezium.encode_read(rel, row, lsn, xid)) == expected, event
+
+
+def assert_envelopes_as_before(events: list[Event]) -> None:
+    """Both envelopes write what they wrote before the compiled writer, or raise the same."""
+    saved = envelopes.time
+    envelopes.time = _FixedTime  # type: ignore[assignment]
+    try:
+        debezium = envelopes.DebeziumEnvelope(name='s "é"', database="app")
+        replicant = envelopes.ReplicantEnvelope()
+        for event in events:
+            if isinstance(event, (Insert, Update, Delete)):
+                _check_row_records(debezium, replicant, event)
+            else:
+                with contextlib.suppress(ReplicantError):
+                    debezium.value(event)
+                    replicant.value(event)
+    finally:
+        envelopes.time = saved  # type: ignore[assignment]
 
 
 def assert_written_by_the_writer(events: list[Event]) -> None:
@@ -539,6 +617,9 @@ def assert_row_same(layout: RowLayout, raw: list[Any]) -> None:
     assert _outcome(lambda: formatting.row_json(Row(layout, list(raw)))) == plain, raw
     debezium = _outcome(lambda: _debezium_reference(Row(layout, list(raw))))
     assert _outcome(lambda: formatting.row_json(Row(layout, list(raw)), True)) == debezium, raw
+    old_row = Row(layout, list(raw))
+    update = Update(LSN(2**33 + 8), 5, _RELATION, Row(layout, list(raw)), old_row)
+    assert_envelopes_as_before([event(), update, Delete(LSN(9), None, _RELATION, old_row)])
 
 
 def _text_layout(oids: list[int], names: list[str] | None = None) -> RowLayout:
