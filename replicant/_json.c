@@ -1081,12 +1081,16 @@ typedef struct {
     PyObject *update_type;
     PyObject *delete_type;
     PyObject *unchanged;
+    PyObject *begin_type;
+    PyObject *commit_type;
+    PyObject *datetime_type;
+    PyObject *isoformat; /* datetime -> str, as datetime.isoformat() */
     PyObject *relations[RELATION_SLOTS]; /* a small cache of relations seen... */
     PyObject *parts[RELATION_SLOTS];     /* ...and their ',"schema":..,"table":..' */
 } JsonWriter;
 
 static PyObject *str_layout, *str_raw, *str_json_plan, *str_lsn, *str_xid, *str_relation,
-    *str_new, *str_old, *str_schema, *str_table;
+    *str_new, *str_old, *str_schema, *str_table, *str_final_lsn, *str_commit_lsn, *str_commit_time;
 
 /* The text of one column from the Python code: 0, 1 (give up), -1. */
 static int
@@ -1518,6 +1522,68 @@ done:
     return result;
 }
 
+/* One field of a Begin or Commit as Event.to_dict writes it: an LSN, None,
+ * an int, a datetime: 0, 1 (anything else, or a failure: give up), -1. */
+static int
+put_field(JsonWriter *self, Buf *b, PyObject *value)
+{
+    if (value == Py_None) {
+        return PUT_LITERAL(b, "null");
+    }
+    if (Py_TYPE(value) == (PyTypeObject *)self->lsn_type) {
+        return put_lsn(self, b, value);
+    }
+    if (PyLong_CheckExact(value)) {
+        return put_xid(b, value);
+    }
+    if (Py_TYPE(value) != (PyTypeObject *)self->datetime_type) {
+        return 1;
+    }
+    PyObject *text = PyObject_CallOneArg(self->isoformat, value);
+    if (text == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;
+        }
+        PyErr_Clear(); /* the Python code raises it, in the reference's order */
+        return 1;
+    }
+    int result = 1;
+    const unsigned char *s;
+    Py_ssize_t n;
+    if (PyUnicode_CheckExact(text) && str_utf8(text, &s, &n) == 0) {
+        result = put_string(b, s, n, 0);
+    }
+    Py_DECREF(text);
+    return result;
+}
+
+/* A Begin's or Commit's line: 0, 1 (give up), -1. */
+static int
+put_frame(JsonWriter *self, Buf *b, PyObject *event, int begin)
+{
+    PyObject *names[4] = {str_lsn, str_xid, begin ? str_final_lsn : str_commit_lsn,
+                          str_commit_time};
+    static const char *keys[2][4] = {
+        {"{\"kind\":\"commit\",\"lsn\":", ",\"xid\":", ",\"commit_lsn\":", ",\"commit_time\":"},
+        {"{\"kind\":\"begin\",\"lsn\":", ",\"xid\":", ",\"final_lsn\":", ",\"commit_time\":"},
+    };
+    for (int k = 0; k < 4; k++) {
+        if (buf_put(b, keys[begin][k], (Py_ssize_t)strlen(keys[begin][k])) < 0) {
+            return -1;
+        }
+        PyObject *value = PyObject_GetAttr(event, names[k]);
+        if (value == NULL) {
+            return -1;
+        }
+        int result = put_field(self, b, value);
+        Py_DECREF(value);
+        if (result != 0) {
+            return result;
+        }
+    }
+    return PUT_LITERAL(b, "}\n");
+}
+
 static PyObject *
 writer_call(JsonWriter *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -1531,13 +1597,14 @@ writer_call(JsonWriter *self, PyObject *const *args, size_t nargsf, PyObject *kw
                : type == self->update_type ? 2
                : type == self->delete_type ? 3
                                            : 0;
-    if (kind == 0) {
+    int frame = type == self->begin_type ? 1 : type == self->commit_type ? 0 : -1;
+    if (kind == 0 && frame < 0) {
         return PyObject_CallOneArg(self->line_other, event);
     }
     Buf b;
     buf_init(&b);
     PyObject *result = NULL;
-    int done = put_event(self, &b, event, kind, 1);
+    int done = kind ? put_event(self, &b, event, kind, 1) : put_frame(self, &b, event, frame);
     if (done == 0) {
         result = PyBytes_FromStringAndSize(b.data, b.len);
     }
@@ -1748,6 +1815,10 @@ writer_traverse(JsonWriter *self, visitproc visit, void *arg)
     Py_VISIT(self->update_type);
     Py_VISIT(self->delete_type);
     Py_VISIT(self->unchanged);
+    Py_VISIT(self->begin_type);
+    Py_VISIT(self->commit_type);
+    Py_VISIT(self->datetime_type);
+    Py_VISIT(self->isoformat);
     for (int k = 0; k < RELATION_SLOTS; k++) {
         Py_VISIT(self->relations[k]);
         Py_VISIT(self->parts[k]);
@@ -1769,6 +1840,10 @@ writer_clear(JsonWriter *self)
     Py_CLEAR(self->update_type);
     Py_CLEAR(self->delete_type);
     Py_CLEAR(self->unchanged);
+    Py_CLEAR(self->begin_type);
+    Py_CLEAR(self->commit_type);
+    Py_CLEAR(self->datetime_type);
+    Py_CLEAR(self->isoformat);
     for (int k = 0; k < RELATION_SLOTS; k++) {
         Py_CLEAR(self->relations[k]);
         Py_CLEAR(self->parts[k]);
@@ -1787,17 +1862,21 @@ writer_dealloc(JsonWriter *self)
 static PyObject *
 writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *items[11];
+    PyObject *items[15];
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         PyErr_SetString(PyExc_TypeError, "JsonWriter() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, "JsonWriter", 11, 11, &items[0], &items[1], &items[2],
+    if (!PyArg_UnpackTuple(args, "JsonWriter", 15, 15, &items[0], &items[1], &items[2],
                            &items[3], &items[4], &items[5], &items[6], &items[7], &items[8],
-                           &items[9], &items[10])) {
+                           &items[9], &items[10], &items[11], &items[12], &items[13],
+                           &items[14])) {
         return NULL;
     }
-    for (int k = 5; k < 10; k++) {
+    for (int k = 5; k < 14; k++) {
+        if (k == 10) {
+            continue; /* unchanged */
+        }
         if (!PyType_Check(items[k])) {
             PyErr_SetString(PyExc_TypeError, "JsonWriter() needs the row, LSN and event types");
             return NULL;
@@ -1818,6 +1897,10 @@ writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->update_type = Py_NewRef(items[8]);
     self->delete_type = Py_NewRef(items[9]);
     self->unchanged = Py_NewRef(items[10]);
+    self->begin_type = Py_NewRef(items[11]);
+    self->commit_type = Py_NewRef(items[12]);
+    self->datetime_type = Py_NewRef(items[13]);
+    self->isoformat = Py_NewRef(items[14]);
     self->vectorcall = (vectorcallfunc)writer_call;
     return (PyObject *)self;
 }
@@ -1832,11 +1915,13 @@ static PyMethodDef writer_methods[] = {
 
 PyDoc_STRVAR(writer_doc,
 "JsonWriter(make_plan, column, row_slow, line_exact, line_other, row_type,\n"
-"           lsn_type, insert_type, update_type, delete_type, unchanged)\n"
+"           lsn_type, insert_type, update_type, delete_type, unchanged,\n"
+"           begin_type, commit_type, datetime_type, isoformat)\n"
 "--\n\n"
 "Called with an event: formatting.json_line's bytes. Inserts, Updates and\n"
-"Deletes are written here from their rows' values as received; every\n"
-"other event is ``line_other(event)``. ``make_plan(layout)`` gives (and\n"
+"Deletes are written here from their rows' values as received, Begins and\n"
+"Commits from their fields (times with ``isoformat``); every other event\n"
+"is ``line_other(event)``. ``make_plan(layout)`` gives (and\n"
 "caches on the layout) a row layout's plan: (codes, keys, converters);\n"
 "``column(row, i, debezium)`` the JSON text of a column this code is not\n"
 "certain of; ``row_slow(row, debezium)`` and ``line_exact(event)`` the\n"
@@ -1867,7 +1952,8 @@ replicant_json_exec(PyObject *module)
         {&str_layout, "_layout"}, {&str_raw, "_raw"},       {&str_json_plan, "_json_plan"},
         {&str_lsn, "lsn"},        {&str_xid, "xid"},        {&str_relation, "relation"},
         {&str_new, "new"},        {&str_old, "old"},        {&str_schema, "schema"},
-        {&str_table, "table"},
+        {&str_table, "table"},    {&str_final_lsn, "final_lsn"}, {&str_commit_lsn, "commit_lsn"},
+        {&str_commit_time, "commit_time"},
     };
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         if (*names[k].slot == NULL) {

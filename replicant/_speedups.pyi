@@ -55,6 +55,10 @@ class JsonWriter:
         update_type: type[Any],
         delete_type: type[Any],
         unchanged: object,
+        begin_type: type[Any],
+        commit_type: type[Any],
+        datetime_type: type[Any],
+        isoformat: Callable[[Any], str],
         /,
     ) -> None: ...
     def __call__(self, event: Any, /) -> bytes: ...

@@ -351,9 +351,9 @@ class DebeziumEnvelope:
 
         ``lsn`` is the position the snapshot is consistent with.
         """
-        if _debezium_record is not None:
+        if _debezium_record is not None and type(lsn) is LSN:
             made = _debezium_record(
-                changes.new_insert(LSN(lsn), xid, relation, row),
+                changes.new_insert(lsn, xid, relation, row),
                 self._transaction_part("true").encode(),
                 xid,
                 int(time.time() * 1000),

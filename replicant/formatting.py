@@ -506,6 +506,10 @@ _writer: Final[Any] = (
         Update,
         Delete,
         UNCHANGED,
+        Begin,
+        Commit,
+        _datetime,
+        _isoformat,
     )
 )
 

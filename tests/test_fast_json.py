@@ -1038,6 +1038,10 @@ def _spy_writer() -> tuple[Any, list[int]]:
         Update,
         Delete,
         UNCHANGED,
+        Begin,
+        Commit,
+        dt.datetime,
+        dt.datetime.isoformat,
     )
     return writer, asked
 
@@ -1119,3 +1123,33 @@ def test_strict_values_and_raw_values_layouts() -> None:
     assert_row_same(strict, [b"1", b"x", b"2024-01-01 00:00:00+00", b"0044-03-15 BC"])
     kept = RowLayout(["a", "b"], [OID.INT4, OID.TEXT], [lambda v: v, lambda v: v])
     assert_row_same(kept, [b"1", b"x"])
+
+
+# --- Begin and Commit -------------------------------------------------------------------------
+
+_frame_times = (
+    st.none()
+    | st.datetimes(timezones=_zones)
+    | st.builds(
+        lambda zone: dt.datetime(2020, 1, 1, tzinfo=zone),
+        st.sampled_from([_NoOffset(), _DayLong()]),
+    )
+)
+_frame_lsns = _lsns | st.none() | st.integers(0, 2**70) | st.sampled_from([True, "0/1", 1.5])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([Begin, Commit]),
+    _frame_lsns,
+    _xids | st.sampled_from([2**70, True, "7"]),
+    _frame_lsns,
+    _frame_times,
+)
+def test_begin_and_commit_as_the_reference_writes_them(
+    kind: type[Begin] | type[Commit], lsn: Any, xid: Any, other: Any, when: Any
+) -> None:
+    event = kind(lsn, xid, other, when)
+    expected = _outcome(lambda: reference(event))
+    assert _outcome(lambda: json_line(event)) == expected
+    assert_same(event)
