@@ -101,9 +101,11 @@ def encoders() -> dict[str, Callable[[Any], Any]]:
     found: dict[str, Callable[[Any], Any]] = {
         "format_json": lambda event: (formatting.format_json(event) + "\n").encode(),
         "json_line": formatting.json_line,
-        "json_line python": formatting._python_json_line,
         "json_line stdlib": formatting._json_line_for(None),
     }
+    twin = getattr(formatting, "_python_json_line", None)  # (older versions: json_line is it)
+    if twin is not None:
+        found["json_line python"] = twin
     if formatting._msgspec_module is not None:
         found["json_line msgspec"] = formatting._json_line_for(formatting._msgspec_module)
     try:

@@ -1905,6 +1905,13 @@ writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+static PyObject *
+writer_repr(JsonWriter *self)
+{
+    /* What it is, the same in every process (the API reference shows it). */
+    return PyUnicode_FromString("<compiled json_line(event) -> bytes>");
+}
+
 static PyMethodDef writer_methods[] = {
     {"row", (PyCFunction)(void (*)(void))writer_row, METH_FASTCALL, writer_row_doc},
     {"value", (PyCFunction)writer_value, METH_O, writer_value_doc},
@@ -1935,6 +1942,7 @@ static PyTypeObject JsonWriterType = {
     .tp_doc = writer_doc,
     .tp_new = writer_new,
     .tp_dealloc = (destructor)writer_dealloc,
+    .tp_repr = (reprfunc)writer_repr,
     .tp_traverse = (traverseproc)writer_traverse,
     .tp_clear = (inquiry)writer_clear,
     .tp_call = PyVectorcall_Call,

@@ -258,8 +258,12 @@ class DebeziumEnvelope:
         cls = type(event)
         if _debezium_record is not None and (cls is Insert or cls is Update or cls is Delete):
             # The whole record at once, compiled; None: the code below writes it.
+            xid = self._xid  # self._txid(event), inlined
             made = _debezium_record(
-                event, self._tx_bytes, self._txid(event), int(time.time() * 1000)
+                event,
+                self._tx_bytes,
+                event.xid if xid is None else xid,
+                int(time.time() * 1000),
             )
             if made is not None:
                 return made

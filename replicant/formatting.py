@@ -7,13 +7,20 @@ How a column value becomes JSON is :func:`replicant.changes.json_value`'s
 business; these functions only lay the events out.
 
 :func:`format_json` is the reference for the JSON form: ``to_dict()`` and
-the standard library's encoder. :func:`json_line` writes the same bytes
-faster, for the sinks: it lays out row events, Begin and Commit without the
+the standard library's encoder. :data:`json_line` writes the same bytes
+faster, for the sinks. Where the compiled extension is in use, row events,
+Begin and Commit are written in C (``_speedups.JsonWriter``) straight from
+the rows' values as received, without a Python value per column: a value
+is written there only when the C code is certain to write what the
+reference writes (and to raise when it raises), and goes to the Python code
+for that one column otherwise. :data:`row_json` is the same for one row
+(what the envelopes use). The Python twin lays the events out without the
 generic ``to_dict()`` machinery and encodes with ``msgspec`` when it is
 installed (the ``fast`` extra) and replicant is not running in pure Python
 (``REPLICANT_PURE_PYTHON``); otherwise with a prepared standard-library
-encoder (``JSON_ENCODER`` says which: ``"msgspec"`` or ``"json"``). The
-tests hold the two to the same bytes on every value type.
+encoder (``JSON_ENCODER`` says which: ``"msgspec"`` or ``"json"``); it
+writes the events the compiled writer leaves to it, and everything in pure
+Python. The tests hold them all to the same bytes on every value type.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from replicant.changes import (
 from replicant.errors import ReplicantError
 from replicant.lsn import LSN
 
-__all__ = ["format_json", "format_text", "human_bytes", "json_line"]
+__all__ = ["format_json", "format_text", "human_bytes", "json_line", "row_json"]
 
 
 def format_json(event: Event) -> str:
@@ -95,7 +102,7 @@ _msgspec_module: Final = _import_msgspec()
 _msgspec: Final = _msgspec_module if _accel.compiled is not None else None
 
 JSON_ENCODER: Final[str] = "msgspec" if _msgspec is not None else "json"
-"""What :func:`json_line` encodes with: ``"msgspec"`` or ``"json"`` (the standard library)."""
+"""What :data:`json_line`'s Python twin encodes with: ``"msgspec"`` or ``"json"`` (the stdlib's)."""
 
 # The reference's encoder, made once (json.dumps with arguments builds one per call).
 _stdlib_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -515,9 +522,9 @@ _writer: Final[Any] = (
 
 # One object, made once: the sinks call it for every event.
 json_line: Final[Callable[[Event], bytes]] = _python_json_line if _writer is None else _writer
-"""``format_json(event)`` and a newline, as UTF-8: byte for byte the same, faster.
+"""``json_line(event) -> bytes``: ``format_json(event)`` and a newline, as UTF-8, faster.
 
-What the sinks write. Row events are written by the compiled
+Byte for byte the same. What the sinks write. Row events are written by the compiled
 ``_speedups.JsonWriter`` straight from their rows' values as received
 (where it is built and in use), other events and pure-Python mode by the
 Python twin. Raises what :func:`format_json` raises for an event it cannot
@@ -525,13 +532,20 @@ write (a column that cannot be read: DecodeError; a string that is not
 valid Unicode: UnicodeEncodeError).
 """
 
-row_json: Final[Callable[..., bytes]] = _row_bytes if _writer is None else _writer.row
-"""``row_json(row, debezium=False)``: the UTF-8 JSON of ``row.to_dict()`` as json.dumps writes it.
+_row_writer: Final[Callable[[Row, bool], bytes]] = _row_bytes if _writer is None else _writer.row
 
-With ``debezium`` an unchanged TOASTed value is Debezium's placeholder
-(``"__debezium_unavailable_value"``). Compiled where in use, like
-:data:`json_line`; raises what the reference raises.
-"""
+
+def row_json(row: Row, debezium: bool = False) -> bytes:
+    """The UTF-8 JSON object of ``row.to_dict()``, as ``json.dumps`` writes it (compact, UTF-8).
+
+    With ``debezium`` an unchanged TOASTed value is Debezium's placeholder
+    (``"__debezium_unavailable_value"``) instead of ``{"$unchanged": true}``.
+    Written in C from the values as received where the compiled writer is in
+    use, like :data:`json_line`; raises what ``to_dict()`` and the encoder
+    raise (DecodeError for a column that cannot be read).
+    """
+    return _row_writer(row, debezium)
+
 
 replicant_record: Final[Callable[[Event], bytes | None] | None] = (
     None if _writer is None else _writer.value
