@@ -448,9 +448,25 @@ def _make_plan(layout: RowLayout) -> tuple[Any, Any, Any]:
     return codes, keys, layout.convert
 
 
+# Plans by what they are made of: a decoder that makes a layout per row (pgoutput's
+# rows mixing text and binary columns) plans each shape once.
+_PLANS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+_MAX_PLANS: Final = 256
+
+
 def _json_plan(layout: RowLayout) -> tuple[Any, Any, Any]:
     """The layout's plan, made and kept on it (RowLayout._json_plan) on first use."""
-    plan = _make_plan(layout)
+    try:
+        key = (layout.names, layout.type_oids, layout.convert, layout.json)
+        plan = _PLANS.get(key)
+    except TypeError:  # a converter that cannot be hashed
+        key, plan = None, None
+    if plan is None:
+        plan = _make_plan(layout)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
     with contextlib.suppress(AttributeError):  # a layout of another kind: made each time
         layout._json_plan = plan
     return plan
