@@ -18,6 +18,7 @@ setup(
                 "replicant/_rows.c",
                 "replicant/_events.c",
                 "replicant/_values.c",
+                "replicant/_json.c",
             ],
             depends=["replicant/_speedups.h"],
             optional=True,

@@ -1,6 +1,6 @@
 /*
  * What the parts of replicant._speedups (_drain.c, _rows.c, _events.c,
- * _values.c) share with the file that makes the module (_speedups.c): each
+ * _values.c, _json.c) share with the file that makes the module (_speedups.c): each
  * part adds its functions and types to the module, returning 0, or -1 with
  * an exception set.
  */
@@ -20,5 +20,6 @@ REPLICANT_PART int replicant_drain_exec(PyObject *module);
 REPLICANT_PART int replicant_rows_exec(PyObject *module);
 REPLICANT_PART int replicant_events_exec(PyObject *module);
 REPLICANT_PART int replicant_values_exec(PyObject *module);
+REPLICANT_PART int replicant_json_exec(PyObject *module);
 
 #endif

@@ -40,3 +40,30 @@ def from_text(
 ) -> Callable[[str | bytes], Any]: ...
 def float4_bin(data: bytes, /) -> float: ...
 def isoformat(value: Any, /) -> str: ...
+
+class JsonWriter:
+    def __init__(
+        self,
+        make_plan: Callable[[Any], Any],
+        column: Callable[[Any, int, bool], str],
+        row_slow: Callable[[Any, bool], bytes],
+        line_exact: Callable[[Any], bytes],
+        line_other: Callable[[Any], bytes],
+        row_type: type[Any],
+        lsn_type: type[int],
+        insert_type: type[Any],
+        update_type: type[Any],
+        delete_type: type[Any],
+        unchanged: object,
+        begin_type: type[Any],
+        commit_type: type[Any],
+        datetime_type: type[Any],
+        isoformat: Callable[[Any], str],
+        /,
+    ) -> None: ...
+    def __call__(self, event: Any, /) -> bytes: ...
+    def row(self, row: Any, debezium: bool = False, /) -> bytes: ...
+    def value(self, event: Any, /) -> bytes | None: ...
+    def debezium(
+        self, event: Any, transaction: bytes, txid: int | None, ts_ms: int, read: bool = False, /
+    ) -> bytes | None: ...

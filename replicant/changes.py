@@ -143,7 +143,7 @@ class RowLayout:
     which the row reports as DecodeError.
     """
 
-    __slots__ = ("convert", "index", "json", "names", "type_oids")
+    __slots__ = ("_json_plan", "convert", "index", "json", "names", "type_oids")
 
     def __init__(
         self,
@@ -156,6 +156,9 @@ class RowLayout:
         self.type_oids: tuple[int, ...] = tuple(type_oids)
         self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
         self.convert: tuple[Converter, ...] = tuple(convert)
+        # How the compiled JSON writer writes these rows (formatting._json_plan),
+        # made on first use.
+        self._json_plan: Any = None
         if not len(self.names) == len(self.type_oids) == len(self.convert):
             raise ValueError("a row layout needs one type and one converter per column")
         # Per column, how to write its JSON form from the raw value when the

@@ -43,7 +43,8 @@ from replicant.changes import (
     Update,
 )
 from replicant.errors import ConfigurationError, ReplicantError
-from replicant.formatting import format_json
+from replicant.formatting import debezium_record, format_json, json_line, replicant_record
+from replicant.lsn import LSN
 
 __all__ = [
     "DEBEZIUM_UNAVAILABLE",
@@ -61,6 +62,11 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circ
 # The snapshot engine's event for a row read by the initial copy, once it
 # exists; until then snapshot reads are written through encode_read().
 _READ: Final[type[Any] | None] = getattr(changes, "Read", None)
+
+# The compiled writers of row records (formatting.py; None in pure Python):
+# they write what the code below writes, from the rows' values as received.
+_replicant_record: Final = replicant_record
+_debezium_record: Final = debezium_record
 
 DEBEZIUM_UNAVAILABLE: Final = "__debezium_unavailable_value"
 """What Debezium writes for an unchanged TOASTed value the server did not send
@@ -96,47 +102,11 @@ class ReplicantEnvelope:
     def value(self, event: Event) -> bytes | None:
         """``format_json(event)`` as bytes for a data event; None for framing and relations."""
         cls = type(event)
-        if cls is Insert:
-            assert isinstance(event, Insert)
-            rel = event.relation
-            return _encode(
-                {
-                    "kind": "insert",
-                    "lsn": str(event.lsn),
-                    "xid": event.xid,
-                    "schema": rel.schema,
-                    "table": rel.table,
-                    "new": event.new.to_dict(),
-                }
-            ).encode()
-        if cls is Update:
-            assert isinstance(event, Update)
-            rel = event.relation
-            old = event.old
-            return _encode(
-                {
-                    "kind": "update",
-                    "lsn": str(event.lsn),
-                    "xid": event.xid,
-                    "schema": rel.schema,
-                    "table": rel.table,
-                    "new": event.new.to_dict(),
-                    "old": None if old is None else old.to_dict(),
-                }
-            ).encode()
-        if cls is Delete:
-            assert isinstance(event, Delete)
-            rel = event.relation
-            return _encode(
-                {
-                    "kind": "delete",
-                    "lsn": str(event.lsn),
-                    "xid": event.xid,
-                    "schema": rel.schema,
-                    "table": rel.table,
-                    "old": event.old.to_dict(),
-                }
-            ).encode()
+        if cls is Insert or cls is Update or cls is Delete:
+            if _replicant_record is not None:
+                return _replicant_record(event)
+            # json_line writes format_json's bytes, and a newline.
+            return json_line(event)[:-1]
         if cls is Truncate or cls is Message or cls is RawChange or cls is _READ:
             return format_json(event).encode()
         return None
@@ -210,6 +180,7 @@ class DebeziumEnvelope:
         self._commit_ms: int | None = None
         self._last_commit: int | None = None  # the end of the last committed transaction
         self._tx_part = self._transaction_part()
+        self._tx_bytes = self._tx_part.encode()  # what the compiled writer takes
         # ',"schema":...,"table":...,"txId":' per (schema, table)
         self._tables: dict[tuple[str, str], str] = {}
 
@@ -237,6 +208,7 @@ class DebeziumEnvelope:
         self._xid = xid
         self._commit_ms = _ms(commit_time)
         self._tx_part = self._transaction_part()
+        self._tx_bytes = self._tx_part.encode()
 
     def _table_part(self, schema: str, table: str) -> str:
         key = (schema, table)
@@ -284,6 +256,17 @@ class DebeziumEnvelope:
         records belong to; ``Commit`` moves ``sequence``'s last commit.
         """
         cls = type(event)
+        if _debezium_record is not None and (cls is Insert or cls is Update or cls is Delete):
+            # The whole record at once, compiled; None: the code below writes it.
+            xid = self._xid  # self._txid(event), inlined
+            made = _debezium_record(
+                event,
+                self._tx_bytes,
+                event.xid if xid is None else xid,
+                int(time.time() * 1000),
+            )
+            if made is not None:
+                return made
         if cls is Insert:
             assert isinstance(event, Insert)
             rel = event.relation
@@ -372,6 +355,16 @@ class DebeziumEnvelope:
 
         ``lsn`` is the position the snapshot is consistent with.
         """
+        if _debezium_record is not None and type(lsn) is LSN:
+            made = _debezium_record(
+                changes.new_insert(lsn, xid, relation, row),
+                self._transaction_part("true").encode(),
+                xid,
+                int(time.time() * 1000),
+                True,
+            )
+            if made is not None:
+                return made
         tx_part = self._tx_part
         self._tx_part = self._transaction_part("true")
         try:
