@@ -71,6 +71,8 @@ from replicant.changes import (
     Row,
     RowLayout,
     Truncate,
+    new_begin,
+    new_commit,
     new_delete,
     new_insert,
     new_update,
@@ -160,8 +162,62 @@ def _fast_parser() -> Callable[[bytes], Any] | None:
 
 
 _FAST_PARSE = _fast_parser()
+
+
+def _typed_parser() -> tuple[Callable[[bytes], Any], Any] | None:
+    """msgspec's parser of a format 2 record straight into structs, if msgspec is in use.
+
+    The structs hold the fields the fast path reads, typed as wal2json
+    writes them; anything else (a string OID, a null LSN, a missing name)
+    fails to parse and goes the reference way, which says what is wrong.
+    ``UNSET`` marks a field that is absent, which the reference treats
+    differently from one that is null. Fields not named are skipped
+    unchecked for UTF-8: the caller checks the whole payload.
+    """
+    if _FAST_PARSE is None:
+        return None
+    import msgspec
+
+    unset = msgspec.UNSET
+    absent: Any = msgspec.UnsetType
+    array: Any = list  # the types below are made at run time: Any for the type checker
+    maybe_str = str | absent
+    column = msgspec.defstruct(
+        "Wal2JsonColumn", [("name", str), ("typeoid", int, 0), ("value", Any, None)], gc=False
+    )
+    key = msgspec.defstruct("Wal2JsonKey", [("name", str)], gc=False)
+    columns = array[column] | absent
+    record = msgspec.defstruct(
+        "Wal2JsonRecord",
+        [
+            ("action", str, ""),
+            ("xid", int | None, None),
+            ("lsn", maybe_str, unset),
+            ("nextlsn", maybe_str, unset),
+            ("timestamp", str | None, None),
+            ("schema", str, ""),
+            ("table", maybe_str, unset),
+            ("columns", columns, unset),
+            ("identity", columns, unset),
+            ("pk", array[key] | absent, unset),
+        ],
+        gc=False,
+    )
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(record, float_hook=str).decode
+    return decode, unset
+
+
+_TYPED = _typed_parser()
+# What an absent field of a parsed struct holds (a fresh object without msgspec: never seen).
+_UNSET: Any = object() if _TYPED is None else _TYPED[1]
+_PLAIN = frozenset({str, bool, type(None)})  # values kept as parsed
+_SCALARS = _PLAIN | {int}  # ints become their text, as the standard library gives them
 # A number -0 (float8out writes one for negative zero): before a separator.
 _NEGATIVE_ZERO = re.compile(rb"-0[\s,\]}]")
+# PostgreSQL's LSN text exactly as LSN.parse reads it, minus the surrounding
+# whitespace it strips (such text goes the reference way).
+_LSN_TEXT = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})").fullmatch
+_new_lsn = int.__new__
 
 
 def _values_of(items: list[Any]) -> list[Any]:
@@ -214,7 +270,7 @@ def _str(value: Any, what: str) -> str:
 class _Table:
     """What the decoder learned about one table from the rows it has seen."""
 
-    __slots__ = ("identity", "last", "layouts", "pk", "relation", "relation_shape")
+    __slots__ = ("fast", "identity", "last", "layouts", "pk", "relation", "relation_shape")
 
     def __init__(self) -> None:
         # The names and OIDs lists of the last row read, and its layout: rows
@@ -225,6 +281,9 @@ class _Table:
         self.relation: Relation | None = None
         self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
+        # The fast path's check that ``relation`` still fits: the layout and
+        # the key tuple it was made for (compared by identity).
+        self.fast: tuple[RowLayout, tuple[str, ...], Relation] | None = None
 
 
 class Wal2JsonDecoder:
@@ -267,6 +326,11 @@ class Wal2JsonDecoder:
         self.extra_options = options
         self.decode_values = decode_values
         self.strict_values = strict_values
+        # Format 2 records parsed straight into structs (msgspec in use); the
+        # reference path below stays for what the fast one does not take.
+        self._typed = _TYPED[0] if _TYPED is not None and _FAST_PARSE is not None else None
+        if format_version != 2:
+            self._typed = None
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------------
@@ -315,6 +379,10 @@ class Wal2JsonDecoder:
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
         """Decode one wal2json payload. Raises DecodeError for anything malformed."""
+        if self._typed is not None and not self._truncate:
+            events = self._fast_record(data, wal_start)
+            if events is not None:
+                return events
         if self.format_version == 1 and _STRAY_COMMA.match(data):
             # wal2json (2.5) puts a comma before a non-transactional message
             # written while a transaction with changes is being decoded.
@@ -406,6 +474,19 @@ class Wal2JsonDecoder:
             state.pk = tuple(pk)
         new_row = self._row(state, *new) if new is not None else None
         old_row = self._row(state, *old) if old is not None else None
+        return self._event_of(kind, lsn, xid, state, schema, table, new_row, old_row)
+
+    def _event_of(
+        self,
+        kind: str,
+        lsn: LSN,
+        xid: int | None,
+        state: _Table,
+        schema: str,
+        table: str,
+        new_row: Row | None,
+        old_row: Row | None,
+    ) -> Event:
         if kind == "insert":
             if new_row is None:
                 raise DecodeError("wal2json insert without columns")
@@ -609,6 +690,141 @@ class Wal2JsonDecoder:
         schema = _str(record.get("schema", ""), "schema")
         table = _str(record["table"], "table")
         return self._event_for(kind, lsn, self._xid_of(record), schema, table, new, old, pk)
+
+    # -- format 2, fast: records parsed into structs ----------------------------------------------
+
+    def _fast_record(self, data: bytes, wal_start: int) -> list[Event] | None:
+        """The events of a format 2 record, or None where the reference path must decide.
+
+        Gives exactly what the reference gives for the records it takes
+        (Begin, Commit, Insert, Update, Delete, well typed), and None
+        before changing any state for anything else: messages, truncates,
+        malformed or unusual input (the reference then raises its error).
+        """
+        # The standard library rejects leading whitespace and invalid UTF-8
+        # anywhere; msgspec accepts the first and skips unread fields unchecked.
+        if not data.startswith(b"{"):
+            return None
+        if not data.isascii():
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                return None
+        assert self._typed is not None
+        try:
+            record = self._typed(data)
+            action = record.action
+            if action == "I" or action == "U" or action == "D":
+                event = self._fast_change(record, action, data, wal_start)
+                return None if event is None else [event]
+            if action == "B":
+                return self._fast_begin(record, wal_start)
+            if action == "C":
+                return self._fast_commit(record, wal_start)
+        except Exception:  # malformed for msgspec or the fast path: the reference decides
+            return None
+        return None
+
+    def _fast_lsn(self, text: Any, wal_start: int) -> LSN | None:
+        if text is _UNSET:
+            return self._change_lsn(wal_start)
+        found = _LSN_TEXT(text)
+        if found is None:
+            return None  # the reference reads or rejects it
+        return _new_lsn(LSN, (int(found[1], 16) << 32) | int(found[2], 16))
+
+    def _fast_change(self, record: Any, action: str, data: bytes, wal_start: int) -> Event | None:
+        table = record.table
+        lsn = self._fast_lsn(record.lsn, wal_start)
+        if table is _UNSET or lsn is None:
+            return None
+        schema = record.schema
+        state = self._tables.get((schema, table))
+        if state is None:
+            state = self._tables[(schema, table)] = _Table()
+        pk = record.pk
+        if pk is not _UNSET:
+            names = tuple([k.name for k in pk])
+            if names != state.pk:  # kept when equal: the relation cache compares by identity
+                state.pk = names
+        columns = record.columns
+        new = None
+        if columns is not _UNSET:
+            new = self._fast_row(state, columns, data)
+            if new is None:
+                return None
+        if action == "I":
+            if new is None:
+                return None
+            layout = new._layout
+            key = state.identity if state.identity is not None else (state.pk or ())
+            fast = state.fast
+            relation = state.relation
+            if fast is None or (fast[0], fast[1], fast[2]) != (layout, key, relation):
+                relation = self._relation(state, schema, table, layout.names, layout.type_oids)
+                state.fast = (layout, key, relation)
+            assert relation is not None
+            return new_insert(lsn, record.xid, relation, new)
+        identity = record.identity
+        old = None
+        if identity is not _UNSET:
+            old = self._fast_row(state, identity, data)
+            if old is None:
+                return None
+        if (action == "U" and new is None) or (action == "D" and old is None):
+            return None
+        kind = "update" if action == "U" else "delete"
+        return self._event_of(kind, lsn, record.xid, state, schema, table, new, old)
+
+    def _fast_row(self, state: _Table, columns: list[Any], data: bytes) -> Row | None:
+        """``columns`` (structs) as a Row, as _columns and _row make it; None: the reference's."""
+        values = [c.value for c in columns]
+        kinds = set(map(type, values))
+        if not kinds <= _PLAIN:
+            if not kinds <= _SCALARS:
+                return None  # an object or a list: its numbers would differ
+            values = [str(v) if type(v) is int else v for v in values]
+            # msgspec reads -0 as 0: the reference keeps its text
+            if "0" in values and _NEGATIVE_ZERO.search(data):
+                return None
+        names = [c.name for c in columns]
+        oids = [c.typeoid for c in columns]
+        last = state.last
+        if last is not None and names == last[0] and oids == last[1]:
+            layout = last[2]
+        else:
+            layout = self._layout(state, tuple(names), tuple(oids))
+            state.last = (names, oids, layout)
+        return Row(layout, values)
+
+    def _fast_begin(self, record: Any, wal_start: int) -> list[Event] | None:
+        final = record.lsn
+        final_lsn = None
+        if final is not _UNSET:
+            final_lsn = self._fast_lsn(final, wal_start)
+            if final_lsn is None:
+                return None
+        when = self._time(record.timestamp)
+        xid = record.xid
+        self._xid = xid
+        self._in_transaction = True
+        position = LSN.from_int(wal_start) if wal_start else self._last_end
+        return [new_begin(position, xid, final_lsn, when)]
+
+    def _fast_commit(self, record: Any, wal_start: int) -> list[Event] | None:
+        end = record.nextlsn
+        commit = record.lsn
+        lsn = LSN.from_int(wal_start) if end is _UNSET else self._fast_lsn(end, wal_start)
+        commit_lsn = None if commit is _UNSET else self._fast_lsn(commit, wal_start)
+        if lsn is None or (commit is not _UNSET and commit_lsn is None):
+            return None
+        when = self._time(record.timestamp)
+        if lsn > self._last_end:
+            self._last_end = lsn
+        xid = record.xid
+        self._xid = None
+        self._in_transaction = False
+        return [new_commit(lsn, xid, commit_lsn, when)]
 
     def _add_truncate(self, record: _Json, wal_start: int) -> None:
         schema = _str(record.get("schema", ""), "schema")
