@@ -18,6 +18,7 @@ setup(
                 "replicant/_rows.c",
                 "replicant/_events.c",
                 "replicant/_values.c",
+                "replicant/_w2j.c",
             ],
             depends=["replicant/_speedups.h"],
             optional=True,

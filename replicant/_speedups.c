@@ -7,6 +7,7 @@
  *   _rows.c     read_row, RowCore    (decoders/pgoutput.py, changes.py)
  *   _events.c   maker                (changes.py)
  *   _values.c   from_text, float4_bin (values.py), isoformat (formatting.py)
+ *   _w2j.c      w2j_record           (decoders/wal2json.py)
  *
  * Each function here is the exact equivalent of a pure-Python function that
  * stays the reference and the fallback when this module is not built (or
@@ -27,6 +28,8 @@
  *               shortest decimal that reads back as the same float32.
  *   isoformat   datetime.isoformat(), for formatting.py's JSON form: the
  *               method stays the reference (and what pure Python runs).
+ *   w2j_record  decoders/wal2json.py's _record_fields_python: the fields of
+ *               a wal2json format 2 record, read from its JSON text.
  *
  * None raises for malformed input: drain hands back what it cannot parse
  * as bytes, read_row returns None, and RowCore asks the Row's own _error
@@ -56,7 +59,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if (replicant_drain_exec(m) < 0 || replicant_rows_exec(m) < 0
-        || replicant_events_exec(m) < 0 || replicant_values_exec(m) < 0) {
+        || replicant_events_exec(m) < 0 || replicant_values_exec(m) < 0
+        || replicant_w2j_exec(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -20,5 +20,6 @@ REPLICANT_PART int replicant_drain_exec(PyObject *module);
 REPLICANT_PART int replicant_rows_exec(PyObject *module);
 REPLICANT_PART int replicant_events_exec(PyObject *module);
 REPLICANT_PART int replicant_values_exec(PyObject *module);
+REPLICANT_PART int replicant_w2j_exec(PyObject *module);
 
 #endif

@@ -164,60 +164,91 @@ def _fast_parser() -> Callable[[bytes], Any] | None:
 _FAST_PARSE = _fast_parser()
 
 
-def _typed_parser() -> tuple[Callable[[bytes], Any], Any] | None:
-    """msgspec's parser of a format 2 record straight into structs, if msgspec is in use.
+def _record_fields_python(data: bytes) -> tuple[Any, ...] | None:
+    """The fields of a format 2 Begin, Commit, Insert, Update or Delete record, or None.
 
-    The structs hold the fields the fast path reads, typed as wal2json
-    writes them; anything else (a string OID, a null LSN, a missing name)
-    fails to parse and goes the reference way, which says what is wrong.
-    ``UNSET`` marks a field that is absent, which the reference treats
-    differently from one that is null. Fields not named are skipped
-    unchecked for UTF-8: the caller checks the whole payload.
+    The reference of ``_speedups.w2j_record`` (which the fast path uses when
+    compiled): read from the standard library's parse, they give the
+    decoder exactly what the reference path gives. A tuple ``(action, xid,
+    lsn, nextlsn, timestamp, schema, table, new, old, pk)``: ``xid`` an int
+    or None (absent or null); ``lsn`` and ``nextlsn`` the position as an
+    int, or None when absent; ``timestamp`` a str or None; ``schema`` a str
+    ("" when absent), ``table`` a str or None when absent; ``new`` and
+    ``old`` (``columns``, ``identity``) a tuple (names, type OIDs, values)
+    or None when absent; ``pk`` a tuple of names or None when absent.
+
+    None for anything else: messages and truncates, malformed JSON, fields
+    of the wrong type; the reference path then decodes the record (and says
+    what is wrong). The compiled twin may give None where this gives
+    fields (it does not read escaped keys, lone surrogates, NaN, duplicate
+    keys, ...), never other fields.
     """
-    if _FAST_PARSE is None:
+    try:
+        record = _loads(data)
+    except DecodeError:
         return None
-    import msgspec
-
-    unset = msgspec.UNSET
-    absent: Any = msgspec.UnsetType
-    array: Any = list  # the types below are made at run time: Any for the type checker
-    maybe_str = str | absent
-    column = msgspec.defstruct(
-        "Wal2JsonColumn", [("name", str), ("typeoid", int, 0), ("value", Any, None)], gc=False
-    )
-    key = msgspec.defstruct("Wal2JsonKey", [("name", str)], gc=False)
-    columns = array[column] | absent
-    record = msgspec.defstruct(
-        "Wal2JsonRecord",
-        [
-            ("action", str, ""),
-            ("xid", int | None, None),
-            ("lsn", maybe_str, unset),
-            ("nextlsn", maybe_str, unset),
-            ("timestamp", str | None, None),
-            ("schema", str, ""),
-            ("table", maybe_str, unset),
-            ("columns", columns, unset),
-            ("identity", columns, unset),
-            ("pk", array[key] | absent, unset),
-        ],
-        gc=False,
-    )
-    decode: Callable[[bytes], Any] = msgspec.json.Decoder(record, float_hook=str).decode
-    return decode, unset
+    if not isinstance(record, dict):
+        return None
+    action = record.get("action")
+    if not isinstance(action, str) or action not in _FAST_ACTIONS:
+        return None
+    try:
+        xid = record.get("xid")
+        if xid is not None:
+            xid = _int(xid, "xid")
+        lsn = _plain_lsn(record, "lsn")
+        nextlsn = _plain_lsn(record, "nextlsn")
+        timestamp = record.get("timestamp")
+        if timestamp is not None:
+            timestamp = _str(timestamp, "timestamp")
+        schema = _str(record.get("schema", ""), "schema")
+        table = _str(record["table"], "table") if "table" in record else None
+        new = _fields_of_columns(record["columns"]) if "columns" in record else None
+        old = _fields_of_columns(record["identity"]) if "identity" in record else None
+        pk = None
+        if "pk" in record:
+            pk = tuple(_str(_obj(c, "pk")["name"], "pk name") for c in _list(record["pk"], "pk"))
+    except (DecodeError, KeyError):
+        return None
+    return (action, xid, lsn, nextlsn, timestamp, schema, table, new, old, pk)
 
 
-_TYPED = _typed_parser()
-# What an absent field of a parsed struct holds (a fresh object without msgspec: never seen).
-_UNSET: Any = object() if _TYPED is None else _TYPED[1]
-_PLAIN = frozenset({str, bool, type(None)})  # values kept as parsed
-_SCALARS = _PLAIN | {int}  # ints become their text, as the standard library gives them
+_FAST_ACTIONS = ("B", "C", "I", "U", "D")
+
+
+def _plain_lsn(record: _Json, key: str) -> int | None:
+    if key not in record:
+        return None
+    return int(_lsn(record[key]))
+
+
+def _fields_of_columns(items: Any) -> tuple[tuple[str, ...], tuple[int, ...], list[Any]]:
+    names: list[str] = []
+    oids: list[int] = []
+    values: list[Any] = []
+    for c in _list(items, "columns"):
+        column = _obj(c, "column")
+        names.append(_str(column["name"], "column name"))
+        oids.append(_int(column.get("typeoid", "0"), "type OID"))
+        value = column.get("value")
+        if not (value is None or isinstance(value, (str, bool))):
+            raise DecodeError("an object or a list as a value")  # the reference's to read
+        values.append(value)
+    return tuple(names), tuple(oids), values
+
+
+def _choose_record_fields() -> Callable[[bytes], tuple[Any, ...] | None]:
+    native = _accel.compiled
+    if native is not None and hasattr(native, "w2j_record"):
+        fields: Callable[[bytes], tuple[Any, ...] | None] = native.w2j_record
+        return fields
+    return _record_fields_python
+
+
+_record_fields = _choose_record_fields()
 # A number -0 (float8out writes one for negative zero): before a separator.
 _NEGATIVE_ZERO = re.compile(rb"-0[\s,\]}]")
-# PostgreSQL's LSN text exactly as LSN.parse reads it, minus the surrounding
-# whitespace it strips (such text goes the reference way).
-_LSN_TEXT = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})").fullmatch
-_new_lsn = int.__new__
+_new_lsn = int.__new__  # an LSN of an int already known to be in range
 
 
 def _values_of(items: list[Any]) -> list[Any]:
@@ -282,7 +313,7 @@ class _Table:
         self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
         # The fast path's check that ``relation`` still fits: the layout and
-        # the key tuple it was made for (compared by identity).
+        # the key tuple it was made for, and itself (compared by identity).
         self.fast: tuple[RowLayout, tuple[str, ...], Relation] | None = None
 
 
@@ -326,11 +357,9 @@ class Wal2JsonDecoder:
         self.extra_options = options
         self.decode_values = decode_values
         self.strict_values = strict_values
-        # Format 2 records parsed straight into structs (msgspec in use); the
-        # reference path below stays for what the fast one does not take.
-        self._typed = _TYPED[0] if _TYPED is not None and _FAST_PARSE is not None else None
-        if format_version != 2:
-            self._typed = None
+        # Format 2 Begin, Commit and row records go the fast way (their
+        # fields read in one call); the reference path stays for the rest.
+        self._fields = _record_fields if format_version == 2 else None
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------------
@@ -379,10 +408,12 @@ class Wal2JsonDecoder:
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
         """Decode one wal2json payload. Raises DecodeError for anything malformed."""
-        if self._typed is not None and not self._truncate:
-            events = self._fast_record(data, wal_start)
-            if events is not None:
-                return events
+        if self._fields is not None and not self._truncate:
+            fields = self._fields(data)
+            if fields is not None:
+                events = self._fast_record(fields, wal_start)
+                if events is not None:
+                    return events
         if self.format_version == 1 and _STRAY_COMMA.match(data):
             # wal2json (2.5) puts a comma before a non-transactional message
             # written while a transaction with changes is being decoded.
@@ -693,138 +724,67 @@ class Wal2JsonDecoder:
 
     # -- format 2, fast: records parsed into structs ----------------------------------------------
 
-    def _fast_record(self, data: bytes, wal_start: int) -> list[Event] | None:
-        """The events of a format 2 record, or None where the reference path must decide.
+    def _fast_record(self, fields: tuple[Any, ...], wal_start: int) -> list[Event] | None:
+        """The events of a record read by _record_fields: what the reference path gives.
 
-        Gives exactly what the reference gives for the records it takes
-        (Begin, Commit, Insert, Update, Delete, well typed), and None
-        before changing any state for anything else: messages, truncates,
-        malformed or unusual input (the reference then raises its error).
+        None, before changing anything, for a row record without a table
+        (the reference path says what is wrong).
         """
-        # The standard library rejects leading whitespace and invalid UTF-8
-        # anywhere; msgspec accepts the first and skips unread fields unchecked.
-        if not data.startswith(b"{"):
+        action, xid, lsn, nextlsn, timestamp, schema, table, new, old, pk = fields
+        if action == "B":
+            # The reference's order: state first, then the timestamp (which may raise).
+            self._xid = xid
+            self._in_transaction = True
+            position = LSN.from_int(wal_start) if wal_start else self._last_end
+            final = None if lsn is None else _new_lsn(LSN, lsn)
+            return [new_begin(position, xid, final, self._time(timestamp))]
+        if action == "C":
+            end = LSN.from_int(wal_start) if nextlsn is None else _new_lsn(LSN, nextlsn)
+            if end > self._last_end:
+                self._last_end = end
+            self._xid = None
+            self._in_transaction = False
+            commit = None if lsn is None else _new_lsn(LSN, lsn)
+            return [new_commit(end, xid, commit, self._time(timestamp))]
+        if table is None:
             return None
-        if not data.isascii():
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                return None
-        assert self._typed is not None
-        try:
-            record = self._typed(data)
-            action = record.action
-            if action == "I" or action == "U" or action == "D":
-                event = self._fast_change(record, action, data, wal_start)
-                return None if event is None else [event]
-            if action == "B":
-                return self._fast_begin(record, wal_start)
-            if action == "C":
-                return self._fast_commit(record, wal_start)
-        except Exception:  # malformed for msgspec or the fast path: the reference decides
-            return None
-        return None
-
-    def _fast_lsn(self, text: Any, wal_start: int) -> LSN | None:
-        if text is _UNSET:
-            return self._change_lsn(wal_start)
-        found = _LSN_TEXT(text)
-        if found is None:
-            return None  # the reference reads or rejects it
-        return _new_lsn(LSN, (int(found[1], 16) << 32) | int(found[2], 16))
-
-    def _fast_change(self, record: Any, action: str, data: bytes, wal_start: int) -> Event | None:
-        table = record.table
-        lsn = self._fast_lsn(record.lsn, wal_start)
-        if table is _UNSET or lsn is None:
-            return None
-        schema = record.schema
+        position = self._change_lsn(wal_start) if lsn is None else _new_lsn(LSN, lsn)
         state = self._tables.get((schema, table))
         if state is None:
             state = self._tables[(schema, table)] = _Table()
-        pk = record.pk
-        if pk is not _UNSET:
-            names = tuple([k.name for k in pk])
-            if names != state.pk:  # kept when equal: the relation cache compares by identity
-                state.pk = names
-        columns = record.columns
-        new = None
-        if columns is not _UNSET:
-            new = self._fast_row(state, columns, data)
-            if new is None:
-                return None
+        if pk is not None and pk != state.pk:
+            state.pk = pk  # kept when equal: the relation cache compares by identity
+        new_row = None if new is None else self._fast_row(state, new)
+        old_row = None if old is None else self._fast_row(state, old)
         if action == "I":
-            if new is None:
-                return None
-            layout = new._layout
+            if new_row is None:
+                raise DecodeError("wal2json insert without columns")
+            layout = new_row._layout
             key = state.identity if state.identity is not None else (state.pk or ())
             fast = state.fast
             relation = state.relation
-            if fast is None or (fast[0], fast[1], fast[2]) != (layout, key, relation):
+            if (
+                fast is None
+                or fast[0] is not layout
+                or fast[1] is not key
+                or fast[2] is not relation
+            ):
                 relation = self._relation(state, schema, table, layout.names, layout.type_oids)
                 state.fast = (layout, key, relation)
             assert relation is not None
-            return new_insert(lsn, record.xid, relation, new)
-        identity = record.identity
-        old = None
-        if identity is not _UNSET:
-            old = self._fast_row(state, identity, data)
-            if old is None:
-                return None
-        if (action == "U" and new is None) or (action == "D" and old is None):
-            return None
+            return [new_insert(position, xid, relation, new_row)]
         kind = "update" if action == "U" else "delete"
-        return self._event_of(kind, lsn, record.xid, state, schema, table, new, old)
+        return [self._event_of(kind, position, xid, state, schema, table, new_row, old_row)]
 
-    def _fast_row(self, state: _Table, columns: list[Any], data: bytes) -> Row | None:
-        """``columns`` (structs) as a Row, as _columns and _row make it; None: the reference's."""
-        values = [c.value for c in columns]
-        kinds = set(map(type, values))
-        if not kinds <= _PLAIN:
-            if not kinds <= _SCALARS:
-                return None  # an object or a list: its numbers would differ
-            values = [str(v) if type(v) is int else v for v in values]
-            # msgspec reads -0 as 0: the reference keeps its text
-            if "0" in values and _NEGATIVE_ZERO.search(data):
-                return None
-        names = [c.name for c in columns]
-        oids = [c.typeoid for c in columns]
+    def _fast_row(self, state: _Table, columns: tuple[Any, Any, list[Any]]) -> Row:
+        """The Row of (names, type OIDs, values), as _row makes it from lists."""
+        names, oids, values = columns
         last = state.last
         if last is not None and names == last[0] and oids == last[1]:
-            layout = last[2]
-        else:
-            layout = self._layout(state, tuple(names), tuple(oids))
-            state.last = (names, oids, layout)
+            return Row(last[2], values)
+        layout = self._layout(state, names, oids)
+        state.last = (names, oids, layout)
         return Row(layout, values)
-
-    def _fast_begin(self, record: Any, wal_start: int) -> list[Event] | None:
-        final = record.lsn
-        final_lsn = None
-        if final is not _UNSET:
-            final_lsn = self._fast_lsn(final, wal_start)
-            if final_lsn is None:
-                return None
-        when = self._time(record.timestamp)
-        xid = record.xid
-        self._xid = xid
-        self._in_transaction = True
-        position = LSN.from_int(wal_start) if wal_start else self._last_end
-        return [new_begin(position, xid, final_lsn, when)]
-
-    def _fast_commit(self, record: Any, wal_start: int) -> list[Event] | None:
-        end = record.nextlsn
-        commit = record.lsn
-        lsn = LSN.from_int(wal_start) if end is _UNSET else self._fast_lsn(end, wal_start)
-        commit_lsn = None if commit is _UNSET else self._fast_lsn(commit, wal_start)
-        if lsn is None or (commit is not _UNSET and commit_lsn is None):
-            return None
-        when = self._time(record.timestamp)
-        if lsn > self._last_end:
-            self._last_end = lsn
-        xid = record.xid
-        self._xid = None
-        self._in_transaction = False
-        return [new_commit(lsn, xid, commit_lsn, when)]
 
     def _add_truncate(self, record: _Json, wal_start: int) -> None:
         schema = _str(record.get("schema", ""), "schema")
