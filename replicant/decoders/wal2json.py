@@ -168,8 +168,9 @@ def _record_fields_python(data: bytes) -> tuple[Any, ...] | None:
     """The fields of a format 2 Begin, Commit, Insert, Update or Delete record, or None.
 
     The reference of ``_speedups.w2j_record`` (which the fast path uses when
-    compiled): read from the standard library's parse, they give the
-    decoder exactly what the reference path gives. A tuple ``(action, xid,
+    compiled): read from the reference path's parse (the standard library's,
+    or msgspec's where it parses the same), they give the decoder exactly
+    what the reference path gives. A tuple ``(action, xid,
     lsn, nextlsn, timestamp, schema, table, new, old, pk)``: ``xid`` an int
     or None (absent or null); ``lsn`` and ``nextlsn`` the position as an
     int, or None when absent; ``timestamp`` a str or None; ``schema`` a str
@@ -184,7 +185,7 @@ def _record_fields_python(data: bytes) -> tuple[Any, ...] | None:
     keys, ...), never other fields.
     """
     try:
-        record = _loads(data)
+        record = _loads_fast(data)  # what the reference path reads
     except DecodeError:
         return None
     if not isinstance(record, dict):
@@ -231,6 +232,8 @@ def _fields_of_columns(items: Any) -> tuple[tuple[str, ...], tuple[int, ...], li
         names.append(_str(column["name"], "column name"))
         oids.append(_int(column.get("typeoid", "0"), "type OID"))
         value = column.get("value")
+        if type(value) is int:
+            value = str(value)  # msgspec's integer as the standard library's text
         if not (value is None or isinstance(value, (str, bool))):
             raise DecodeError("an object or a list as a value")  # the reference's to read
         values.append(value)
@@ -312,9 +315,9 @@ class _Table:
         self.relation: Relation | None = None
         self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
-        # The fast path's check that ``relation`` still fits: the layout and
-        # the key tuple it was made for, and itself (compared by identity).
-        self.fast: tuple[RowLayout, tuple[str, ...], Relation] | None = None
+        # The fast path's last insert: the names, OIDs and key tuples it was
+        # for, their layout and relation (checked by identity, see _fast_record).
+        self.fast: tuple[Any, Any, tuple[str, ...], RowLayout, Relation] | None = None
 
 
 class Wal2JsonDecoder:
@@ -754,25 +757,28 @@ class Wal2JsonDecoder:
             state = self._tables[(schema, table)] = _Table()
         if pk is not None and pk != state.pk:
             state.pk = pk  # kept when equal: the relation cache compares by identity
-        new_row = None if new is None else self._fast_row(state, new)
-        old_row = None if old is None else self._fast_row(state, old)
         if action == "I":
-            if new_row is None:
+            if new is None:
                 raise DecodeError("wal2json insert without columns")
-            layout = new_row._layout
+            names, oids, values = new
             key = state.identity if state.identity is not None else (state.pk or ())
             fast = state.fast
             relation = state.relation
+            # Rows of one table come alike: the compiled reader then gives the same
+            # name and OID tuples, and the layout and relation made for them hold.
             if (
                 fast is None
-                or fast[0] is not layout
-                or fast[1] is not key
-                or fast[2] is not relation
+                or fast[0] is not names
+                or fast[1] is not oids
+                or fast[2] is not key
+                or fast[4] is not relation
             ):
+                layout = self._fast_row(state, new)._layout
                 relation = self._relation(state, schema, table, layout.names, layout.type_oids)
-                state.fast = (layout, key, relation)
-            assert relation is not None
-            return [new_insert(position, xid, relation, new_row)]
+                fast = state.fast = (names, oids, key, layout, relation)
+            return [new_insert(position, xid, fast[4], Row(fast[3], values))]
+        new_row = None if new is None else self._fast_row(state, new)
+        old_row = None if old is None else self._fast_row(state, old)
         kind = "update" if action == "U" else "delete"
         return [self._event_of(kind, position, xid, state, schema, table, new_row, old_row)]
 
