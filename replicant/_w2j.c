@@ -40,6 +40,17 @@ typedef struct {
 
 #define MAX_DEPTH 64
 
+/* Bytes a string scan stops at: the quote, the backslash, controls and non-ASCII. */
+static unsigned char special[256];
+
+static void
+init_special(void)
+{
+    for (int c = 0; c < 256; c++) {
+        special[c] = c == '"' || c == '\\' || c < 0x20 || c >= 0x80;
+    }
+}
+
 static void
 skip_ws(Scan *s)
 {
@@ -119,12 +130,15 @@ read_string(Scan *s, PyObject **out)
     int escaped = 0;
     int high = 0;
     while (1) {
+        while (p < s->end && !special[*p]) p++;
         if (p >= s->end) return 0;
         unsigned char c = *p;
         if (c == '"') break;
         if (c < 0x20) return 0;
-        if (c >= 0x80) high = 1;
-        if (c == '\\') {
+        if (c >= 0x80) {
+            high = 1;
+        }
+        else { /* a backslash: the escaped byte is checked when resolved */
             escaped = 1;
             p++;
             if (p >= s->end) return 0;
@@ -435,11 +449,8 @@ read_key(Scan *s, const unsigned char **key, Py_ssize_t *n)
     if (s->p >= s->end || *s->p != '"') return 0;
     const unsigned char *start = s->p + 1;
     const unsigned char *p = start;
-    while (p < s->end && *p != '"') {
-        if (*p == '\\' || *p < 0x20 || *p >= 0x80) return 0;
-        p++;
-    }
-    if (p >= s->end) return 0;
+    while (p < s->end && !special[*p]) p++;
+    if (p >= s->end || *p != '"') return 0;
     *key = start;
     *n = p - start;
     s->p = p + 1;
@@ -496,7 +507,7 @@ read_name(Scan *s, Name *name)
     if (s->p >= s->end || *s->p != '"') return 0;
     const unsigned char *start = s->p + 1;
     const unsigned char *p = start;
-    while (p < s->end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80) p++;
+    while (p < s->end && !special[*p]) p++;
     if (p < s->end && *p == '"') {
         name->bytes = start;
         name->n = p - start;
@@ -935,5 +946,6 @@ static PyMethodDef w2j_methods[] = {
 int
 replicant_w2j_exec(PyObject *module)
 {
+    init_special();
     return PyModule_AddFunctions(module, w2j_methods);
 }

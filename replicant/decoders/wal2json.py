@@ -167,10 +167,11 @@ _FAST_PARSE = _fast_parser()
 def _record_fields_python(data: bytes) -> tuple[Any, ...] | None:
     """The fields of a format 2 Begin, Commit, Insert, Update or Delete record, or None.
 
-    The reference of ``_speedups.w2j_record`` (which the fast path uses when
-    compiled): read from the reference path's parse (the standard library's,
-    or msgspec's where it parses the same), they give the decoder exactly
-    what the reference path gives. A tuple ``(action, xid,
+    The reference of ``_speedups.w2j_record``, which the fast path uses
+    when compiled (pure Python takes the reference path itself, which this
+    only wraps). Read from the reference path's parse (the standard
+    library's, or msgspec's where it parses the same), the fields give the
+    decoder exactly what the reference path gives. A tuple ``(action, xid,
     lsn, nextlsn, timestamp, schema, table, new, old, pk)``: ``xid`` an int
     or None (absent or null); ``lsn`` and ``nextlsn`` the position as an
     int, or None when absent; ``timestamp`` a str or None; ``schema`` a str
@@ -240,12 +241,13 @@ def _fields_of_columns(items: Any) -> tuple[tuple[str, ...], tuple[int, ...], li
     return tuple(names), tuple(oids), values
 
 
-def _choose_record_fields() -> Callable[[bytes], tuple[Any, ...] | None]:
+def _choose_record_fields() -> Callable[[bytes], tuple[Any, ...] | None] | None:
+    """The compiled reader when built, else None: the reference path is then the faster."""
     native = _accel.compiled
     if native is not None and hasattr(native, "w2j_record"):
         fields: Callable[[bytes], tuple[Any, ...] | None] = native.w2j_record
         return fields
-    return _record_fields_python
+    return None
 
 
 _record_fields = _choose_record_fields()
@@ -360,9 +362,11 @@ class Wal2JsonDecoder:
         self.extra_options = options
         self.decode_values = decode_values
         self.strict_values = strict_values
-        # Format 2 Begin, Commit and row records go the fast way (their
-        # fields read in one call); the reference path stays for the rest.
-        self._fields = _record_fields if format_version == 2 else None
+        # Compiled, format 2 Begin, Commit and row records go the fast way
+        # (their fields read in one call); the reference path takes the rest.
+        self._fields: Callable[[bytes], tuple[Any, ...] | None] | None = (
+            _record_fields if format_version == 2 else None
+        )
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------------
