@@ -19,6 +19,7 @@ setup(
                 "replicant/_events.c",
                 "replicant/_values.c",
                 "replicant/_json.c",
+                "replicant/_w2j.c",
             ],
             depends=["replicant/_speedups.h"],
             optional=True,

@@ -8,6 +8,7 @@
  *   _events.c   maker                (changes.py)
  *   _values.c   from_text, float4_bin (values.py), isoformat (formatting.py)
  *   _json.c     JsonWriter           (formatting.py, envelopes.py)
+ *   _w2j.c      w2j_record           (decoders/wal2json.py)
  *
  * Each function here is the exact equivalent of a pure-Python function that
  * stays the reference and the fallback when this module is not built (or
@@ -33,6 +34,8 @@
  *               received; where it is not certain to write what the
  *               reference writes, it asks the Python code (per column, or
  *               for the whole line).
+ *   w2j_record  decoders/wal2json.py's _record_fields_python: the fields of
+ *               a wal2json format 2 record, read from its JSON text.
  *
  * None raises for malformed input: drain hands back what it cannot parse
  * as bytes, read_row returns None, and RowCore asks the Row's own _error
@@ -63,7 +66,8 @@ PyInit__speedups(void)
     }
     if (replicant_drain_exec(m) < 0 || replicant_rows_exec(m) < 0
         || replicant_events_exec(m) < 0 || replicant_values_exec(m) < 0
-        || replicant_json_exec(m) < 0) {
+        || replicant_json_exec(m) < 0
+        || replicant_w2j_exec(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

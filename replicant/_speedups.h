@@ -21,5 +21,6 @@ REPLICANT_PART int replicant_rows_exec(PyObject *module);
 REPLICANT_PART int replicant_events_exec(PyObject *module);
 REPLICANT_PART int replicant_values_exec(PyObject *module);
 REPLICANT_PART int replicant_json_exec(PyObject *module);
+REPLICANT_PART int replicant_w2j_exec(PyObject *module);
 
 #endif

@@ -71,6 +71,8 @@ from replicant.changes import (
     Row,
     RowLayout,
     Truncate,
+    new_begin,
+    new_commit,
     new_delete,
     new_insert,
     new_update,
@@ -160,8 +162,98 @@ def _fast_parser() -> Callable[[bytes], Any] | None:
 
 
 _FAST_PARSE = _fast_parser()
+
+
+def _record_fields_python(data: bytes) -> tuple[Any, ...] | None:
+    """The fields of a format 2 Begin, Commit, Insert, Update or Delete record, or None.
+
+    The reference of ``_speedups.w2j_record``, which the fast path uses
+    when compiled (pure Python takes the reference path itself, which this
+    only wraps). Read from the reference path's parse (the standard
+    library's, or msgspec's where it parses the same), the fields give the
+    decoder exactly what the reference path gives. A tuple ``(action, xid,
+    lsn, nextlsn, timestamp, schema, table, new, old, pk)``: ``xid`` an int
+    or None (absent or null); ``lsn`` and ``nextlsn`` the position as an
+    int, or None when absent; ``timestamp`` a str or None; ``schema`` a str
+    ("" when absent), ``table`` a str or None when absent; ``new`` and
+    ``old`` (``columns``, ``identity``) a tuple (names, type OIDs, values)
+    or None when absent; ``pk`` a tuple of names or None when absent.
+
+    None for anything else: messages and truncates, malformed JSON, fields
+    of the wrong type; the reference path then decodes the record (and says
+    what is wrong). The compiled twin may give None where this gives
+    fields (it does not read escaped keys, lone surrogates, NaN, duplicate
+    keys, ...), never other fields.
+    """
+    try:
+        record = _loads_fast(data)  # what the reference path reads
+    except DecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    action = record.get("action")
+    if not isinstance(action, str) or action not in _FAST_ACTIONS:
+        return None
+    try:
+        xid = record.get("xid")
+        if xid is not None:
+            xid = _int(xid, "xid")
+        lsn = _plain_lsn(record, "lsn")
+        nextlsn = _plain_lsn(record, "nextlsn")
+        timestamp = record.get("timestamp")
+        if timestamp is not None:
+            timestamp = _str(timestamp, "timestamp")
+        schema = _str(record.get("schema", ""), "schema")
+        table = _str(record["table"], "table") if "table" in record else None
+        new = _fields_of_columns(record["columns"]) if "columns" in record else None
+        old = _fields_of_columns(record["identity"]) if "identity" in record else None
+        pk = None
+        if "pk" in record:
+            pk = tuple(_str(_obj(c, "pk")["name"], "pk name") for c in _list(record["pk"], "pk"))
+    except (DecodeError, KeyError):
+        return None
+    return (action, xid, lsn, nextlsn, timestamp, schema, table, new, old, pk)
+
+
+_FAST_ACTIONS = ("B", "C", "I", "U", "D")
+
+
+def _plain_lsn(record: _Json, key: str) -> int | None:
+    if key not in record:
+        return None
+    return int(_lsn(record[key]))
+
+
+def _fields_of_columns(items: Any) -> tuple[tuple[str, ...], tuple[int, ...], list[Any]]:
+    names: list[str] = []
+    oids: list[int] = []
+    values: list[Any] = []
+    for c in _list(items, "columns"):
+        column = _obj(c, "column")
+        names.append(_str(column["name"], "column name"))
+        oids.append(_int(column.get("typeoid", "0"), "type OID"))
+        value = column.get("value")
+        if type(value) is int:
+            value = str(value)  # msgspec's integer as the standard library's text
+        if not (value is None or isinstance(value, (str, bool))):
+            raise DecodeError("an object or a list as a value")  # the reference's to read
+        values.append(value)
+    return tuple(names), tuple(oids), values
+
+
+def _choose_record_fields() -> Callable[[bytes], tuple[Any, ...] | None] | None:
+    """The compiled reader when built, else None: the reference path is then the faster."""
+    native = _accel.compiled
+    if native is not None and hasattr(native, "w2j_record"):
+        fields: Callable[[bytes], tuple[Any, ...] | None] = native.w2j_record
+        return fields
+    return None
+
+
+_record_fields = _choose_record_fields()
 # A number -0 (float8out writes one for negative zero): before a separator.
 _NEGATIVE_ZERO = re.compile(rb"-0[\s,\]}]")
+_new_lsn = int.__new__  # an LSN of an int already known to be in range
 
 
 def _values_of(items: list[Any]) -> list[Any]:
@@ -214,7 +306,7 @@ def _str(value: Any, what: str) -> str:
 class _Table:
     """What the decoder learned about one table from the rows it has seen."""
 
-    __slots__ = ("identity", "last", "layouts", "pk", "relation", "relation_shape")
+    __slots__ = ("fast", "identity", "last", "layouts", "pk", "relation", "relation_shape")
 
     def __init__(self) -> None:
         # The names and OIDs lists of the last row read, and its layout: rows
@@ -225,6 +317,9 @@ class _Table:
         self.relation: Relation | None = None
         self.relation_shape: tuple[Any, ...] = ()
         self.layouts: dict[tuple[tuple[str, ...], tuple[int, ...]], RowLayout] = {}
+        # The fast path's last insert: the names, OIDs and key tuples it was
+        # for, their layout and relation (checked by identity, see _fast_record).
+        self.fast: tuple[Any, Any, tuple[str, ...], RowLayout, Relation] | None = None
 
 
 class Wal2JsonDecoder:
@@ -267,6 +362,11 @@ class Wal2JsonDecoder:
         self.extra_options = options
         self.decode_values = decode_values
         self.strict_values = strict_values
+        # Compiled, format 2 Begin, Commit and row records go the fast way
+        # (their fields read in one call); the reference path takes the rest.
+        self._fields: Callable[[bytes], tuple[Any, ...] | None] | None = (
+            _record_fields if format_version == 2 else None
+        )
         self.reset()
 
     # -- Decoder interface --------------------------------------------------------------------
@@ -315,6 +415,12 @@ class Wal2JsonDecoder:
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
         """Decode one wal2json payload. Raises DecodeError for anything malformed."""
+        if self._fields is not None and not self._truncate:
+            fields = self._fields(data)
+            if fields is not None:
+                events = self._fast_record(fields, wal_start)
+                if events is not None:
+                    return events
         if self.format_version == 1 and _STRAY_COMMA.match(data):
             # wal2json (2.5) puts a comma before a non-transactional message
             # written while a transaction with changes is being decoded.
@@ -406,6 +512,19 @@ class Wal2JsonDecoder:
             state.pk = tuple(pk)
         new_row = self._row(state, *new) if new is not None else None
         old_row = self._row(state, *old) if old is not None else None
+        return self._event_of(kind, lsn, xid, state, schema, table, new_row, old_row)
+
+    def _event_of(
+        self,
+        kind: str,
+        lsn: LSN,
+        xid: int | None,
+        state: _Table,
+        schema: str,
+        table: str,
+        new_row: Row | None,
+        old_row: Row | None,
+    ) -> Event:
         if kind == "insert":
             if new_row is None:
                 raise DecodeError("wal2json insert without columns")
@@ -609,6 +728,73 @@ class Wal2JsonDecoder:
         schema = _str(record.get("schema", ""), "schema")
         table = _str(record["table"], "table")
         return self._event_for(kind, lsn, self._xid_of(record), schema, table, new, old, pk)
+
+    # -- format 2, fast: records parsed into structs ----------------------------------------------
+
+    def _fast_record(self, fields: tuple[Any, ...], wal_start: int) -> list[Event] | None:
+        """The events of a record read by _record_fields: what the reference path gives.
+
+        None, before changing anything, for a row record without a table
+        (the reference path says what is wrong).
+        """
+        action, xid, lsn, nextlsn, timestamp, schema, table, new, old, pk = fields
+        if action == "B":
+            # The reference's order: state first, then the timestamp (which may raise).
+            self._xid = xid
+            self._in_transaction = True
+            position = LSN.from_int(wal_start) if wal_start else self._last_end
+            final = None if lsn is None else _new_lsn(LSN, lsn)
+            return [new_begin(position, xid, final, self._time(timestamp))]
+        if action == "C":
+            end = LSN.from_int(wal_start) if nextlsn is None else _new_lsn(LSN, nextlsn)
+            if end > self._last_end:
+                self._last_end = end
+            self._xid = None
+            self._in_transaction = False
+            commit = None if lsn is None else _new_lsn(LSN, lsn)
+            return [new_commit(end, xid, commit, self._time(timestamp))]
+        if table is None:
+            return None
+        position = self._change_lsn(wal_start) if lsn is None else _new_lsn(LSN, lsn)
+        state = self._tables.get((schema, table))
+        if state is None:
+            state = self._tables[(schema, table)] = _Table()
+        if pk is not None and pk != state.pk:
+            state.pk = pk  # kept when equal: the relation cache compares by identity
+        if action == "I":
+            if new is None:
+                raise DecodeError("wal2json insert without columns")
+            names, oids, values = new
+            key = state.identity if state.identity is not None else (state.pk or ())
+            fast = state.fast
+            relation = state.relation
+            # Rows of one table come alike: the compiled reader then gives the same
+            # name and OID tuples, and the layout and relation made for them hold.
+            if (
+                fast is None
+                or fast[0] is not names
+                or fast[1] is not oids
+                or fast[2] is not key
+                or fast[4] is not relation
+            ):
+                layout = self._fast_row(state, new)._layout
+                relation = self._relation(state, schema, table, layout.names, layout.type_oids)
+                fast = state.fast = (names, oids, key, layout, relation)
+            return [new_insert(position, xid, fast[4], Row(fast[3], values))]
+        new_row = None if new is None else self._fast_row(state, new)
+        old_row = None if old is None else self._fast_row(state, old)
+        kind = "update" if action == "U" else "delete"
+        return [self._event_of(kind, position, xid, state, schema, table, new_row, old_row)]
+
+    def _fast_row(self, state: _Table, columns: tuple[Any, Any, list[Any]]) -> Row:
+        """The Row of (names, type OIDs, values), as _row makes it from lists."""
+        names, oids, values = columns
+        last = state.last
+        if last is not None and names == last[0] and oids == last[1]:
+            return Row(last[2], values)
+        layout = self._layout(state, names, oids)
+        state.last = (names, oids, layout)
+        return Row(layout, values)
 
     def _add_truncate(self, record: _Json, wal_start: int) -> None:
         schema = _str(record.get("schema", ""), "schema")
