@@ -348,7 +348,8 @@ def test_sink_writes_the_reference_lines_in_batches(tmp_path: Path) -> None:
     commit = Commit(LSN(5000), 5, LSN(99), None)
     sink.write(commit)
     written.append(commit)
-    # A transaction end hands every line to the operating system, before any flush.
+    # The batch's end hands every line to the operating system, before any flush.
+    sink.batch_end()
     assert path.read_bytes() == b"".join(reference(event) for event in written)
     assert sink.flush() == LSN(5000)
     tail = Insert(LSN(6000), 6, relation, Row(layout, [b"last"]))
