@@ -307,21 +307,22 @@ class Row(_Core, Mapping[str, Any]):
         written from the raw value instead. Raises DecodeError for a column
         that cannot be read.
         """
+        return {name: self._json_form(i) for i, name in enumerate(self._layout.names)}
+
+    def _json_form(self, i: int) -> Any:
+        """Column ``i``'s lossless JSON form, as :meth:`to_dict` holds it (or DecodeError)."""
         layout = self._layout
+        name = layout.names[i]
+        value = self[name]
         forms = layout.json
-        out: dict[str, Any] = {}
-        for i, name in enumerate(layout.names):
-            value = self[name]
-            form = forms[i] if forms is not None else None
-            raw = self._raw[i]
-            if form is None or raw is None or raw is UNCHANGED:
-                out[name] = json_value(value)
-                continue
-            try:
-                out[name] = form(raw, value)
-            except Exception as exc:  # a form parses the raw value: bad input
-                raise self._error(name, exc) from exc
-        return out
+        form = forms[i] if forms is not None else None
+        raw = self._raw[i]
+        if form is None or raw is None or raw is UNCHANGED:
+            return json_value(value)
+        try:
+            return form(raw, value)
+        except Exception as exc:  # a form parses the raw value: bad input
+            raise self._error(name, exc) from exc
 
 
 # --- the JSON form of values ----------------------------------------------------------

@@ -27,7 +27,7 @@ import json
 import time
 from typing import Any, Final, Protocol, runtime_checkable
 
-from replicant import __version__, changes
+from replicant import __version__, changes, formatting
 from replicant.changes import (
     Begin,
     Commit,
@@ -68,7 +68,7 @@ _READ: Final[type[Any] | None] = getattr(changes, "Read", None)
 _replicant_record: Final = replicant_record
 _debezium_record: Final = debezium_record
 
-DEBEZIUM_UNAVAILABLE: Final = "__debezium_unavailable_value"
+DEBEZIUM_UNAVAILABLE: Final = formatting._DEBEZIUM_UNAVAILABLE
 """What Debezium writes for an unchanged TOASTed value the server did not send
 (its ``unavailable.value.placeholder``); the Debezium envelope writes the same."""
 
@@ -392,11 +392,7 @@ class DebeziumEnvelope:
 
 def _unavailable(row: Row) -> dict[str, Any]:
     """``row.to_dict()`` with Debezium's placeholder for unchanged TOASTed values."""
-    data = row.to_dict()
-    for name, value in data.items():
-        if type(value) is dict and value.get("$unchanged") is True:
-            data[name] = DEBEZIUM_UNAVAILABLE
-    return data
+    return formatting._row_dict(row, True)
 
 
 _ENVELOPES: Final = {"replicant": ReplicantEnvelope, "debezium": DebeziumEnvelope}

@@ -333,7 +333,8 @@ _J_INT2_BIN, _J_INT4_BIN, _J_INT8_BIN, _J_OID_BIN, _J_BOOL_BIN = 20, 21, 22, 23,
 _J_NUMERIC_BIN, _J_DATE_BIN, _J_TIMESTAMP_BIN, _J_TIMESTAMPTZ_BIN = 25, 26, 27, 28
 _J_UUID_BIN, _J_JSON_BIN, _J_JSONB_BIN, _J_BYTEA_BIN = 29, 30, 31, 32
 
-_DEBEZIUM_UNAVAILABLE: Final = "__debezium_unavailable_value"  # envelopes.DEBEZIUM_UNAVAILABLE
+# What Debezium writes for an unchanged TOASTed value (envelopes.DEBEZIUM_UNAVAILABLE).
+_DEBEZIUM_UNAVAILABLE: Final = "__debezium_unavailable_value"
 
 PlanEntry = tuple[Any, Any, int]  # (converter, JSON form, code)
 
@@ -474,19 +475,7 @@ def _json_plan(layout: RowLayout) -> tuple[Any, Any, Any]:
 
 def _column_shown(row: Row, i: int, debezium: bool) -> Any:
     """What ``row.to_dict()`` holds for column ``i`` (with Debezium's placeholder)."""
-    layout = row._layout
-    name = layout.names[i]
-    value = row[name]
-    forms = layout.json
-    form = forms[i] if forms is not None else None
-    raw = row._raw[i]
-    if form is None or raw is None or raw is UNCHANGED:
-        shown = json_value(value)
-    else:
-        try:
-            shown = form(raw, value)
-        except Exception as exc:  # a form parses the raw value: bad input
-            raise row._error(name, exc) from exc
+    shown = row._json_form(i)
     if debezium and type(shown) is dict and shown.get("$unchanged") is True:
         return _DEBEZIUM_UNAVAILABLE
     return shown
