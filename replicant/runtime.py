@@ -45,6 +45,7 @@ from replicant.changes import (
     CommitPrepared,
     Event,
     RollbackPrepared,
+    SnapshotEnd,
     StreamCommit,
 )
 from replicant.connection import (
@@ -102,6 +103,8 @@ _MARKS[Begin] = _START
 # How often an idle reader looks up from the socket to notice stop(): the
 # bound on how long stop() takes on an idle stream.
 _POLL_INTERVAL = 0.1
+# A snapshot's events end a batch (on_batch_end) this often, like a read's frames.
+_SNAPSHOT_BATCH = 512
 
 # How often run() in the main thread wakes to let pending signal handlers run.
 _SIGNAL_CHECK_INTERVAL = 0.25
@@ -233,8 +236,9 @@ class Consumer:
     callback, and an exception from it ends the stream as the callback's
     does. It comes after every batch in which the callback was called,
     also one cut short (by ``end_lsn``, a stop or a failure: then an
-    exception from it is logged and the batch's own goes on), and after
-    each event of a snapshot.
+    exception from it is logged and the batch's own goes on); a
+    snapshot's events come in batches of up to 512, each table's ending
+    one.
 
     Snapshots (the guide's "Snapshot" chapter): ``snapshot="initial"``
     creates the slot with an exported snapshot and first delivers every row
@@ -331,6 +335,7 @@ class Consumer:
         if on_batch_end is not None and not callable(on_batch_end):
             raise ConfigurationError("on_batch_end must be callable")
         self._on_batch_end = on_batch_end
+        self._snapshot_pending = 0  # snapshot events delivered since the last batch end
         self._create_slot = create_slot
         self._temporary = temporary
         self._publications: tuple[str, ...] = (
@@ -858,20 +863,28 @@ class Consumer:
         """
 
         def copy(created: Any) -> bool:
-            return take_snapshot(
-                self._dsn,
-                self._connect_params,
-                snapshot_name=created.snapshot_name,
-                lsn=created.consistent_point,
-                deliver=self._deliver_snapshot,
-                stop=self._stop_requested,
-                tables=self._snapshot_tables,
-                publications=self._publications,
-                workers=self._snapshot_workers,
-                chunk_rows=self._snapshot_chunk_rows,
-                **reading_options(self._decoder),
-                name=self.slot,
-            )
+            failure: BaseException | None = None
+            try:
+                return take_snapshot(
+                    self._dsn,
+                    self._connect_params,
+                    snapshot_name=created.snapshot_name,
+                    lsn=created.consistent_point,
+                    deliver=self._deliver_snapshot,
+                    stop=self._stop_requested,
+                    tables=self._snapshot_tables,
+                    publications=self._publications,
+                    workers=self._snapshot_workers,
+                    chunk_rows=self._snapshot_chunk_rows,
+                    **reading_options(self._decoder),
+                    name=self.slot,
+                )
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
+                # A snapshot that stopped between batch ends ends its batch too.
+                self._end_snapshot_batch(failure)
 
         lsn, finished = create_slot_with_snapshot(
             connection,
@@ -1069,17 +1082,32 @@ class Consumer:
         return acked
 
     def _deliver_snapshot(self, event: Event) -> object:
-        """The callback for a snapshot's events, each one a batch of its own (on_batch_end)."""
+        """The callback for a snapshot's events, in batches of them for on_batch_end.
+
+        A batch ends every ``_SNAPSHOT_BATCH`` events, at each
+        ``SnapshotEnd`` (a table's or the whole's) and when the snapshot
+        stops (:meth:`_end_snapshot_batch`), as the reader's batches do.
+        """
         batch_end = self._on_batch_end
         if batch_end is None:
             return self._callback(event)
         try:
             result = self._callback(event)
         except BaseException as error:
+            self._snapshot_pending = 0
             self._end_batch(batch_end, 0, error)
             raise
-        self._end_batch(batch_end, 0, None)
+        self._snapshot_pending += 1
+        if self._snapshot_pending >= _SNAPSHOT_BATCH or type(event) is SnapshotEnd:
+            self._end_snapshot_batch(None)
         return result
+
+    def _end_snapshot_batch(self, failure: BaseException | None) -> None:
+        """End the snapshot's batch under way, if one is (see _deliver_snapshot)."""
+        batch_end = self._on_batch_end
+        if batch_end is not None and self._snapshot_pending:
+            self._snapshot_pending = 0
+            self._end_batch(batch_end, 0, failure)
 
     def _forget_acknowledged(self) -> None:
         """Drop the commit times of transactions now acknowledged, keeping the newest's."""

@@ -330,6 +330,46 @@ def test_initial_only_stops_after_the_snapshot_and_keeps_the_slot(db: Database) 
         )
 
 
+def test_a_snapshot_ends_a_batch_every_512_events_at_each_table_end_and_when_it_fails(
+    db: Database,
+) -> None:
+    _make_table(db, 1300)
+    mirror = Mirror()
+    ends: list[int] = []  # how many events had been delivered at each batch end
+    replicant.run(
+        db.dsn,
+        slot="batched",
+        publication="pub",
+        callback=mirror,
+        on_batch_end=lambda: ends.append(len(mirror.events)),
+        snapshot="initial_only",
+    )
+    # Two frames open it, 1,300 rows, then the table's end and the whole's.
+    assert len(mirror.events) == 1304
+    assert ends == [512, 1024, 1303, 1304]
+
+    failure = RuntimeError("the target went away")
+    seen: list[Event] = []
+
+    def fail_at_700(event: Event) -> None:
+        if len(seen) == 699:
+            raise failure
+        seen.append(event)
+
+    ends.clear()
+    with pytest.raises(RuntimeError) as raised:
+        replicant.run(
+            db.dsn,
+            slot="failing",
+            publication="pub",
+            callback=fail_at_700,
+            on_batch_end=lambda: ends.append(len(seen)),
+            snapshot="initial_only",
+        )
+    assert raised.value is failure
+    assert ends == [512, 699]  # the batch under way ended too
+
+
 def test_refused_arguments(db: Database) -> None:
     with pytest.raises(ConfigurationError, match=r"create_slot=True.*consumer\.snapshot"):
         Consumer(
