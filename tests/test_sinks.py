@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from replicant import LSN, ConfigurationError
-from replicant.changes import Begin, Column, Commit, Event, Message, Relation
+from replicant.changes import Begin, Column, Commit, Event, Message, Relation, SnapshotEnd
 from replicant.formatting import format_text
 from replicant.sinks import JsonLinesSink, Sink, SinkWriter, is_boundary
 
@@ -223,6 +223,9 @@ def test_timed_writer_pushes_at_each_batch_end_or_without_batches_at_each_commit
     try:
         feed(writer, transaction(10) + transaction(20))
         assert plain.calls.count("batch_end") == 2 and plain.flushes == 0
+        # A snapshot's rows come outside any transaction: pushed at its table's end.
+        writer(SnapshotEnd(LSN(30), None, "public", "t", 0, False))
+        assert plain.calls.count("batch_end") == 3 and plain.flushes == 0
     finally:
         writer.close()
 

@@ -40,7 +40,9 @@ from replicant.changes import (
     Message,
     Prepare,
     RawChange,
+    Read,
     RollbackPrepared,
+    SnapshotEnd,
     StreamAbort,
     StreamCommit,
     StreamPrepare,
@@ -110,9 +112,9 @@ class Sink(Protocol):
     delivered everything it had read and waits for more, so move what is
     buffered on (to the operating system, a client library's queue)
     without making it durable. The writer calls it once per batch (or at
-    every transaction end, for a consumer made without its
-    ``batch_end``); with ``flush_interval=0`` it flushes at every
-    transaction end instead.
+    every transaction end and snapshot table end, for a consumer made
+    without its ``batch_end``); with ``flush_interval=0`` the writer also
+    flushes at every transaction end.
 
     ``close()`` releases the destination. It comes last: after the final
     ``flush()``, or without one after a failure; a sink is not used after it.
@@ -157,7 +159,7 @@ _BOUNDARIES = (
 
 
 # Never a boundary: the events most of a stream is made of skip the general test.
-_ROWS = frozenset((Begin, Insert, Update, Delete))
+_ROWS = frozenset((Begin, Insert, Update, Delete, Read))
 
 
 def resume_lsn(sink: object) -> LSN | None:
@@ -359,16 +361,21 @@ class SinkWriter:
         if lsn > self._written:
             self._written = lsn
         self._dirty = True
-        if self.flush_interval == 0:
-            if type(event) not in _ROWS and is_boundary(event):
-                self._push_locked()  # a flush, at every transaction end
-        elif not self._batched:
-            # No batch ends come from the consumer: push at each transaction end,
-            # and see to the timer at each event (a batch's start does, otherwise).
-            if type(event) not in _ROWS and is_boundary(event):
-                self._push_locked()
-            if self._timer is None or self._timer_stop.is_set():
-                self._start_timer()
+        kind = type(event)
+        if kind not in _ROWS:
+            if self.flush_interval == 0 and is_boundary(event):
+                self._push_locked(flush=True)  # at every transaction end
+            elif not self._batched and (kind is SnapshotEnd or is_boundary(event)):
+                # No batch ends come from the consumer: push at each transaction
+                # end, and at a snapshot table's end (its rows come outside any).
+                self._push_locked(flush=False)
+        # See to the timer at each event (a batch's start does, otherwise).
+        if (
+            self.flush_interval
+            and not self._batched
+            and (self._timer is None or self._timer_stop.is_set())
+        ):
+            self._start_timer()
         durable = self._durable
         if durable > self._returned:
             self._returned = durable
@@ -381,8 +388,8 @@ class SinkWriter:
         Calls the sink's ``batch_end()``, if it has one and something was
         written since the last flush (the JSON Lines sink hands its lines to
         the operating system there, so a reader of the file sees them at
-        once). Nothing to do with ``flush_interval=0``, which flushes at
-        every transaction end. Returns the durable LSN when it moved since
+        once); with ``flush_interval=0`` that is what a batch left after its
+        last transaction end (a snapshot's rows). Returns the durable LSN when it moved since
         the callback last said (or None); raises what the sink raised,
         which ends the stream. A consumer made with
         ``on_batch_end=writer.batch_end`` must call it after every batch in
@@ -400,8 +407,7 @@ class SinkWriter:
                 self._raise_failure()
             if self._closed:
                 self._raise_failure()
-            if self.flush_interval != 0:
-                self._push_locked()
+            self._push_locked(flush=False)
             durable = self._durable
             if durable > self._returned:
                 self._returned = durable
@@ -410,16 +416,17 @@ class SinkWriter:
         finally:
             self._lock.release()
 
-    def _push_locked(self) -> None:
-        # Under the lock: with flush_interval 0 (at a transaction end) a
-        # flush, otherwise (at a batch end, or a transaction end for a
-        # consumer without batch ends) the sink's own batch_end(). A
-        # failure is recorded and raised to the reader.
+    def _push_locked(self, *, flush: bool) -> None:
+        # Under the lock: a flush (flush_interval 0, at a transaction end), or
+        # the sink's own batch_end() (at a batch end, or, for a consumer
+        # without batch ends, a transaction or snapshot table end). A failure
+        # is recorded and raised to the reader.
+        if not self._dirty:
+            return
         try:
-            if self.flush_interval == 0:
-                if self._dirty:
-                    self._flush_locked()
-            elif self._sink_batch_end is not None and self._dirty:
+            if flush:
+                self._flush_locked()
+            elif self._sink_batch_end is not None:
                 self._sink_batch_end()
         except BaseException as error:
             self._failure = error

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
-from replicant.changes import Event, Relation, SnapshotEnd
+from replicant.changes import Event, Relation
 from replicant.formatting import format_json, json_line
 from replicant.lsn import LSN
 
@@ -34,8 +34,8 @@ class JsonLinesSink:
 
     Lines are buffered and handed to the operating system by
     :meth:`batch_end` (after each batch of events the consumer delivered,
-    or at every transaction end), once 1 MiB is pending, at the end of a
-    snapshot's table, and on :meth:`flush`: one write for many lines. The default
+    a snapshot table's end among them, or at every transaction end), once
+    1 MiB is pending, and on :meth:`flush`: one write for many lines. The default
     JSON form is written with :func:`~replicant.formatting.json_line` (the
     same bytes as ``format_json``, faster). ``flush()`` vouches for everything written: with
     ``fsync`` (files only; the default) once it is fsynced, otherwise once
@@ -98,10 +98,6 @@ class JsonLinesSink:
         lsn = event.lsn
         if lsn > self._last:
             self._last = lsn
-        if kind is SnapshotEnd and self._dirty:
-            # A snapshot's rows come outside any transaction and its batches:
-            # its end (of a table, of the whole) is when a reader should see them.
-            self._hand_out()
 
     def batch_end(self) -> None:
         """Hand every line to the operating system (not fsynced): the stream caught up.
