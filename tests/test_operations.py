@@ -703,9 +703,10 @@ def run_with_stderr_on_a_terminal(*args: str) -> tuple[int, str]:
 def test_cli_backlog_progress(shop: Database) -> None:
     for slot in ("tty", "log", "quiet"):
         shop.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
-    # About 12 MB of WAL: beyond the 1 MB worth a progress line, and more than
-    # a fast machine drains before the first progress check (2 MB did not).
-    for batch in range(12):
+    # About 60 MB of WAL: beyond the 1 MB worth a progress line, and more than
+    # the command drains before the first progress check, half a second in
+    # (2 MB did not; 12 MB no longer did once the command wrote lines in C).
+    for batch in range(60):
         shop.execute(
             "INSERT INTO items SELECT g, repeat('p', 300) FROM generate_series(%s, %s) g",
             batch * 2500 + 1,

@@ -415,7 +415,9 @@ def test_idle_stream_sends_few_updates(workload_db: Database) -> None:
     # About 5 / status_interval timed updates (plus the final one), not a
     # ping-pong of thousands.
     assert 3 <= stats.status_updates <= 8, stats
-    assert stats.keepalives < 20, stats
+    # The server's keepalives follow its WAL, which other databases of the
+    # shared server move too: a few dozen at most, not thousands.
+    assert stats.keepalives < 50, stats
 
 
 def test_filtered_writes_advance_the_slot(workload_db: Database) -> None:
