@@ -73,6 +73,11 @@ class Health:
     ``wal_status``, ``safe_wal_size`` (bytes; ``None`` for no limit),
     ``slot_confirmed_lsn``, and ``slot_read_age`` seconds since that read
     (``None``: never read).
+
+    The backlog the consumer started with: ``backlog_start_lsn`` where its
+    first stream started and ``backlog_end_lsn`` the server's WAL end then
+    (``IDENTIFY_SYSTEM``), or the consumer's ``end_lsn`` if that comes first;
+    ``None`` before the first stream.
     """
 
     slot: str
@@ -99,6 +104,8 @@ class Health:
     slot_confirmed_lsn: LSN | None = None
     slot_read_age: float | None = None
     last_error: str | None = None
+    backlog_start_lsn: LSN | None = None
+    backlog_end_lsn: LSN | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready values (LSNs as ``X/Y`` text)."""

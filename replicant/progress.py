@@ -47,10 +47,11 @@ class BacklogProgress:
     Call :meth:`update` with a fresh :meth:`Consumer.health` snapshot as
     often as convenient (the terminal line is redrawn at most every
     ``refresh`` seconds, log lines come every ``interval`` seconds), and
-    :meth:`close` at the end. The backlog is measured once the server's WAL
-    end has been read (``health_interval``): from the acknowledged position
-    to that WAL end, as they were when the stream started. ``tty`` defaults
-    to whether ``out`` is a terminal.
+    :meth:`close` at the end. The backlog is the one the consumer started
+    with (``Health.backlog_start_lsn`` to ``backlog_end_lsn``: where its
+    first stream started, and the server's WAL end then), however late the
+    first update comes: one after the stream ended still reports it done.
+    ``tty`` defaults to whether ``out`` is a terminal.
     """
 
     def __init__(
@@ -97,10 +98,16 @@ class BacklogProgress:
             return
         now = self._clock()
         if self.start is None:
-            if not (health.streaming and health.slot_read_age is not None and health.server_lsn):
-                return  # not streaming yet, or the server's WAL end not read yet
-            self.start = health.acknowledged_lsn
-            self.target = max(health.server_lsn, self.start)
+            if health.backlog_start_lsn is not None and health.backlog_end_lsn is not None:
+                # Measured as the stream started, however much is done by now.
+                self.start = health.backlog_start_lsn
+                self.target = max(health.backlog_end_lsn, self.start)
+            elif health.streaming and health.slot_read_age is not None and health.server_lsn:
+                # A consumer that does not say: from here to the server's WAL end.
+                self.start = health.acknowledged_lsn
+                self.target = max(health.server_lsn, self.start)
+            else:
+                return  # not streaming yet
             if self.total < self.threshold:
                 self.finished = True
                 return

@@ -366,6 +366,9 @@ class Consumer:
 
         # Health (written by the reader unless said otherwise; read by health()).
         self._server_lsn = LSN(0)  # the last keepalive's WAL position
+        # Where the first stream started and the server's WAL end then: the
+        # backlog the consumer began with (progress reports measure against it).
+        self._backlog: tuple[LSN, LSN] | None = None
         self._last_heard: float | None = None  # monotonic time of the last frame
         # (end LSN, commit time) of transactions received, not yet acknowledged.
         self._pending_commits: deque[tuple[LSN, _dt.datetime | None]] = deque(
@@ -455,6 +458,7 @@ class Consumer:
         events_rate, transactions_rate = self._rates.rates(events, transactions)
         heard = self._last_heard
         attempt = self._current
+        backlog = self._backlog
         with self._errors_lock:
             errors = dict(self._errors)
             last_error = self._last_error
@@ -485,6 +489,8 @@ class Consumer:
             slot_confirmed_lsn=None if reading is None else reading.confirmed_lsn,
             slot_read_age=None if reading is None else time.monotonic() - reading.at,
             last_error=last_error,
+            backlog_start_lsn=None if backlog is None else backlog[0],
+            backlog_end_lsn=None if backlog is None else backlog[1],
         )
 
     def _count_error(self, kind: str, error: BaseException) -> None:
@@ -726,6 +732,14 @@ class Consumer:
         self._progress.reset(start)
         if self._stop_requested.is_set():
             return
+        if self._backlog is None:
+            # IDENTIFY_SYSTEM's WAL position: the server's end as the stream
+            # starts, known before the first keepalive (one round trip, once).
+            server_end = connection.identify_system().xlogpos
+            end = server_end if self._end_lsn is None else min(server_end, self._end_lsn)
+            self._backlog = (start, max(end, start))
+            if server_end > self._server_lsn:
+                self._server_lsn = server_end
         self._decoder.reset()  # a transaction cut in the middle comes again from its start
         stream = connection.start(
             self.slot,

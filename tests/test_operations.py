@@ -675,6 +675,27 @@ def test_backlog_progress_on_a_terminal_and_in_a_log() -> None:
     assert small.finished and out.text == ""
 
 
+def test_backlog_measured_at_the_start_is_reported_however_late() -> None:
+    from replicant.progress import BacklogProgress
+
+    start, total = LSN(0x5000000), 8 * 1024 * 1024
+    backlog = dict(backlog_start_lsn=start, backlog_end_lsn=LSN(int(start) + total))
+    # The first look comes after the stream ended, the backlog long drained:
+    # it is measured from where the stream started, not from where it is now.
+    out = FakeOut()
+    late = BacklogProgress(out, tty=False, clock=lambda: 3.0)
+    done = LSN(int(start) + total + 500)
+    late.update(make_health(streaming=False, acknowledged_lsn=done, received_lsn=done, **backlog))
+    assert late.finished and late.total == total
+    assert out.text.startswith("backlog done: 8.0 MB") and out.text.count("\n") == 1, out.text
+    # Half done at the first look: a line from the start's backlog, not the rest's.
+    out = FakeOut()
+    half = BacklogProgress(out, tty=False, clock=lambda: 1.0)
+    middle = LSN(int(start) + total // 2)
+    half.update(make_health(acknowledged_lsn=middle, received_lsn=middle, **backlog))
+    assert not half.finished and out.text.startswith("backlog  50.0%  4.0 MB of 8.0 MB"), out.text
+
+
 def run_with_stderr_on_a_terminal(*args: str) -> tuple[int, str]:
     import pty
 
@@ -703,10 +724,10 @@ def run_with_stderr_on_a_terminal(*args: str) -> tuple[int, str]:
 def test_cli_backlog_progress(shop: Database) -> None:
     for slot in ("tty", "log", "quiet"):
         shop.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", slot)
-    # About 60 MB of WAL: beyond the 1 MB worth a progress line, and more than
-    # the command drains before the first progress check, half a second in
-    # (2 MB did not; 12 MB no longer did once the command wrote lines in C).
-    for batch in range(60):
+    # About 8 MB of WAL: beyond the 1 MB worth a progress line. The backlog is
+    # measured as the stream starts, so a command that drains it all before
+    # its first progress check still reports it done.
+    for batch in range(8):
         shop.execute(
             "INSERT INTO items SELECT g, repeat('p', 300) FROM generate_series(%s, %s) g",
             batch * 2500 + 1,

@@ -591,6 +591,8 @@ def _stream_loop(
         _chores(consumer, writer, signals, verbose=verbose, backlog=backlog, resnapshot=resnapshot)
     finally:
         if backlog is not None:
+            # A backlog drained between two ticks, or before the first, is still reported.
+            backlog.update(consumer.health())
             backlog.close()
 
 
