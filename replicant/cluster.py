@@ -164,6 +164,17 @@ class Installation:
         """True when a loadable module ``name`` (e.g. ``"wal2json"``) is installed."""
         return (self.pkglibdir / f"{name}.so").is_file()
 
+    def knows_setting(self, name: str) -> bool:
+        """True when this server has the setting ``name`` (``postgres --describe-config``)."""
+        return name in _described_settings(str(self.postgres))
+
+
+@functools.cache
+def _described_settings(postgres: str) -> frozenset[str]:
+    """The names of the settings a ``postgres`` binary knows (empty if it cannot say)."""
+    out = _quiet_output([postgres, "--describe-config"]) or ""
+    return frozenset(line.split("\t", 1)[0] for line in out.splitlines() if line)
+
 
 def find_installations(
     *, refresh: bool = False, bindirs: Sequence[str | os.PathLike[str]] = ()
@@ -582,10 +593,11 @@ class LocalCluster:
 
     ``bindir`` picks the installation; otherwise ``version`` (a major version)
     picks among :func:`find_installations`, newest first. ``settings`` is
-    merged over :data:`DEFAULT_SETTINGS` into ``postgresql.conf``.
-    ``auth`` is the method for every connection (``"trust"`` or, with a
-    ``password`` for the ``postgres`` superuser, ``"scram-sha-256"``,
-    ``"md5"``, ``"password"``). ``hba_lines`` go before the default
+    merged over :data:`DEFAULT_SETTINGS` into ``postgresql.conf`` (and, on a
+    server that has the setting, ``output_plugin_libraries`` allows wal2json
+    besides pgoutput and test_decoding). ``auth`` is the method for every
+    connection (``"trust"`` or, with a ``password`` for the ``postgres``
+    superuser, ``"scram-sha-256"``, ``"md5"``, ``"password"``). ``hba_lines`` go before the default
     ``pg_hba.conf`` rules (first match wins). ``extra_files`` are written into
     the data directory, readable only by the server (certificates, keys).
     ``port`` fixes the TCP port; by default a free one is chosen, and another
@@ -625,6 +637,11 @@ class LocalCluster:
         self.settings: dict[str, SettingValue] = dict(DEFAULT_SETTINGS)
         if self.version < 13:
             del self.settings["logical_decoding_work_mem"]
+        # Minor releases from November 2026 (15.19 and their peers) let only
+        # the output plugins in output_plugin_libraries decode, by default
+        # pgoutput and test_decoding: a throwaway server allows wal2json too.
+        if self.installation.knows_setting("output_plugin_libraries"):
+            self.settings["output_plugin_libraries"] = "pgoutput, test_decoding, wal2json"
         self.settings.update(settings or {})
         self.auth = auth
         self.password = password

@@ -330,12 +330,13 @@ def classify_server_error(
     if sqlstate in _SLOT_STATES and _SLOT_WORDS.search(message):
         return SlotError(message, sqlstate=sqlstate, detail=detail, hint=hint)
     if sqlstate == "42501" and _PLUGIN_REFUSED.search(message):
-        # 18.6+ loads as output plugins only the libraries an administrator
-        # listed: the server's own hint is easy to miss, so say it first.
+        # The minor releases of November 2026 (15.19+, 18.6+ and their peers)
+        # load as output plugins only the libraries an administrator listed:
+        # the server's own hint is easy to miss, so say it first.
         message = (
             f"{message}: the server accepts only the output plugins listed in its "
-            '"output_plugin_libraries" setting (PostgreSQL 18.6+); add this one '
-            "there and reload the server configuration"
+            '"output_plugin_libraries" setting (newer minor releases: 15.19, 18.6 '
+            "and later); add this one there and reload the server configuration"
         )
     return ServerError(message, sqlstate=sqlstate, detail=detail, hint=hint)
 

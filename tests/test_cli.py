@@ -323,6 +323,13 @@ def test_check_reports_a_table_without_replica_identity(shop: Database) -> None:
     missing = run_cli("check", shop.dsn, "--publication", "nosuch")
     assert missing.returncode == 1 and "publication nosuch does not exist" in missing.stdout
 
+    # The plugin allow-list of newer minor releases, where the server has one
+    # (test clusters list wal2json in it).
+    if shop.cluster.installation.knows_setting("output_plugin_libraries"):
+        assert "ok    output_plugin_libraries = pgoutput, test_decoding, wal2json" in out
+    else:
+        assert "output_plugin_libraries" not in out
+
 
 def test_check_reports_wrong_wal_level_and_missing_privilege(
     make_cluster: Callable[..., LocalCluster],

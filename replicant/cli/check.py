@@ -237,6 +237,18 @@ def _run_checks(
             shown = f"{int(value) / 1000:g} s" if unit == "ms" else f"{value}{unit or ''}"
             report.ok(f"wal_sender_timeout = {shown}")
 
+    plugins = _setting(cur, "output_plugin_libraries")
+    if plugins is not None:
+        # Newer minor releases decode only with the plugins listed here.
+        listed = plugins[0]
+        if "wal2json" in (name.strip() for name in listed.split(",")):
+            report.ok(f"output_plugin_libraries = {listed}")
+        else:
+            report.ok(
+                f"output_plugin_libraries = {listed}: other output plugins (wal2json) are "
+                "refused until listed there"
+            )
+
     _check_slots(cur, server_version, report)
 
 
