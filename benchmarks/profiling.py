@@ -13,6 +13,13 @@ contender (``replicant`` by default) under the chosen tools:
     ``cProfile`` of every thread of the client, sorted by internal time on
     stdout and saved as a ``.pstats`` file. It slows Python code down about twofold,
     C calls less, so read proportions with care.
+``callgrind``
+    instruction counts (``valgrind --tool=callgrind``; Debian: ``apt-get
+    install valgrind``), steady where times are not: the workload is drained
+    twice, at a fifth of ``--scale`` and at ``--scale``, each from a fresh
+    slot, and the difference gives instructions per event without the
+    start-up (imports, connecting); the top functions of the larger run by
+    inclusive and self count follow.
 ``none``
     the drain alone, for its wall and CPU time.
 
@@ -84,6 +91,84 @@ def top_of_speedscope(path: Path, limit: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _client_arguments(
+    server: bench.Server, workload: bench.Workload, slot: str, end: int, out: Path
+) -> str:
+    return json.dumps(
+        {
+            "dsn": server.dsn,
+            "slot": slot,
+            "end_lsn": end,
+            "plugin": workload.plugin,
+            "publication": bench.PUBLICATION if workload.plugin == "pgoutput" else None,
+            "options": bench.plugin_options(workload.plugin, server.server_version),
+            # the command's output (clients.py removes it afterwards)
+            "file": str(out / "stream.jsonl"),
+        }
+    )
+
+
+def callgrind(
+    server: bench.Server, workload: bench.Workload, contender: str, scale: float, out: Path
+) -> None:
+    """Instructions per event of ``contender`` on ``workload``: two drains, differenced."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind")
+    counts: list[tuple[int, int]] = []
+    target = out / f"{workload.key}-{contender}.callgrind"
+    for step, size in enumerate((scale / 5, scale)):
+        workload.setup(server, size)
+        slot = f"callgrind_{step}"
+        server.create_slot(slot, workload.plugin)
+        workload.write(server, size)
+        end = int(server.end_of_last_commit())
+        arguments = _client_arguments(server, workload, slot, end, out)
+        done = subprocess.run(
+            [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={target}",
+                sys.executable,
+                str(bench.HERE / "clients.py"),
+                contender,
+                arguments,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        server.drop_slot(slot)
+        if done.returncode != 0:
+            sys.exit(f"callgrind failed: {done.stderr[-2000:]}")
+        line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("{"))
+        events = json.loads(line)["events"]
+        total = next(
+            int(x.split()[-1].replace(",", ""))
+            for x in done.stderr.splitlines()
+            if "Collected" in x
+        )
+        counts.append((events, total))
+        print(f"## callgrind, scale {size:g}: {events:,} events, {total:,} instructions")
+    (small_events, small), (large_events, large) = counts
+    if large_events > small_events:
+        per = (large - small) / (large_events - small_events)
+        print(f"## {per:,.0f} instructions per event (start-up left out)")
+    annotate = shutil.which("callgrind_annotate")
+    if annotate is not None:
+        for inclusive in (True, False):
+            shown = subprocess.run(
+                [annotate, f"--inclusive={'yes' if inclusive else 'no'}", str(target)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            kind = "inclusive" if inclusive else "self"
+            print(f"## top functions by {kind} count (scale {scale:g})")
+            print("\n".join(shown.splitlines()[:60]))
+    print(f"(callgrind file: {target})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="insert", choices=sorted(bench.WORKLOADS))
@@ -96,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--tool",
         action="append",
-        choices=["py-spy", "cprofile", "none"],
+        choices=["py-spy", "cprofile", "callgrind", "none"],
         help="repeatable; default: none, py-spy, cprofile",
     )
     parser.add_argument("--scale", type=float, default=1.0)
@@ -115,26 +200,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     clients = str(bench.HERE / "clients.py")
 
     with bench.bench_server(args.pg) as server:
+        if "callgrind" in tools:
+            tools.remove("callgrind")
+            callgrind(server, workload, args.contender, args.scale, args.out)
+        if not tools:
+            return
         workload.setup(server, args.scale)
         slots = [f"profile_{i}" for i in range(len(tools))]
         for slot in slots:
             server.create_slot(slot, workload.plugin)
         workload.write(server, args.scale)
         end = server.end_of_last_commit()
-        options = bench.plugin_options(workload.plugin, server.server_version)
         for tool, slot in zip(tools, slots, strict=True):
-            arguments = json.dumps(
-                {
-                    "dsn": server.dsn,
-                    "slot": slot,
-                    "end_lsn": int(end),
-                    "plugin": workload.plugin,
-                    "publication": bench.PUBLICATION if workload.plugin == "pgoutput" else None,
-                    "options": options,
-                    # the command's output (clients.py removes it afterwards)
-                    "file": str(args.out / "stream.jsonl"),
-                }
-            )
+            arguments = _client_arguments(server, workload, slot, int(end), args.out)
             env = dict(os.environ)
             stem = args.out / f"{args.workload}-{args.contender}"
             client = [clients, args.contender, arguments]

@@ -190,8 +190,8 @@ class Workload:
     key: str
     title: str
     plugin: str
-    setup: Callable[[Server, float], None]  # before the slots exist
-    write: Callable[[Server, float], None]  # the changes the slots will carry
+    setup: Callable[[Server, float], object]  # before the slots exist
+    write: Callable[[Server, float], object]  # the changes the slots will carry
 
 
 def _count(base: int, scale: float) -> int:

@@ -1539,6 +1539,18 @@ put_field(JsonWriter *self, Buf *b, PyObject *value)
     if (Py_TYPE(value) != (PyTypeObject *)self->datetime_type) {
         return 1;
     }
+    char digits[32];
+    int written = replicant_isoformat_utc(value, digits);
+    if (written > 0) { /* the usual commit time: UTC, straight into the line */
+        if (buf_reserve(b, written + 2) < 0) {
+            return -1;
+        }
+        b->data[b->len++] = '"';
+        memcpy(b->data + b->len, digits, (size_t)written);
+        b->len += written;
+        b->data[b->len++] = '"';
+        return 0;
+    }
     PyObject *text = PyObject_CallOneArg(self->isoformat, value);
     if (text == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {

@@ -23,4 +23,8 @@ REPLICANT_PART int replicant_values_exec(PyObject *module);
 REPLICANT_PART int replicant_json_exec(PyObject *module);
 REPLICANT_PART int replicant_w2j_exec(PyObject *module);
 
+/* _values.c: datetime.isoformat() of an exact naive or UTC datetime into out
+ * (room for 32 bytes): its length, or 0 for any other value. */
+REPLICANT_PART int replicant_isoformat_utc(PyObject *value, char *out);
+
 #endif

@@ -1,6 +1,7 @@
 # The compiled module's interface; see _speedups.c, which names the C file and
 # the pure-Python equivalent of each piece (that one defines its behaviour).
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 def drain(
@@ -40,6 +41,7 @@ def from_text(
 ) -> Callable[[str | bytes], Any]: ...
 def float4_bin(data: bytes, /) -> float: ...
 def isoformat(value: Any, /) -> str: ...
+def pg_datetime(value: int, /) -> datetime: ...
 
 class JsonWriter:
     def __init__(

@@ -19,6 +19,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import weakref
 from decimal import Decimal
 from pathlib import Path
@@ -623,3 +624,77 @@ def test_date_readers_golden(native: Any) -> None:
         assert read(b"infinity") == dt.date.max
         with pytest.raises(ValueError):
             read(b"2024-13-01")
+
+
+# --- commit times
+
+
+_US_PER_DAY = 86_400_000_000
+_FIRST_US = -730_119 * _US_PER_DAY  # 0001-01-01 00:00:00 UTC, in us after 2000-01-01
+_LAST_US = 2_921_940 * _US_PER_DAY - 1  # 9999-12-31 23:59:59.999999 UTC
+
+
+@settings(
+    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.one_of(st.integers(_FIRST_US, _LAST_US), st.integers(-(2**63), 2**63 - 1)))
+def test_pg_datetime_is_the_python_conversion(native: Any, value: int) -> None:
+    from replicant.errors import ProtocolError
+    from replicant.protocol import pg_timestamp_to_datetime
+
+    try:
+        expected: Any = pg_timestamp_to_datetime(value)
+    except ProtocolError as error:
+        expected = error
+    if isinstance(expected, ProtocolError):
+        with pytest.raises(ProtocolError) as raised:
+            native.pg_datetime(value)
+        assert str(raised.value) == str(expected)
+    else:
+        got = native.pg_datetime(value)
+        assert got == expected and type(got) is dt.datetime
+        assert got.tzinfo is dt.timezone.utc
+
+
+def test_pg_datetime_edges(native: Any) -> None:
+    from replicant.errors import ProtocolError
+
+    utc = dt.timezone.utc
+    assert native.pg_datetime(0) == dt.datetime(2000, 1, 1, tzinfo=utc)
+    assert native.pg_datetime(-1) == dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=utc)
+    assert native.pg_datetime(_FIRST_US) == dt.datetime.min.replace(tzinfo=utc)
+    assert native.pg_datetime(_LAST_US) == dt.datetime.max.replace(tzinfo=utc)
+    # 2000-02-29, 2100-03-01 (no leap day in 2100), 2400-02-29
+    for day in (dt.date(2000, 2, 29), dt.date(2100, 3, 1), dt.date(2400, 2, 29)):
+        us = (day - dt.date(2000, 1, 1)).days * _US_PER_DAY
+        assert native.pg_datetime(us).date() == day
+    for bad in (_FIRST_US - 1, _LAST_US + 1, 2**63 - 1, -(2**63), 2**64):
+        with pytest.raises(ProtocolError, match="timestamp out of range"):
+            native.pg_datetime(bad)
+    with pytest.raises(TypeError):
+        native.pg_datetime(1.5)
+
+
+def test_drained_frames_and_positions_are_left_to_reference_counting(db: Database) -> None:
+    # Frames hold ints and bytes only, LSNs nothing at all: no cycle can pass
+    # through them, so the compiled drain keeps them out of the collector.
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    db.execute("CREATE PUBLICATION pub FOR TABLE t")
+    with ReplicationConnection.connect(db.dsn) as connection:
+        connection.create_slot("untracked", "pgoutput")
+    db.execute("INSERT INTO t SELECT generate_series(1, 10)")
+    options = {"proto_version": "1", "publication_names": '"pub"'}
+    frames: list[Any] = []
+    with ReplicationConnection.connect(db.dsn) as connection:
+        stream = connection.start("untracked", 0, options, plugin="pgoutput")
+        deadline = time.monotonic() + 60
+        while not any(frame.data[:1] == b"C" for frame in frames):
+            assert time.monotonic() < deadline, frames
+            frames += [frame for frame in stream.read(0.5) if type(frame) is XLogData]
+        stream.stop()
+    for frame in frames:
+        assert type(frame.wal_start) is LSN and type(frame.wal_end) is LSN
+        assert frame.wal_start == LSN(int(frame.wal_start)) and frame.wal_end >= frame.wal_start
+        if _accel.compiled is not None:
+            assert not gc.is_tracked(frame)
+            assert not gc.is_tracked(frame.wal_start) and not gc.is_tracked(frame.wal_end)

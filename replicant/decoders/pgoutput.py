@@ -54,7 +54,7 @@ from replicant.changes import (
 )
 from replicant.errors import ConfigurationError, DecodeError, ProtocolError
 from replicant.lsn import LSN
-from replicant.protocol import pg_timestamp_to_datetime as _time
+from replicant.protocol import fast_pg_timestamp_to_datetime as _time
 from replicant.protocol import quote_identifier
 
 __all__ = ["PgOutputDecoder", "quote_publication_names"]
