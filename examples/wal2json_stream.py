@@ -5,6 +5,9 @@ It needs no publication: it decodes every table, unless told otherwise with
 its own options (``add-tables``, ``filter-tables``, ...), which replicant
 passes through. The events are the same as with pgoutput: ``Insert``,
 ``Update``, ``Delete`` with typed values, framed by ``Begin`` and ``Commit``.
+Servers from the minor releases of November 2026 on (15.19, 18.6, ...) also
+need it listed in ``output_plugin_libraries`` (``postgresql.conf``:
+``output_plugin_libraries = 'pgoutput, test_decoding, wal2json'``, then reload).
 
     CREATE TABLE notes (id serial PRIMARY KEY, body text);
 
