@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 import pytest
@@ -217,6 +218,32 @@ def test_unknown_plugin_is_server_error(conn: ReplicationConnection) -> None:
     else:
         assert info.value.sqlstate == "58P01"
     assert not isinstance(info.value, SlotError)
+
+
+def test_a_plugin_taken_off_the_allow_list_is_a_prompt_final_error(
+    make_cluster: Any, installation: Any
+) -> None:
+    import replicant
+
+    if not installation.knows_setting("output_plugin_libraries"):
+        pytest.skip("this server has no output plugin allow-list")
+    if not installation.has_plugin("wal2json"):
+        pytest.skip("no wal2json on this server")
+    cluster = make_cluster()
+    # A slot made while wal2json was allowed; then the list goes back to its default.
+    cluster.execute("SELECT pg_create_logical_replication_slot('listed', 'wal2json')")
+    cluster.execute("ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding")
+    cluster.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while "wal2json" in cluster.execute("SHOW output_plugin_libraries")[0][0]:
+        assert time.monotonic() < deadline, "the server kept the old setting"
+        time.sleep(0.05)
+    started = time.monotonic()
+    for slot in ("listed", "unlisted"):  # reading the slot, creating one
+        with pytest.raises(ServerError) as info:
+            replicant.run(cluster.dsn_for(), slot=slot, plugin="wal2json", callback=print)
+        assert info.value.sqlstate == "42501" and '"output_plugin_libraries"' in str(info.value)
+    assert time.monotonic() - started < 10  # not retried as if the connection broke
 
 
 # --- streaming
