@@ -20,6 +20,7 @@ setup(
                 "replicant/_values.c",
                 "replicant/_json.c",
                 "replicant/_w2j.c",
+                "replicant/_pgout.c",
             ],
             depends=["replicant/_speedups.h"],
             optional=True,

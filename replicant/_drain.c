@@ -95,6 +95,13 @@ lsn_is_direct(PyTypeObject *lsn_type)
         && lsn_type->tp_dictoffset == 0;
 }
 
+/* For _pgout.c: LSN(value) of lsn_type, an int subclass, as new_lsn makes it. */
+PyObject *
+replicant_new_lsn(PyTypeObject *lsn_type, uint64_t value)
+{
+    return new_lsn(lsn_type, value, lsn_is_direct(lsn_type));
+}
+
 /* XLogData(LSN(start), LSN(end), send_time, data) from a whole message. */
 static PyObject *
 new_xlogdata(const unsigned char *message, Py_ssize_t size,

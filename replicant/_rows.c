@@ -459,6 +459,41 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nn)", row, columns.end);
 }
 
+/* For _pgout.c: the row of pgoutput TupleData at `pos` (`count` columns), made
+ * like read_row makes it. Returns the row with *end after the tuple; NULL
+ * with no exception set when the tuple is malformed or mixes text and binary
+ * columns (the Python code handles those); NULL with an exception on failure. */
+PyObject *
+replicant_read_row(PyObject *data, Py_ssize_t pos, Py_ssize_t count, PyObject *text,
+                   PyObject *binary, PyTypeObject *row_type, PyObject *unchanged,
+                   Py_ssize_t *end)
+{
+    Columns columns;
+    int split = split_tuple(data, pos, count, unchanged, &columns);
+    if (split <= 0) {
+        return NULL;
+    }
+    PyObject *layout;
+    if (columns.binary == 0) {
+        layout = text;
+    }
+    else if (columns.binary + columns.special == count) {
+        layout = binary;
+    }
+    else {
+        Py_DECREF(columns.values);
+        return NULL;
+    }
+    *end = columns.end;
+    return make_row(row_type, layout, columns.values);
+}
+
+int
+replicant_is_row_type(PyObject *type)
+{
+    return PyType_Check(type) && PyType_IsSubtype((PyTypeObject *)type, &RowCoreType);
+}
+
 static PyMethodDef rows_methods[] = {
     {"read_row", (PyCFunction)(void (*)(void))read_row, METH_FASTCALL, read_row_doc},
     {NULL, NULL, 0, NULL},

@@ -9,6 +9,7 @@
  *   _values.c   from_text, float4_bin (values.py), isoformat (formatting.py)
  *   _json.c     JsonWriter           (formatting.py, envelopes.py)
  *   _w2j.c      w2j_record           (decoders/wal2json.py)
+ *   _pgout.c    PgOutputFast         (decoders/pgoutput.py)
  *
  * Each function here is the exact equivalent of a pure-Python function that
  * stays the reference and the fallback when this module is not built (or
@@ -36,9 +37,13 @@
  *               for the whole line).
  *   w2j_record  decoders/wal2json.py's _record_fields_python: the fields of
  *               a wal2json format 2 record, read from its JSON text.
+ *   PgOutputFast  decoders/pgoutput.py's PgOutputDecoder.decode for Begin,
+ *               Commit, Insert and Update (a new tuple only) outside a
+ *               streamed transaction; the rest goes to the Python decode.
  *
  * None raises for malformed input: drain hands back what it cannot parse
- * as bytes, read_row returns None, and RowCore asks the Row's own _error
+ * as bytes, read_row returns None, PgOutputFast hands the message to the
+ * Python decode, and RowCore asks the Row's own _error
  * method for the exception, so that the Python code says what is wrong.
  * What the functions need (libpq's functions, the result types) comes in as
  * arguments; the one thing kept is changes.UNCHANGED, looked up once.
@@ -67,7 +72,7 @@ PyInit__speedups(void)
     if (replicant_drain_exec(m) < 0 || replicant_rows_exec(m) < 0
         || replicant_events_exec(m) < 0 || replicant_values_exec(m) < 0
         || replicant_json_exec(m) < 0
-        || replicant_w2j_exec(m) < 0) {
+        || replicant_w2j_exec(m) < 0 || replicant_pgout_exec(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

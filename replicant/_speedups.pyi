@@ -70,3 +70,19 @@ class JsonWriter:
         self, event: Any, transaction: bytes, txid: int | None, ts_ms: int, read: bool = False, /
     ) -> bytes | None: ...
 def w2j_record(data: bytes, /) -> tuple[Any, ...] | None: ...
+
+class PgOutputFast:
+    def __init__(
+        self,
+        decoder: Any,
+        reference: Callable[[bytes, int, int], list[Any]],
+        lsn_type: type,
+        row_type: type,
+        unchanged: Any,
+        new_begin: Callable[..., Any],
+        new_commit: Callable[..., Any],
+        new_insert: Callable[..., Any],
+        new_update: Callable[..., Any],
+        to_datetime: Callable[[int], datetime],
+    ) -> None: ...
+    def __call__(self, data: bytes, wal_start: int, wal_end: int, /) -> list[Any]: ...

@@ -35,6 +35,7 @@ def fast_paths() -> dict[str, bool]:
         "drain": libpq.drain is not libpq._drain_python,
         "read_row": pgoutput._read_row is not None,
         "decoder read_row": PgOutputDecoder("p")._read_row is not None,
+        "pgoutput decode": _is_compiled(PgOutputDecoder("p").decode),
         "from_text": values._from_text is not values._from_text_python,
         "int reader": _is_compiled(values.text_reader(values.OID.INT4)),
         "timestamptz reader": _is_compiled(values.text_reader(values.OID.TIMESTAMPTZ)),

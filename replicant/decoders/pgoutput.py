@@ -218,6 +218,8 @@ def _walk_tuple(data: bytes, pos: int, count: int) -> tuple[list[Any], int, int,
 # The compiled tuple walk, chosen once with every other fast path (see
 # replicant._accel). It makes the rows itself, so Row is then on its RowCore.
 _read_row: Final[Any] = None if _accel.compiled is None else _accel.compiled.read_row
+# The compiled decode of Begin, Commit, Insert and Update (see decode()).
+_PgOutputFast: Final[Any] = None if _accel.compiled is None else _accel.compiled.PgOutputFast
 
 
 class PgOutputDecoder:
@@ -278,6 +280,22 @@ class PgOutputDecoder:
         self._dispatch = self._make_dispatch()
         self._read_row: Any = _read_row
         self.reset()
+        if _PgOutputFast is not None and type(self) is PgOutputDecoder:
+            # The compiled decode of an ordinary transaction's messages, in
+            # front of the Python one (the reference), which takes the rest.
+            # Not for a subclass, whose own methods must decode.
+            self.decode = _PgOutputFast(  # type: ignore[method-assign]
+                self,
+                PgOutputDecoder.decode.__get__(self),
+                LSN,
+                Row,
+                UNCHANGED,
+                new_begin,
+                new_commit,
+                new_insert,
+                new_update,
+                _time,
+            )
 
     # -- Decoder interface --------------------------------------------------------------
 
@@ -353,7 +371,12 @@ class PgOutputDecoder:
         return MappingProxyType(self._types)
 
     def decode(self, data: bytes, wal_start: int, wal_end: int) -> list[Event]:
-        """Decode one pgoutput message. Raises DecodeError for anything malformed."""
+        """Decode one pgoutput message. Raises DecodeError for anything malformed.
+
+        With the compiled paths, a decoder's ``decode`` is a compiled twin
+        of this for an ordinary transaction's Begin, Commit, Insert and
+        Update, which hands every other message to this method.
+        """
         if not data:
             raise DecodeError("empty pgoutput message", position=0)
         if type(wal_start) is not LSN:  # the stream gives LSNs; other callers may not

@@ -324,6 +324,33 @@ class SinkWriter:
 
     def __call__(self, event: Event) -> LSN | None:
         """Write ``event`` to the sink; return the durable LSN when it moved, else None."""
+        if (
+            self._holding
+            and type(event) in _ROWS
+            and self._failure is None
+            and not self._closed
+        ):
+            # A row inside a batch, the lock already held: _write_locked's
+            # work for it, without the call (most of a stream's events).
+            lsn = event.lsn
+            if lsn > self._delivered:
+                self._delivered = lsn
+            try:
+                self.sink.write(event)
+            except BaseException as error:
+                self._failure = error
+                self._failure_raised = True
+                self._holding = False
+                self._lock.release()
+                raise
+            if lsn > self._written:
+                self._written = lsn
+            self._dirty = True
+            durable = self._durable
+            if durable > self._returned:
+                self._returned = durable
+                return durable
+            return None
         if not self._holding:
             self._lock.acquire()
             # With a consumer that calls batch_end(), the lock is held from a
