@@ -702,7 +702,15 @@ def targets(
             cpu_line(result, "replicant", "event", 4.0)
             ratio_line(result, "replicant-raw", "psycopg2", 1.0)
         ratio_line(result, "stream", "pg_recvlogical", 1.0)
-        cpu_line(result, "stream", "row", 4.0)
+        if result.key != "wal2json":
+            cpu_line(result, "stream", "row", 4.0)
+        else:
+            # The command's CPU target is pgoutput's; wal2json's is for the record.
+            cpus = _cpu_per(result, "stream", result.rows)
+            if cpus:
+                lines.append(
+                    f"- {result.key}: stream CPU {statistics.median(cpus):.2f} µs/row (no target)"
+                )
         if result.messages > 2 * result.rows:
             # Single-row transactions: each row comes with its Begin and Commit,
             # which the command writes as lines too.

@@ -1266,7 +1266,8 @@ put_value(Buf *b, int code, PyObject *raw, PyObject *convert)
 static PyObject *
 plan_of(JsonWriter *self, PyObject *layout)
 {
-    PyObject *plan = PyObject_GetAttr(layout, str_json_plan);
+    static SlotCache plan_slot;
+    PyObject *plan = replicant_slot(layout, str_json_plan, &plan_slot);
     if (plan == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return NULL;
@@ -1287,10 +1288,12 @@ put_row(JsonWriter *self, Buf *b, PyObject *row, int debezium)
     if (Py_TYPE(row) != (PyTypeObject *)self->row_type) {
         return 1;
     }
-    PyObject *layout = PyObject_GetAttr(row, str_layout);
-    if (layout == NULL) {
-        return -1;
+    PyObject *layout, *raw_values;
+    replicant_row_parts(row, &layout, &raw_values); /* a RowCore's own fields */
+    if (layout == NULL || raw_values == NULL) {
+        return 1; /* not set up: the Python code says what is wrong */
     }
+    Py_INCREF(layout);
     PyObject *plan = plan_of(self, layout);
     PyObject *convert = NULL;
     PyObject *raw = NULL;
@@ -1308,11 +1311,7 @@ put_row(JsonWriter *self, Buf *b, PyObject *row, int debezium)
     if (!PyBytes_Check(codes) || !PyTuple_Check(keys) || !PyTuple_Check(convert)) {
         goto done; /* names JSON cannot write as one object (repeated, not UTF-8) */
     }
-    raw = PyObject_GetAttr(row, str_raw);
-    if (raw == NULL) {
-        result = -1;
-        goto done;
-    }
+    raw = Py_NewRef(raw_values);
     Py_ssize_t count = PyBytes_GET_SIZE(codes);
     if (!PyList_Check(raw) || PyList_GET_SIZE(raw) != count || PyTuple_GET_SIZE(keys) != count
         || PyTuple_GET_SIZE(convert) != count) {
@@ -1465,16 +1464,18 @@ put_event(JsonWriter *self, Buf *b, PyObject *event, int kind, int newline)
 {
     PyObject *lsn = NULL, *xid = NULL, *relation = NULL, *new = NULL, *old = NULL;
     int result = -1;
-    lsn = PyObject_GetAttr(event, str_lsn);
-    xid = lsn ? PyObject_GetAttr(event, str_xid) : NULL;
-    relation = xid ? PyObject_GetAttr(event, str_relation) : NULL;
+    /* One cache per kind and field: the kinds' types differ. */
+    static SlotCache slots[4][5];
+    lsn = replicant_slot(event, str_lsn, &slots[kind][0]);
+    xid = lsn ? replicant_slot(event, str_xid, &slots[kind][1]) : NULL;
+    relation = xid ? replicant_slot(event, str_relation, &slots[kind][2]) : NULL;
     if (relation == NULL) {
         goto done;
     }
-    if (kind != 3 && (new = PyObject_GetAttr(event, str_new)) == NULL) {
+    if (kind != 3 && (new = replicant_slot(event, str_new, &slots[kind][3])) == NULL) {
         goto done;
     }
-    if (kind != 1 && (old = PyObject_GetAttr(event, str_old)) == NULL) {
+    if (kind != 1 && (old = replicant_slot(event, str_old, &slots[kind][4])) == NULL) {
         goto done;
     }
     static const char *heads[] = {NULL, "{\"kind\":\"insert\",\"lsn\":",
@@ -1583,7 +1584,8 @@ put_frame(JsonWriter *self, Buf *b, PyObject *event, int begin)
         if (buf_put(b, keys[begin][k], (Py_ssize_t)strlen(keys[begin][k])) < 0) {
             return -1;
         }
-        PyObject *value = PyObject_GetAttr(event, names[k]);
+        static SlotCache slots[2][4];
+        PyObject *value = replicant_slot(event, names[k], &slots[begin][k]);
         if (value == NULL) {
             return -1;
         }

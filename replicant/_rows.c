@@ -488,6 +488,13 @@ replicant_read_row(PyObject *data, Py_ssize_t pos, Py_ssize_t count, PyObject *t
     return make_row(row_type, layout, columns.values);
 }
 
+void
+replicant_row_parts(PyObject *row, PyObject **layout, PyObject **raw)
+{
+    *layout = ((RowCore *)row)->layout;
+    *raw = ((RowCore *)row)->raw;
+}
+
 int
 replicant_is_row_type(PyObject *type)
 {

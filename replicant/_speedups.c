@@ -53,6 +53,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <structmember.h> /* T_OBJECT_EX */
+
 #include "_speedups.h"
 
 static struct PyModuleDef module = {
@@ -61,6 +63,32 @@ static struct PyModuleDef module = {
     .m_doc = "Compiled equivalents of replicant's per-message work (see the source).",
     .m_size = -1, /* static types and one cached object: not for subinterpreters */
 };
+
+void
+replicant_slot_learn(PyTypeObject *type, PyObject *name, SlotCache *cache)
+{
+    cache->type = type;
+    cache->offset = 0;
+    cache->version = 0;
+    if (type->tp_getattro != PyObject_GenericGetAttr) {
+        return; /* its own __getattribute__ decides */
+    }
+    PyObject *descr = _PyType_Lookup(type, name); /* borrowed; assigns a version tag */
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
+        || !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        return;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+#ifdef PY_AUDIT_READ
+    if (member->flags & PY_AUDIT_READ) {
+        return; /* reading it raises an audit event: PyObject_GetAttr's business */
+    }
+#endif
+    if ((member->type == T_OBJECT_EX || member->type == T_OBJECT) && member->offset > 0) {
+        cache->offset = member->offset;
+        cache->version = type->tp_version_tag;
+    }
+}
 
 PyMODINIT_FUNC
 PyInit__speedups(void)

@@ -38,8 +38,9 @@ def fast_paths() -> dict[str, bool]:
         "pgoutput decode": _is_compiled(PgOutputDecoder("p").decode),
         "from_text": values._from_text is not values._from_text_python,
         "int reader": _is_compiled(values.text_reader(values.OID.INT4)),
-        "timestamptz reader": _is_compiled(values.text_reader(values.OID.TIMESTAMPTZ)),
     }
+    if sys.version_info >= (3, 11):  # before, the caster reads them: no compiled reader
+        paths["timestamptz reader"] = _is_compiled(values.text_reader(values.OID.TIMESTAMPTZ))
     for name in ("new_begin", "new_commit", "new_insert", "new_update", "new_delete"):
         paths[name] = _is_compiled(getattr(changes, name))
     return paths

@@ -1187,3 +1187,32 @@ def test_the_plan_is_made_once_per_layout() -> None:
     json_line(Insert(LSN(1), 1, _RELATION, Row(layout, [b"2", b"y", b"2.5"])))
     assert layout._json_plan is plan
     assert layout.subset([1])._json_plan is None  # a layout of its own, planned on first use
+
+
+@pytest.mark.skipif(_accel.compiled is None, reason="the compiled writer is not in use")
+def test_the_writer_reads_slots_as_the_type_has_them_now() -> None:
+    # The compiled writer reads an event's fields straight from their slots
+    # once it knows the type; a type changed since (a field now a property,
+    # say) is read the way Python reads it.
+    class Frame:
+        __slots__ = ("commit_time", "final_lsn", "lsn", "xid")
+
+        def __init__(self, lsn: int) -> None:
+            self.lsn, self.xid, self.final_lsn = LSN(lsn), 7, LSN(lsn + 1)
+            self.commit_time = dt.datetime(2024, 5, 6, tzinfo=dt.timezone.utc)
+
+    writer = _accel.compiled.JsonWriter(  # type: ignore[union-attr]
+        formatting._json_plan, formatting._column_json, formatting._row_bytes,
+        formatting._json_line_for(None), formatting._python_json_line, Row, LSN,
+        Insert, Update, Delete, UNCHANGED, Frame, Commit, dt.datetime,
+        formatting._isoformat,
+    )  # fmt: skip
+    later = [Frame(0x30), Frame(0x40)]
+    first = writer(Frame(0x10))
+    assert first.startswith(b'{"kind":"begin","lsn":"0/10","xid":7,"final_lsn":"0/11"')
+    assert writer(Frame(0x20)).startswith(b'{"kind":"begin","lsn":"0/20","xid":7')
+    Frame.xid = property(lambda self: 99)  # type: ignore[assignment,method-assign]
+    assert writer(later[0]).startswith(b'{"kind":"begin","lsn":"0/30","xid":99,')
+    del Frame.xid
+    with pytest.raises(AttributeError):
+        writer(later[1])
