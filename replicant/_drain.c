@@ -24,16 +24,6 @@ enum { DRAIN_MORE = 0, DRAIN_END_OF_COPY = 1, DRAIN_LOST = 2 };
 /* An XLogData message: 'w', start, end, send time, then the plugin's data. */
 #define XLOGDATA_HEADER 25
 
-static uint64_t
-read_u64(const unsigned char *p)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++) {
-        value = (value << 8) | p[i];
-    }
-    return value;
-}
-
 /* int.__new__(lsn_type, value): an LSN without running LSN.__new__'s checks,
  * which an unsigned 64-bit value always passes. With `direct` (CPython
  * before 3.12, and an int subclass of int's own size: see lsn_is_direct),
@@ -113,9 +103,9 @@ new_xlogdata(const unsigned char *message, Py_ssize_t size,
     if (frame == NULL) {
         return NULL;
     }
-    PyObject *start = new_lsn(lsn_type, read_u64(message + 1), direct);
-    PyObject *end = new_lsn(lsn_type, read_u64(message + 9), direct);
-    PyObject *sent = PyLong_FromLongLong((long long)read_u64(message + 17));
+    PyObject *start = new_lsn(lsn_type, replicant_u64(message + 1), direct);
+    PyObject *end = new_lsn(lsn_type, replicant_u64(message + 9), direct);
+    PyObject *sent = PyLong_FromLongLong((long long)replicant_u64(message + 17));
     PyObject *data = PyBytes_FromStringAndSize(
         (const char *)message + XLOGDATA_HEADER, size - XLOGDATA_HEADER);
     /* The tuple owns whatever was made; a failed one leaves a NULL slot,

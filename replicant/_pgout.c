@@ -50,22 +50,6 @@ typedef struct {
 static PyObject *str_xid, *str_in_transaction, *str_in_stream, *str_last_end, *str_tables;
 static PyObject *str_ncolumns, *str_text, *str_binary, *str_relation;
 
-static uint64_t
-get_u64(const unsigned char *p)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++) {
-        value = (value << 8) | p[i];
-    }
-    return value;
-}
-
-static uint32_t
-get_u32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* An Exception (not a BaseException only) is pending: forget it, and let the
  * Python decode say what is wrong. Returns 1 then, 0 for anything else. */
 static int
@@ -117,15 +101,15 @@ fast_begin(PgOutputFast *self, const unsigned char *p, Py_ssize_t size, PyObject
         *fallback = 1;
         return NULL;
     }
-    PyObject *when = PyLong_FromLongLong((long long)get_u64(p + 9));
+    PyObject *when = PyLong_FromLongLong((long long)replicant_u64(p + 9));
     PyObject *time = when ? PyObject_CallOneArg(self->to_datetime, when) : NULL;
     Py_XDECREF(when);
     if (time == NULL) {
         *fallback = refused();
         return NULL;
     }
-    PyObject *xid = PyLong_FromUnsignedLong(get_u32(p + 17));
-    PyObject *final = xid ? replicant_new_lsn(self->lsn_type, get_u64(p + 1)) : NULL;
+    PyObject *xid = PyLong_FromUnsignedLong(replicant_u32(p + 17));
+    PyObject *final = xid ? replicant_new_lsn(self->lsn_type, replicant_u64(p + 1)) : NULL;
     PyObject *lsn = final ? position(self, wal_start) : NULL;
     PyObject *event = NULL;
     if (lsn != NULL) {
@@ -152,15 +136,15 @@ fast_commit(PgOutputFast *self, const unsigned char *p, Py_ssize_t size, int *fa
         *fallback = 1;
         return NULL;
     }
-    PyObject *when = PyLong_FromLongLong((long long)get_u64(p + 18));
+    PyObject *when = PyLong_FromLongLong((long long)replicant_u64(p + 18));
     PyObject *time = when ? PyObject_CallOneArg(self->to_datetime, when) : NULL;
     Py_XDECREF(when);
     if (time == NULL) {
         *fallback = refused();
         return NULL;
     }
-    PyObject *end = replicant_new_lsn(self->lsn_type, get_u64(p + 10));
-    PyObject *commit_lsn = end ? replicant_new_lsn(self->lsn_type, get_u64(p + 2)) : NULL;
+    PyObject *end = replicant_new_lsn(self->lsn_type, replicant_u64(p + 10));
+    PyObject *commit_lsn = end ? replicant_new_lsn(self->lsn_type, replicant_u64(p + 2)) : NULL;
     PyObject *last = commit_lsn ? PyObject_GetAttr(self->decoder, str_last_end) : NULL;
     PyObject *xid = last ? PyObject_GetAttr(self->decoder, str_xid) : NULL;
     PyObject *event = NULL;
@@ -250,7 +234,7 @@ fast_row(PgOutputFast *self, PyObject *data, Py_ssize_t size, PyObject *wal_star
         *fallback = 1;
         return NULL;
     }
-    PyObject *relid = PyLong_FromUnsignedLong(get_u32(p + 1));
+    PyObject *relid = PyLong_FromUnsignedLong(replicant_u32(p + 1));
     if (relid == NULL) {
         Py_DECREF(tables);
         return NULL;

@@ -17,12 +17,6 @@
 
 #include "_speedups.h"
 
-static uint32_t
-read_u32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* The columns of TupleData, as split_tuple found them. */
 typedef struct {
     PyObject *values;   /* list, or NULL */
@@ -58,7 +52,7 @@ split_tuple(PyObject *data, Py_ssize_t pos, Py_ssize_t count, PyObject *unchange
             if (end - pos < 5) {
                 goto malformed;
             }
-            uint32_t length = read_u32(buffer + pos + 1);
+            uint32_t length = replicant_u32(buffer + pos + 1);
             Py_ssize_t start = pos + 5;
             if ((uint64_t)length > (uint64_t)(end - start)) {
                 goto malformed;

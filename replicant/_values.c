@@ -187,26 +187,29 @@ same_float32(double candidate, uint32_t bits)
     return got == bits;
 }
 
+/* Raise replicant.errors.<name>(message); always NULL. */
+static PyObject *
+raise_replicant_error(const char *name, PyObject *message)
+{
+    if (message == NULL) {
+        return NULL;
+    }
+    PyObject *errors = PyImport_ImportModule("replicant.errors");
+    PyObject *cls = errors ? PyObject_GetAttrString(errors, name) : NULL;
+    Py_XDECREF(errors);
+    if (cls != NULL) {
+        PyErr_SetObject(cls, message);
+        Py_DECREF(cls);
+    }
+    Py_DECREF(message);
+    return NULL;
+}
+
 static PyObject *
 float4_error(Py_ssize_t size)
 {
-    PyObject *errors = PyImport_ImportModule("replicant.errors");
-    if (errors == NULL) {
-        return NULL;
-    }
-    PyObject *cls = PyObject_GetAttrString(errors, "DecodeError");
-    Py_DECREF(errors);
-    if (cls == NULL) {
-        return NULL;
-    }
-    PyObject *message = PyUnicode_FromFormat(
-        "binary float4 value has %zd bytes, expected 4", size);
-    if (message != NULL) {
-        PyErr_SetObject(cls, message);
-        Py_DECREF(message);
-    }
-    Py_DECREF(cls);
-    return NULL;
+    return raise_replicant_error(
+        "DecodeError", PyUnicode_FromFormat("binary float4 value has %zd bytes, expected 4", size));
 }
 
 PyDoc_STRVAR(float4_bin_doc,
@@ -404,23 +407,9 @@ isoformat(PyObject *module, PyObject *value)
 static PyObject *
 pg_time_out_of_range(PyObject *value)
 {
-    PyObject *errors = PyImport_ImportModule("replicant.errors");
-    if (errors == NULL) {
-        return NULL;
-    }
-    PyObject *cls = PyObject_GetAttrString(errors, "ProtocolError");
-    Py_DECREF(errors);
-    if (cls == NULL) {
-        return NULL;
-    }
-    PyObject *message = PyUnicode_FromFormat(
-        "timestamp out of range: %S us since 2000-01-01", value);
-    if (message != NULL) {
-        PyErr_SetObject(cls, message);
-        Py_DECREF(message);
-    }
-    Py_DECREF(cls);
-    return NULL;
+    return raise_replicant_error(
+        "ProtocolError",
+        PyUnicode_FromFormat("timestamp out of range: %S us since 2000-01-01", value));
 }
 
 PyDoc_STRVAR(pg_datetime_doc,

@@ -25,6 +25,8 @@ from replicant import _accel
 from replicant.decoders import PgOutputDecoder
 from replicant.lsn import LSN
 
+from .test_decoder_fuzz import _mutate
+
 GOLDEN = Path(__file__).parent / "golden"
 
 pytestmark = pytest.mark.skipif(
@@ -109,24 +111,6 @@ def test_every_golden_message_decodes_alike(read: int, at_zero: bool) -> None:
     for lsn, data in messages:
         position = LSN(0 if at_zero else lsn)
         assert outcome(fast, data, position) == outcome(reference, data, position), data
-
-
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, where, value in edits:
-        if not buf:
-            buf.append(value)
-            continue
-        i = where % len(buf)
-        if kind == 0:
-            buf[i] = value
-        elif kind == 1:
-            del buf[i:]
-        elif kind == 2:
-            buf.insert(i, value)
-        else:
-            del buf[i]
-    return bytes(buf)
 
 
 @settings(
