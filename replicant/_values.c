@@ -283,20 +283,10 @@ put_digits(char *out, int value, int width)
     return out + width;
 }
 
-/* datetime.isoformat() of an exact datetime that is naive or in UTC (the
- * timezone.utc singleton), into out (room for 32): its length, or 0 for any
- * other datetime (a subclass, another zone), which the caller formats the
- * long way. */
-int
-replicant_isoformat_utc(PyObject *value, char *out)
+/* A datetime's isoformat() up to its offset, into out (room for 26): the end. */
+static char *
+put_date_and_clock(PyObject *value, char *out)
 {
-    if (!PyDateTime_CheckExact(value)) {
-        return 0;
-    }
-    PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
-    if (zone != Py_None && zone != PyDateTime_TimeZone_UTC) {
-        return 0;
-    }
     char *p = put_digits(out, PyDateTime_GET_YEAR(value), 4);
     *p++ = '-';
     p = put_digits(p, PyDateTime_GET_MONTH(value), 2);
@@ -313,6 +303,24 @@ replicant_isoformat_utc(PyObject *value, char *out)
         *p++ = '.';
         p = put_digits(p, micros, 6);
     }
+    return p;
+}
+
+/* datetime.isoformat() of an exact datetime that is naive or in UTC (the
+ * timezone.utc singleton), into out (room for 32): its length, or 0 for any
+ * other datetime (a subclass, another zone), which the caller formats the
+ * long way. */
+int
+replicant_isoformat_utc(PyObject *value, char *out)
+{
+    if (!PyDateTime_CheckExact(value)) {
+        return 0;
+    }
+    PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
+    if (zone != Py_None && zone != PyDateTime_TimeZone_UTC) {
+        return 0;
+    }
+    char *p = put_date_and_clock(value, out);
     if (zone != Py_None) {
         memcpy(p, "+00:00", 6);
         p += 6;
@@ -331,22 +339,7 @@ isoformat(PyObject *module, PyObject *value)
     if (!PyDateTime_CheckExact(value)) {
         return PyObject_CallMethod(value, "isoformat", NULL);
     }
-    char *p = put_digits(text, PyDateTime_GET_YEAR(value), 4);
-    *p++ = '-';
-    p = put_digits(p, PyDateTime_GET_MONTH(value), 2);
-    *p++ = '-';
-    p = put_digits(p, PyDateTime_GET_DAY(value), 2);
-    *p++ = 'T';
-    p = put_digits(p, PyDateTime_DATE_GET_HOUR(value), 2);
-    *p++ = ':';
-    p = put_digits(p, PyDateTime_DATE_GET_MINUTE(value), 2);
-    *p++ = ':';
-    p = put_digits(p, PyDateTime_DATE_GET_SECOND(value), 2);
-    int micros = PyDateTime_DATE_GET_MICROSECOND(value);
-    if (micros) {
-        *p++ = '.';
-        p = put_digits(p, micros, 6);
-    }
+    char *p = put_date_and_clock(value, text);
     n = (int)(p - text);
     /* Another zone than UTC (replicant_isoformat_utc wrote the others). */
     PyObject *zone = PyDateTime_DATE_GET_TZINFO(value);
