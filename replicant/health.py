@@ -167,7 +167,7 @@ class SlotReading:
     """One read of the server by a :class:`SlotMonitor`."""
 
     server_lsn: LSN
-    at: float  # time.monotonic() of the read
+    at: float  # time.monotonic() as the read was sent
     exists: bool
     wal_status: str | None = None
     safe_wal_size: int | None = None
@@ -251,6 +251,9 @@ class SlotMonitor:
                     self._connection = psycopg2.connect(self._dsn, **self._params)
                     self._connection.autocommit = True
                 with self._connection.cursor() as cur:
+                    # The reading is as old as the query's start (the server
+                    # reads the slot then), however long the answer takes.
+                    asked = time.monotonic()
                     cur.execute(_READ_SLOT, (self.slot,))
                     row = cur.fetchone()
             except psycopg2.Error as error:
@@ -263,7 +266,7 @@ class SlotMonitor:
             current, exists, wal_status, safe_size, confirmed = row
             reading = SlotReading(
                 server_lsn=LSN.parse(current) if current else LSN(0),
-                at=time.monotonic(),
+                at=asked,
                 exists=bool(exists),
                 wal_status=wal_status,
                 safe_wal_size=None if safe_size is None else int(safe_size),
