@@ -689,8 +689,27 @@ _ELEMENT: Final[dict[int, int]] = {
     OID.VARBIT_ARRAY: OID.VARBIT,
 }
 
+def _server_text_only(type_oid: int, read: Converter) -> Converter:
+    """``read`` for text in the server's ISO form (or ``infinity``); anything else is malformed.
+
+    psycopg2's date and timestamp casters read leniently: digits after the
+    microseconds, or bytes that are not UTF-8, would give a wrong value in
+    silence. Every text the server writes for these types with the session's
+    DateStyle ISO has this form.
+    """
+    form = _SERVER_FORM[type_oid]
+
+    def convert(value: str | bytes) -> Any:
+        text = _as_str(value)
+        if text in ("infinity", "-infinity") or form.fullmatch(text):
+            return read(text)
+        raise ValueError(f"not in the server's ISO form: {text!r}")
+
+    return convert
+
+
 for _oid in (OID.DATE, OID.TIMESTAMP, OID.TIMESTAMPTZ):
-    _caster = _cast_with(_TEXT_CASTERS[_oid])
+    _caster = _server_text_only(_oid, _cast_with(_TEXT_CASTERS[_oid]))
     if sys.version_info >= (3, 11):
         _TEXT[_oid] = _from_text(
             _dt.date.fromisoformat if _oid == OID.DATE else _dt.datetime.fromisoformat,

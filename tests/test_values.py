@@ -261,6 +261,12 @@ def test_every_reader_runs_safely_in_a_fresh_process(
     [
         (OID.DATE, "2024-13-02"),
         (OID.TIMESTAMP, "2024-01-01 25:00:00"),
+        # What a lenient caster would read as a wrong value: digits and junk
+        # after the fraction, bytes that are not UTF-8, a time in a date.
+        (OID.TIMESTAMP, "2024-01-01 00:00:00.10xyz"),
+        (OID.TIMESTAMPTZ, "2024-01-01 00:00:00.10xyz+00"),
+        (OID.TIMESTAMP, b"0001-01-01 00:00:00.10\xed\xa0\x80"),
+        (OID.DATE, "2024-01-01 00:00:00"),
         (OID.INTERVAL, "3 fortnights"),
         (OID.INT4_ARRAY, "[0:1={1,2}"),
         (OID.INT4RANGE, "[1,2"),
