@@ -133,6 +133,21 @@ buf_put(Buf *b, const char *s, Py_ssize_t n)
 
 #define PUT_LITERAL(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
 
+/* "s" as a JSON string, for text that needs no escaping (ASCII the code wrote
+ * or checked): 0, or -1 with MemoryError set. */
+static int
+put_quoted(Buf *b, const void *s, Py_ssize_t n)
+{
+    if (buf_reserve(b, n + 2) < 0) {
+        return -1;
+    }
+    b->data[b->len++] = '"';
+    memcpy(b->data + b->len, s, (size_t)n);
+    b->len += n;
+    b->data[b->len++] = '"';
+    return 0;
+}
+
 /* Decimal digits of v (any sign). */
 static int
 buf_put_i64(Buf *b, int64_t v)
@@ -637,27 +652,13 @@ put_datetime_text(Buf *b, const unsigned char *s, Py_ssize_t n, int code)
     if ((n == 8 && memcmp(s, "infinity", 8) == 0) || (n == 9 && memcmp(s, "-infinity", 9) == 0)) {
         /* values._json_text_infinity: the server's word (the value reads as
          * the type's extreme) */
-        if (buf_reserve(b, n + 2) < 0) {
-            return -1;
-        }
-        b->data[b->len++] = '"';
-        memcpy(b->data + b->len, s, (size_t)n);
-        b->len += n;
-        b->data[b->len++] = '"';
-        return 0;
+        return put_quoted(b, s, n);
     }
     if (!parse_day(s, n)) {
         return 1;
     }
     if (code == J_DATE_TEXT) {
-        if (n != 10 || buf_reserve(b, 12) < 0) {
-            return n != 10 ? 1 : -1;
-        }
-        b->data[b->len++] = '"';
-        memcpy(b->data + b->len, s, 10);
-        b->len += 10;
-        b->data[b->len++] = '"';
-        return 0;
+        return n != 10 ? 1 : put_quoted(b, s, 10);
     }
     if (n < 19 || s[10] != ' ') {
         return 1;
@@ -1543,14 +1544,7 @@ put_field(JsonWriter *self, Buf *b, PyObject *value)
     char digits[32];
     int written = replicant_isoformat_utc(value, digits);
     if (written > 0) { /* the usual commit time: UTC, straight into the line */
-        if (buf_reserve(b, written + 2) < 0) {
-            return -1;
-        }
-        b->data[b->len++] = '"';
-        memcpy(b->data + b->len, digits, (size_t)written);
-        b->len += written;
-        b->data[b->len++] = '"';
-        return 0;
+        return put_quoted(b, digits, written);
     }
     PyObject *text = PyObject_CallOneArg(self->isoformat, value);
     if (text == NULL) {

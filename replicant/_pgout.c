@@ -92,7 +92,21 @@ one_event(PyObject *event)
     return events;
 }
 
-/* Begin: final LSN, commit time, xid. 1 for the Python decode. */
+/* A message's time (PostgreSQL-epoch microseconds at p) as a datetime; NULL
+ * with *fallback set for one out of range (the Python decode says so). */
+static PyObject *
+message_time(PgOutputFast *self, const unsigned char *p, int *fallback)
+{
+    PyObject *when = PyLong_FromLongLong((long long)replicant_u64(p));
+    PyObject *time = when ? PyObject_CallOneArg(self->to_datetime, when) : NULL;
+    Py_XDECREF(when);
+    if (time == NULL) {
+        *fallback = refused();
+    }
+    return time;
+}
+
+/* Begin: final LSN, commit time, xid. */
 static PyObject *
 fast_begin(PgOutputFast *self, const unsigned char *p, Py_ssize_t size, PyObject *wal_start,
            int *fallback)
@@ -101,11 +115,8 @@ fast_begin(PgOutputFast *self, const unsigned char *p, Py_ssize_t size, PyObject
         *fallback = 1;
         return NULL;
     }
-    PyObject *when = PyLong_FromLongLong((long long)replicant_u64(p + 9));
-    PyObject *time = when ? PyObject_CallOneArg(self->to_datetime, when) : NULL;
-    Py_XDECREF(when);
+    PyObject *time = message_time(self, p + 9, fallback);
     if (time == NULL) {
-        *fallback = refused();
         return NULL;
     }
     PyObject *xid = PyLong_FromUnsignedLong(replicant_u32(p + 17));
@@ -136,11 +147,8 @@ fast_commit(PgOutputFast *self, const unsigned char *p, Py_ssize_t size, int *fa
         *fallback = 1;
         return NULL;
     }
-    PyObject *when = PyLong_FromLongLong((long long)replicant_u64(p + 18));
-    PyObject *time = when ? PyObject_CallOneArg(self->to_datetime, when) : NULL;
-    Py_XDECREF(when);
+    PyObject *time = message_time(self, p + 18, fallback);
     if (time == NULL) {
-        *fallback = refused();
         return NULL;
     }
     PyObject *end = replicant_new_lsn(self->lsn_type, replicant_u64(p + 10));

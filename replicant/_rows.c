@@ -427,30 +427,16 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_row() needs a RowCore type");
         return NULL;
     }
-    Columns columns;
-    int split = split_tuple(args[0], pos, count, args[6], &columns);
-    if (split <= 0) {
-        if (split < 0) {
+    Py_ssize_t end = 0;
+    PyObject *row = replicant_read_row(args[0], pos, count, args[3], args[4],
+                                       (PyTypeObject *)args[5], args[6], &end);
+    if (row == NULL) {
+        if (PyErr_Occurred()) {
             return NULL;
         }
-        Py_RETURN_NONE;
+        Py_RETURN_NONE; /* malformed or mixed: the Python code's */
     }
-    PyObject *layout;
-    if (columns.binary == 0) {
-        layout = args[3];
-    }
-    else if (columns.binary + columns.special == count) {
-        layout = args[4];
-    }
-    else {
-        Py_DECREF(columns.values);
-        Py_RETURN_NONE;
-    }
-    PyObject *row = make_row((PyTypeObject *)args[5], layout, columns.values);
-    if (row == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(Nn)", row, columns.end);
+    return Py_BuildValue("(Nn)", row, end);
 }
 
 /* For _pgout.c: the row of pgoutput TupleData at `pos` (`count` columns), made

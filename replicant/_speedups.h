@@ -1,8 +1,8 @@
 /*
  * What the parts of replicant._speedups (_drain.c, _rows.c, _events.c,
- * _values.c, _json.c) share with the file that makes the module (_speedups.c): each
- * part adds its functions and types to the module, returning 0, or -1 with
- * an exception set.
+ * _values.c, _json.c, _w2j.c, _pgout.c) share with the file that makes the
+ * module (_speedups.c): each part adds its functions and types to the
+ * module, returning 0, or -1 with an exception set.
  */
 #ifndef REPLICANT_SPEEDUPS_H
 #define REPLICANT_SPEEDUPS_H
